@@ -1,0 +1,151 @@
+"""The variant registry: every implementation of the layer, found by name.
+
+In the manner of tritonbench's `@register_benchmark`: each variant registers itself with the
+device kinds it supports and a check that says, with a reason, why it cannot run somewhere (a
+framework missing, no GPU). A variant only *builds* something callable; it never times itself: the
+worker's harness owns warm-up, repeats and clocks.
+
+A variant's module imports its framework lazily, inside `build`, so listing variants is cheap and a
+missing framework disables its variants with a reason instead of breaking the import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from kernels.device import DeviceSpec
+from kernels.layer import LayerInputs, LayerShape
+
+FRAMEWORKS = ("halide", "tensorflow", "cudnn", "numpy")
+
+# Modules whose import registers variants. Each registers with `@register` at import time.
+VARIANT_MODULES = (
+    "kernels.reference_variant",
+    "kernels.halide.variants",
+    "kernels.tensorflow_variants",
+    "kernels.cudnn_variants",
+)
+
+
+class UnknownVariantError(KeyError):
+    """A variant name that is not registered; the message lists the registered ones."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class Built(Protocol):
+    """What `Variant.build` returns: a compiled implementation for one shape on one device.
+
+    The harness calls `place` once per input set (moving data to where the kernel runs, outside any
+    timed region), then `run` many times, `sync` before reading a clock, and `fetch` to verify.
+    """
+
+    compile_s: float  # seconds spent compiling (0 when served from the compile cache)
+    target: str  # what it was compiled for, e.g. a Halide target string or "tf-cpu"
+    artifacts: Mapping[str, str]  # file name -> text: schedule source, lowered statement, ...
+    kernel_filter: str | None  # regex matching this variant's GPU kernel names (profilers), or None
+
+    def place(self, inputs: LayerInputs) -> Any:
+        """Copy one input set to where the kernel runs and allocate its output; returns a handle."""
+        ...
+
+    def poison(self, placed: Any) -> None:
+        """Fill the output with NaN so that an element the kernel never writes fails verification."""
+        ...
+
+    def run(self, placed: Any) -> None:
+        """Launch the layer once on a placed input set (may return before the device finishes)."""
+        ...
+
+    def sync(self) -> None:
+        """Wait until every launched run has finished."""
+        ...
+
+    def fetch(self, placed: Any) -> np.ndarray:
+        """The output of the last run, on the host, NHWC."""
+        ...
+
+
+BuildFn = Callable[[LayerShape, DeviceSpec, Mapping[str, Any]], Built]
+CheckFn = Callable[[LayerShape, DeviceSpec], "str | None"]
+
+
+def _always(shape: LayerShape, device: DeviceSpec) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A registered implementation of the layer."""
+
+    name: str
+    framework: str
+    kinds: tuple[str, ...]  # device kinds it supports: cpu, cuda
+    build: BuildFn
+    description: str
+    check: CheckFn = _always  # returns why it cannot run on (shape, device), or None
+    baseline: bool = False  # a reference point for speedups (TensorFlow, cuDNN)
+    tags: tuple[str, ...] = field(default=())  # e.g. ("fused",), ("autoscheduler",)
+
+    def skip_reason(self, shape: LayerShape, device: DeviceSpec) -> str | None:
+        """Why this variant cannot run on `device` for `shape`, or None when it can."""
+        if device.kind not in self.kinds:
+            return f"{self.name} has no {device.kind} implementation (supports: {', '.join(self.kinds)})"
+        return self.check(shape, device)
+
+
+_REGISTRY: dict[str, Variant] = {}
+_loaded = False
+
+
+def register(
+    name: str,
+    *,
+    framework: str,
+    kinds: tuple[str, ...],
+    description: str,
+    check: CheckFn = _always,
+    baseline: bool = False,
+    tags: tuple[str, ...] = (),
+) -> Callable[[BuildFn], BuildFn]:
+    """Decorator: register `fn(shape, device, options) -> Built` as the variant `name`."""
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"variant {name!r}: framework must be one of {list(FRAMEWORKS)}")
+
+    def decorate(fn: BuildFn) -> BuildFn:
+        if name in _REGISTRY and _REGISTRY[name].build is not fn:
+            raise ValueError(f"variant {name!r} registered twice")
+        _REGISTRY[name] = Variant(name, framework, kinds, fn, description, check, baseline, tags)
+        return fn
+
+    return decorate
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        for module in VARIANT_MODULES:
+            importlib.import_module(module)
+        _loaded = True
+
+
+def all_variants() -> dict[str, Variant]:
+    """Every registered variant, by name, in registration order."""
+    _load()
+    return dict(_REGISTRY)
+
+
+def get(name: str) -> Variant:
+    """The variant called `name`; an unknown name fails with the list of known ones."""
+    variants = all_variants()
+    if name not in variants:
+        raise UnknownVariantError(
+            f"unknown variant {name!r}; valid variants: {', '.join(sorted(variants))}"
+        )
+    return variants[name]
