@@ -1,0 +1,112 @@
+"""A results bundle: what `python -m workers run` writes where there is no Ray or MLflow.
+
+    DIR/records.jsonl                 one Record per line (params, metrics, tags), no artifacts inline
+    DIR/artifacts/<job key>/<name>    each record's artifacts, one small text file each
+
+A record's line is appended (flushed and fsynced) only after its artifacts are on disk, so a line
+always has its files. A key may appear more than once (`--rerun`): the last line wins.
+`read_bundle` reassembles full Records for `orchestrator.ingest`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import asdict
+from pathlib import Path, PurePosixPath
+
+from workers.schema import Record
+
+RECORDS = "records.jsonl"
+ARTIFACTS = "artifacts"
+_UNSAFE = re.compile(r"[^\w.\-]")
+log = logging.getLogger(__name__)
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be read: missing, or a malformed line that is not a truncated last one."""
+
+
+def artifact_dir(bundle: Path, key: str) -> Path:
+    """Folder of one record's artifacts (the key with anything but letters, digits, . _ - replaced)."""
+    safe = _UNSAFE.sub("_", key)
+    if safe in ("", ".", ".."):
+        raise BundleError(f"record key {key!r} cannot name a folder")
+    return Path(bundle) / ARTIFACTS / safe
+
+
+def _artifact_path(folder: Path, name: str) -> Path:
+    parts = PurePosixPath(name).parts
+    if not parts or PurePosixPath(name).is_absolute() or any(p in ("", ".", "..") for p in parts):
+        raise BundleError(f"artifact name {name!r} must be a relative path without '..'")
+    return folder.joinpath(*(_UNSAFE.sub("_", p) for p in parts))
+
+
+def append_record(bundle: Path, record: Record) -> None:
+    """Write `record`'s artifacts, then append its line to records.jsonl (flush + fsync)."""
+    bundle = Path(bundle)
+    folder = artifact_dir(bundle, record.key)
+    if folder.is_dir():  # a re-run replaces the files of the earlier run of the same key
+        shutil.rmtree(folder)
+    for name, text in record.artifacts.items():
+        path = _artifact_path(folder, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    line = asdict(record)
+    line.pop("artifacts")
+    path = bundle / RECORDS
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() > 0:  # a line cut short by a crash must not swallow the next one
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write(json.dumps(line, sort_keys=True).encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_lines(bundle: Path) -> list[Record]:
+    path = Path(bundle) / RECORDS
+    if not path.is_file():
+        raise BundleError(f"no {RECORDS} in {bundle}: not a results bundle")
+    records = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(Record.from_json(line))
+        except (ValueError, TypeError) as exc:
+            if not line.rstrip().endswith("}"):  # cut short by a crash mid-write: that job did not finish
+                log.warning("%s:%d: skipping a truncated line", path, i)
+                continue
+            raise BundleError(f"{path}:{i}: not a record ({exc})") from exc
+    return records
+
+
+def recorded_keys(bundle: Path) -> set[str]:
+    """Keys of the records already in the bundle (empty when it has none yet)."""
+    if not (Path(bundle) / RECORDS).is_file():
+        return set()
+    return {r.key for r in _read_lines(bundle)}
+
+
+def read_bundle(bundle: str | os.PathLike[str]) -> list[Record]:
+    """The bundle's Records with their artifacts, one per key (the last line of a key wins), in order."""
+    bundle = Path(bundle)
+    latest: dict[str, Record] = {}
+    for record in _read_lines(bundle):
+        latest.pop(record.key, None)  # keep the order of the last occurrence
+        latest[record.key] = record
+    for record in latest.values():
+        folder = artifact_dir(bundle, record.key)
+        if folder.is_dir():
+            record.artifacts = {
+                p.relative_to(folder).as_posix(): p.read_text(encoding="utf-8", errors="replace")
+                for p in sorted(folder.rglob("*"))
+                if p.is_file()
+            }
+    return list(latest.values())

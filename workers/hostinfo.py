@@ -1,0 +1,234 @@
+"""Facts about the host a job runs on: its CPU's measured fp32 peak and memory bandwidth, and tags.
+
+The device catalog leaves the host CPU's peak and bandwidth at 0 ("measured"): nominal figures of a
+virtual machine mean little, so the practical ceilings are measured once per host and cached on disk
+(`~/.cache/dsconv/host-<hostname>.json`, or `$DSCONV_CACHE_DIR`):
+
+- peak: a large float32 matrix product through NumPy's BLAS on every core (sgemm, 2·n³ FLOP), the
+  best of several; a practical fp32 peak, as a tuned GEMM is the best a CPU kernel does.
+- bandwidth: a large copy split across one thread per core (NumPy releases the GIL for it), counting
+  the bytes read and written, the best of several; arrays many times the last-level cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import importlib.metadata
+import itertools
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kernels.device import DeviceSpec
+
+SGEMM_N = 2048  # matrix size of the peak measurement (17 GFLOP a product)
+COPY_BYTES = 256 * 2**20  # bytes per array of the bandwidth measurement
+REPEATS = 5  # best of this many (twice as many copies: each is short)
+LIBRARIES = ("halide", "tensorflow", "torch", "numpy")  # versions reported as tags
+NOT_INSTALLED = "not installed"
+
+
+def cache_dir() -> Path:
+    """Where measurements are cached: $DSCONV_CACHE_DIR, else ~/.cache/dsconv."""
+    return Path(os.environ.get("DSCONV_CACHE_DIR") or Path.home() / ".cache" / "dsconv")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask), which is what the kernels get."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (or platform.processor())."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def library_version(name: str) -> str:
+    """The installed version of a distribution, or "not installed" (no import: TF and torch are slow)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return NOT_INSTALLED
+
+
+def _gpu_facts() -> dict[str, str]:
+    """GPU model and driver from nvidia-smi, else from torch where an NVIDIA driver is loaded; empty
+    without a GPU."""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run(
+                [smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=20, check=True,
+            ).stdout.strip().splitlines()  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            out = []
+        if out:
+            name, _, driver = out[0].partition(",")
+            return {"gpu_model": name.strip(), "gpu_driver": driver.strip(), "gpu_count": str(len(out))}
+    has_driver = Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia").exists()
+    if has_driver and library_version("torch") != NOT_INSTALLED:  # importing torch costs seconds
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return {
+                    "gpu_model": torch.cuda.get_device_name(0),
+                    "gpu_count": str(torch.cuda.device_count()),
+                    "cuda_runtime": str(torch.version.cuda),
+                }
+        except Exception:
+            pass
+    return {}
+
+
+@functools.cache
+def host_facts() -> dict[str, str]:
+    """Host facts for tags and `python -m workers info`: hostname, CPU, cores, versions, GPU."""
+    facts = {
+        "host": socket.gethostname(),
+        "cpu_model": cpu_model(),
+        "cpu_cores": str(available_cores()),
+        "python_version": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+    }
+    facts.update({f"{lib}_version": library_version(lib) for lib in LIBRARIES})
+    facts.update(_gpu_facts())
+    return facts
+
+
+# --- measured peak and bandwidth --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class HostPeak:
+    """The host CPU's measured practical fp32 peak and memory bandwidth."""
+
+    peak_gflops: float
+    mem_gbps: float
+    cpu_model: str
+    cores: int
+    method: str
+    measured_at: str
+
+
+def measure_sgemm_gflops(n: int = SGEMM_N, repeats: int = REPEATS) -> float:
+    """Best GFLOP/s of an n×n×n float32 matrix product through NumPy's BLAS (all cores)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=c)  # warm-up: BLAS threads, pages
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=c)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def measure_copy_gbps(
+    nbytes: int = COPY_BYTES, repeats: int = 2 * REPEATS, threads: int | None = None
+) -> float:
+    """Best GB/s of a large copy split over `threads` (default: one per core), read + write bytes."""
+    threads = threads or available_cores()
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.zeros_like(src)
+    bounds = np.linspace(0, src.size, threads + 1).astype(int)
+    parts = [(dst[lo:hi], src[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
+    best = float("inf")
+    with ThreadPoolExecutor(threads) as pool:
+        for i in range(repeats + 1):  # the first pass faults the pages in
+            t0 = time.perf_counter()
+            list(pool.map(lambda p: np.copyto(*p), parts))
+            if i:
+                best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best / 1e9
+
+
+def _cache_path() -> Path:
+    return cache_dir() / f"host-{socket.gethostname()}.json"
+
+
+def cached_host_peak() -> HostPeak | None:
+    """The cached measurement of this host, or None when it has not been measured (nothing runs)."""
+    return _read_cached(_cache_path(), cpu_model(), available_cores())
+
+
+def host_peak(refresh: bool = False) -> HostPeak:
+    """The host's measured peak and bandwidth, from the per-host cache or measured now (once per host:
+    a file lock keeps concurrent workers from measuring at the same time and disturbing each other)."""
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = _cache_path()
+    model, cores = cpu_model(), available_cores()
+    with open(directory / f"host-{socket.gethostname()}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not refresh:
+            cached = _read_cached(path, model, cores)
+            if cached is not None:
+                return cached
+        peak = HostPeak(
+            peak_gflops=round(measure_sgemm_gflops(), 1),
+            mem_gbps=round(measure_copy_gbps(), 2),
+            cpu_model=model,
+            cores=cores,
+            method=f"numpy sgemm n={SGEMM_N}; {cores}-thread copy of {COPY_BYTES >> 20} MiB (read+write)",
+            measured_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(peak), indent=1))
+        os.replace(tmp, path)
+        return peak
+
+
+def _read_cached(path: Path, model: str, cores: int) -> HostPeak | None:
+    """The cached measurement if it exists, parses, and was taken on this CPU with these cores."""
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        peak = HostPeak(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+    if peak.cpu_model != model or peak.cores != cores or peak.peak_gflops <= 0 or peak.mem_gbps <= 0:
+        return None
+    return peak
+
+
+def resolve_device(device: DeviceSpec) -> tuple[DeviceSpec, str]:
+    """The device with a host CPU's unset (0) peak, bandwidth and cores filled from measurement.
+
+    Returns (device, source) where source is "catalog" (nothing measured) or "measured".
+    """
+    if device.kind != "cpu" or (device.peak_gflops > 0 and device.mem_gbps > 0 and device.cores > 0):
+        return device, "catalog"
+    if device.peak_gflops > 0 and device.mem_gbps > 0:
+        return dataclasses.replace(device, cores=available_cores()), "catalog"
+    peak = host_peak()
+    return (
+        dataclasses.replace(
+            device,
+            peak_gflops=device.peak_gflops or peak.peak_gflops,
+            mem_gbps=device.mem_gbps or peak.mem_gbps,
+            cores=device.cores or peak.cores,
+        ),
+        "measured",
+    )

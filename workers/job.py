@@ -1,0 +1,220 @@
+"""Execute one job: build → verify → time → derive, into one Record. Never raises for a job's problems.
+
+Three stages with their own outcomes, as Kernel Tuner's `compile_and_benchmark` does them:
+
+- a variant that cannot run on the device (or shape) → `skipped`, with the reason;
+- a build, verification or timing that raises → `failed`, a one-line `error` and `traceback.txt`;
+- an answer further than `job.tolerance` from the float64 reference → `wrong`, and no speed;
+- otherwise `ok`, with the harness's timing and the metrics derived from it.
+
+Verification uses its own fresh random inputs (poisoned output, so an unwritten element fails), and
+timing uses other fresh sets, so a variant cannot pass by caching a result for one input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from kernels import registry
+from kernels.device import DeviceSpec
+from kernels.layer import make_inputs, reference, relative_l2_error
+from workers import harness, hostinfo, metrics
+from workers.schema import Job, Record
+
+VERIFY, TIMING = 1, 2  # seed streams: verification inputs and timing inputs never coincide
+MAX_ERROR_CHARS = 500
+
+
+def derive_seed(seed: int, stream: int, index: int = 0) -> int:
+    """A seed for input set `index` of `stream`, independent of the others (NumPy SeedSequence)."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, stream, index]).generate_state(1)[0])
+
+
+def one_line(exc: BaseException, stage: str) -> str:
+    """`stage: ExcType: first line of the message`, short enough for a tag."""
+    message = str(exc).strip().splitlines()
+    text = f"{stage}: {type(exc).__name__}" + (f": {message[0]}" if message else "")
+    return text[:MAX_ERROR_CHARS]
+
+
+def base_record(job: Job) -> Record:
+    """The Record of `job` before anything ran: params of the job, tags of the host; status failed.
+
+    The CLI also uses it to record a job whose process died, so those records look like the others.
+    """
+    shape, device, spec = job.shape, job.device, job.timing
+    params = {
+        "variant": job.variant,
+        **shape.as_params(),
+        "device": device.name,
+        "device_model": device.model,
+        "device_kind": device.kind,
+        "experiment": job.experiment,
+        "tolerance": repr(job.tolerance),
+        "seed": str(job.seed),
+        **{f"timing.{k}": str(v) for k, v in vars(spec).items()},
+        **{f"option.{k}": _param(v) for k, v in sorted(job.options.items())},
+    }
+    if "cuda_max_registers" in job.options:
+        params["cuda_max_registers"] = _param(job.options["cuda_max_registers"])
+    facts = hostinfo.host_facts()
+    tags = {
+        "status": "failed",
+        "job_key": job.key,
+        "experiment": job.experiment,
+        **facts,
+        **{f"version.{k}": str(v) for k, v in sorted(job.versions.items())},
+    }
+    return Record(
+        key=job.key,
+        params=params,
+        tags=tags,
+        artifacts={"job.json": json.dumps(job.to_dict(), indent=1, sort_keys=True, default=str)},
+    )
+
+
+def _param(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def _fail(record: Record, exc: BaseException, stage: str) -> Record:
+    record.tags["status"] = "failed"
+    record.tags["error"] = one_line(exc, stage)
+    record.artifacts["traceback.txt"] = "".join(traceback.format_exception(exc))
+    return record
+
+
+def execute(job: Job) -> Record:
+    """Build, verify and time `job`'s variant; the Record says what happened (ok|wrong|failed|skipped)."""
+    try:
+        record = base_record(job)
+    except Exception as exc:  # host facts unreadable: still return a record
+        return _fail(Record(key=job.key, tags={"job_key": job.key}), exc, "setup")
+    try:
+        return _execute(job, record)
+    except Exception as exc:  # a stage forgot to catch something: still a record, never a crash
+        return _fail(record, exc, "worker")
+
+
+def _execute(job: Job, record: Record) -> Record:
+    shape = job.shape
+    try:
+        variant = registry.get(job.variant)
+    except Exception as exc:
+        return _fail(record, exc, "lookup")
+    record.params["framework"] = variant.framework
+
+    reason = variant.skip_reason(shape, job.device)
+    if reason:
+        record.tags.update(status="skipped", error=reason)
+        return record
+
+    try:
+        device, peak_source = hostinfo.resolve_device(job.device)
+    except Exception as exc:
+        return _fail(record, exc, "host measurement")
+    record.params.update(
+        peak_gflops=f"{device.peak_gflops:g}", mem_gbps=f"{device.mem_gbps:g}", peak_source=peak_source
+    )
+    if device.cores:
+        record.params["cores"] = str(device.cores)
+
+    # --- build ---
+    t0 = time.perf_counter()
+    try:
+        built = variant.build(shape, device, job.options)
+    except Exception as exc:
+        record.metrics["build_s"] = time.perf_counter() - t0
+        return _fail(record, exc, "build")
+    record.metrics["build_s"] = time.perf_counter() - t0
+    record.metrics["compile_s"] = float(built.compile_s)
+    record.params["target"] = str(built.target)
+    if built.kernel_filter:
+        record.params["kernel_filter"] = built.kernel_filter
+    record.artifacts.update({str(k): str(v) for k, v in built.artifacts.items()})
+
+    # --- verify ---
+    try:
+        error, detail = _verify(built, job)
+    except Exception as exc:
+        return _fail(record, exc, "verify")
+    if math.isfinite(error):
+        record.metrics["rel_error"] = error
+    if not error <= job.tolerance:
+        record.tags.update(status="wrong", error=detail)
+        return record
+
+    # --- time ---
+    try:
+        timing, n_sets = _time(built, job, device)
+    except Exception as exc:
+        return _fail(record, exc, "time")
+    record.params["timing.input_sets_used"] = str(n_sets)
+    record.tags["time_source"] = timing.time_source
+    if timing.note:
+        record.tags["time_note"] = timing.note[:MAX_ERROR_CHARS]
+    record.metrics.update(
+        time_ms=timing.time_ms,
+        time_min_ms=timing.min_ms,
+        time_p25_ms=timing.p25_ms,
+        time_p75_ms=timing.p75_ms,
+        time_spread=timing.spread,
+        call_ms=timing.call_ms,
+        samples=float(timing.samples),
+        call_samples=float(timing.call_samples),
+        stable=float(timing.stable),
+        timing_s=timing.elapsed_s,
+    )
+    record.metrics.update(metrics.derive(shape, device, timing.time_ms))
+    record.metrics = {k: float(v) for k, v in record.metrics.items() if math.isfinite(v)}
+    record.tags["status"] = "ok"
+    return record
+
+
+def _verify(built: Any, job: Job) -> tuple[float, str]:
+    """Relative L2 error of one run on fresh inputs with a poisoned output, and a line explaining it."""
+    inputs = make_inputs(job.shape, derive_seed(job.seed, VERIFY))
+    placed = built.place(inputs)
+    built.poison(placed)
+    built.run(placed)
+    built.sync()
+    out = np.asarray(built.fetch(placed))
+    ref = reference(job.shape, inputs)
+    error = relative_l2_error(out, ref)
+    if out.shape != ref.shape:
+        return error, f"output shape {out.shape}, expected {ref.shape}"
+    if not np.all(np.isfinite(out)):
+        bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
+        return error, f"{bad} of {out.size} output elements are NaN/Inf (unwritten or overflowed)"
+    return error, f"rel_error {error:.3g} > tolerance {job.tolerance:g}"
+
+
+def _time(built: Any, job: Job, device: DeviceSpec) -> tuple[harness.Timing, int]:
+    """Place fresh timing input sets (enough for a cold cache if asked) and run the harness on them."""
+    n_sets = harness.input_sets_needed(job.shape, job.timing, device)
+    placed = [built.place(make_inputs(job.shape, derive_seed(job.seed, TIMING, i))) for i in range(n_sets)]
+    return harness.measure(built, placed, job.timing, device), n_sets
+
+
+def summary_row(record: Record) -> Mapping[str, str]:
+    """variant, shape, status, time_ms, gflops, pct_roofline of a record, formatted for a table."""
+
+    def fmt(name: str, spec: str) -> str:
+        value = record.metrics.get(name)
+        return format(value, spec) if value is not None else "-"
+
+    return {
+        "variant": record.params.get("variant", record.key.split(".")[0]),
+        "shape": record.params.get("shape", "?"),
+        "status": record.status,
+        "time_ms": fmt("time_ms", ".4g"),
+        "gflops": fmt("gflops", ".1f"),
+        "pct_roofline": fmt("pct_roofline", ".1f"),
+    }
