@@ -1,0 +1,239 @@
+"""The Halide variants: every registered CPU variant against the float64 reference on awkward shapes,
+the compile cache, schedule-name errors, and the CUDA code paths compiled without a GPU.
+
+Real Halide throughout: pipelines are compiled (into a per-session cache directory, so every build
+here starts cold once), run through the `Built` protocol on poisoned outputs and fresh random inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import has_cuda, requires_gpu
+
+from kernels import registry
+from kernels.device import DeviceSpec
+from kernels.halide import cache, variants
+from kernels.halide.variants import KERNEL_FILTER, UnknownScheduleError
+from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error
+
+CPU = DeviceSpec("cpu", "cpu", "host CPU", peak_gflops=100.0, mem_gbps=10.0)
+H100 = DeviceSpec("h100", "cuda", "NVIDIA H100", 60000.0, 3350.0, sm_count=132, cuda_capability=90)
+TOLERANCE = 1e-4
+
+# Odd sizes, stride 2, channels that are not a multiple of 8 or 16, tiny channel counts, n = 1 and 2,
+# with and without bias / ReLU; the last one exercises the wide-channel paths (4 vectors of co).
+AWKWARD = (
+    LayerShape("odd_s2", n=2, h=13, w=11, c=24, co=40, stride=2),
+    LayerShape("tiny_c", n=1, h=9, w=7, c=3, co=5, stride=1, bias=False),
+    LayerShape("odd_s1", n=2, h=6, w=5, c=40, co=17, stride=1, relu=False),
+    LayerShape("wide", n=1, h=7, w=7, c=64, co=128, stride=1),
+)
+
+CPU_VARIANTS = sorted(
+    v.name for v in registry.all_variants().values() if v.framework == "halide" and "cpu" in v.kinds
+)
+GPU_SCHEDULES = [s for s in variants.SCHEDULES if "cuda" in variants.SCHEDULE_KINDS[s]]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One compile cache for the session: each (variant, shape) compiles cold exactly once."""
+    return tmp_path_factory.mktemp("halide-cache")
+
+
+def check(built: registry.Built, shape: LayerShape, seed: int) -> float:
+    """Place fresh inputs, poison the output, run, fetch: the relative L2 error against the reference."""
+    inputs = make_inputs(shape, seed)
+    placed = built.place(inputs)
+    built.poison(placed)
+    built.run(placed)
+    built.sync()
+    return relative_l2_error(built.fetch(placed), reference(shape, inputs))
+
+
+def test_every_schedule_is_registered() -> None:
+    names = {v.name for v in registry.all_variants().values() if v.framework == "halide"}
+    assert names == {f"halide_{s}" for s in variants.SCHEDULES}
+    assert registry.get("halide_auto_anderson2021").kinds == ("cuda",)
+    assert "cuda" not in registry.get("halide_auto_adams2019").kinds
+    reason = registry.get("halide_auto_anderson2021").skip_reason(AWKWARD[0], CPU)
+    assert reason and "no cpu implementation" in reason
+    old = DeviceSpec("fermi", "cuda", "old GPU", 1.0, 1.0, sm_count=16, cuda_capability=20)
+    assert "below Halide's lowest" in (registry.get("halide_app").skip_reason(AWKWARD[0], old) or "")
+    assert registry.get("halide_app").skip_reason(AWKWARD[0], H100) is None
+
+
+@pytest.mark.parametrize("shape", AWKWARD, ids=lambda s: s.name)
+@pytest.mark.parametrize("name", CPU_VARIANTS)
+def test_cpu_variant_matches_reference(name: str, shape: LayerShape, cache_dir: Path) -> None:
+    built = registry.get(name).build(shape, CPU, {"cache_dir": str(cache_dir)})
+    assert built.compile_s > 0 and built.kernel_filter is None
+    assert "lowered.stmt" in built.artifacts
+    assert {"schedule.py", "schedule.txt"} & set(built.artifacts)
+    for seed in (1, 2):  # two input sets through the same build
+        error = check(built, shape, seed)
+        assert error < TOLERANCE, f"{name} on {shape.label}: relative L2 error {error:.3g}"
+
+
+def test_compile_cache_hit_is_fast_and_identical(tmp_path: Path) -> None:
+    shape = LayerShape("cache", n=1, h=10, w=9, c=32, co=48, stride=2)
+    inputs = make_inputs(shape, 5)
+    cold = registry.get("halide_fused_tile").build(shape, CPU, {"cache_dir": str(tmp_path)})
+    start = time.perf_counter()
+    warm = registry.get("halide_fused_tile").build(shape, CPU, {"cache_dir": str(tmp_path)})
+    warm_wall = time.perf_counter() - start
+    assert json.loads(cold.artifacts["build.json"])["cache"] == "miss"
+    assert json.loads(warm.artifacts["build.json"])["cache"] == "hit"
+    assert warm.compile_s < cold.compile_s / 10 and warm_wall < 0.5
+    assert warm.artifacts["schedule.py"] == cold.artifacts["schedule.py"]
+    assert warm.artifacts["lowered.stmt"] == cold.artifacts["lowered.stmt"]
+    outs = []
+    for built in (cold, warm):
+        placed = built.place(inputs)
+        built.poison(placed)
+        built.run(placed)
+        outs.append(built.fetch(placed))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 1  # one entry, no temp left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_two_processes_building_one_key_both_succeed(tmp_path: Path) -> None:
+    """Concurrent cold builds of the same key: both processes get a working module, one entry stays."""
+    code = (
+        "from kernels.device import DeviceSpec; from kernels.layer import LayerShape, make_inputs, reference,"
+        " relative_l2_error; from kernels.halide.variants import build; import json;"
+        "s = LayerShape('race', 1, 6, 7, 8, 16); d = DeviceSpec('cpu', 'cpu', 'cpu', 1.0, 1.0);"
+        "b = build('unfused', s, d, {}); i = make_inputs(s, 0); p = b.place(i); b.run(p);"
+        "assert relative_l2_error(b.fetch(p), reference(s, i)) < 1e-4;"
+        "print(json.loads(b.artifacts['build.json'])['cache'])"
+    )
+    env = {**os.environ, "DSCONV_CACHE_DIR": str(tmp_path), "HL_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert set(outputs) <= {"miss", "hit"}
+    entries = list((tmp_path / "halide").iterdir())
+    assert len(entries) == 1 and not entries[0].name.startswith("."), entries
+
+
+def test_cache_key_covers_schedule_shape_and_source() -> None:
+    target = variants.cpu_target()
+    shape = AWKWARD[0]
+    base = variants._key_parts("app", shape, CPU, target, {})
+    assert cache.cache_key(base) == cache.cache_key(variants._key_parts("app", shape, CPU, target, {}))
+    for other in (
+        variants._key_parts("unfused", shape, CPU, target, {}),
+        variants._key_parts("app", AWKWARD[1], CPU, target, {}),
+        {**base, "source": "edited"},
+        {**base, "halide": "22.0.0"},
+    ):
+        assert cache.cache_key(other) != cache.cache_key(base)
+    auto = variants._key_parts("auto_adams2019", shape, CPU, target, {"autoscheduler": {"beam_size": 2}})
+    assert auto["params"]["beam_size"] == "2"
+
+
+def test_cache_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DSCONV_CACHE_DIR", str(tmp_path))
+    assert cache.cache_root({}) == tmp_path / "halide"
+    assert cache.cache_root({"cache_dir": "/x/y"}) == Path("/x/y")
+    monkeypatch.delenv("DSCONV_CACHE_DIR")
+    assert cache.cache_root({}) == Path("~/.cache/dsconv/halide").expanduser()
+
+
+def test_jit_fallback_matches_reference() -> None:
+    shape = AWKWARD[0]
+    built = registry.get("halide_unfused").build(shape, CPU, {"jit": True})
+    assert json.loads(built.artifacts["build.json"])["cache"] == "off"
+    assert check(built, shape, 3) < TOLERANCE
+
+
+def test_unknown_schedule_lists_valid_names() -> None:
+    with pytest.raises(UnknownScheduleError, match="valid schedules: app, unfused, fused_tile"):
+        variants.build("nope", AWKWARD[0], CPU, {})
+    with pytest.raises(UnknownScheduleError, match="'auto_anderson2021' for cpu"):
+        variants.check_schedule("auto_anderson2021", "cpu")
+
+
+def test_bad_options_are_rejected() -> None:
+    with pytest.raises(ValueError, match="cuda_max_registers"):
+        variants._max_registers({"cuda_max_registers": "many"})
+    assert variants._max_registers({"cuda_max_registers": 128}) == 128
+    with pytest.raises(ValueError, match="autoscheduler"):
+        variants.build("auto_li2018", AWKWARD[0], CPU, {"autoscheduler": "fast"})
+
+
+# --- CUDA code paths, compiled without a GPU -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("capability", "feature"),
+    [
+        (90, "cuda_capability_86"),
+        (86, "cuda_capability_86"),
+        (75, "cuda_capability_75"),
+        (60, "cuda_capability_50"),
+    ],
+)
+def test_cuda_target_from_capability(capability: int, feature: str) -> None:
+    device = DeviceSpec("gpu", "cuda", "GPU", 1.0, 1.0, sm_count=10, cuda_capability=capability)
+    target = variants.cuda_target(device).to_string()
+    assert "-cuda-" in target and feature in target
+    assert not re.search(r"cuda_capability_(?!" + feature[-2:] + ")", target)
+
+
+def test_cuda_capability_too_old_is_an_error() -> None:
+    with pytest.raises(ValueError, match="valid capabilities: 30, 32"):
+        variants.cuda_capability_feature(20)
+
+
+@pytest.mark.skipif(has_cuda(), reason="checks the error raised where there is no GPU")
+def test_cuda_build_without_gpu_raises_instead_of_aborting() -> None:
+    with pytest.raises(RuntimeError, match="no usable CUDA device"):
+        registry.get("halide_app").build(AWKWARD[0], H100, {})
+
+
+@pytest.mark.parametrize("shape", [AWKWARD[0], AWKWARD[1]], ids=lambda s: s.name)
+@pytest.mark.parametrize("name", GPU_SCHEDULES)
+def test_gpu_schedule_compiles_for_cuda(name: str, shape: LayerShape) -> None:
+    options = {"autoscheduler": {"beam_size": 2}} if name == "auto_anderson2021" else {}
+    artifacts = variants.lower_for(name, shape, H100, options)
+    kernels = re.findall(r"\.entry\s+(\w+)\(", artifacts["kernels.ptx"])
+    assert kernels and all(re.match(KERNEL_FILTER, k) for k in kernels), kernels
+    assert "gpu_block<CUDA>" in artifacts["lowered.stmt"]
+    expected = {"unfused": 2, "app": 1, "fused_tile": 1, "fused_cblock": 1}
+    if name in expected:
+        assert len(kernels) == expected[name]
+    if name in ("app", "fused_tile"):
+        assert "GPUShared" in artifacts["lowered.stmt"]  # the depthwise is staged in shared memory
+    if name == "fused_cblock":
+        assert "GPUShared" not in artifacts["lowered.stmt"]
+
+
+# --- on a GPU --------------------------------------------------------------------------------------
+
+
+@requires_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", [s for s in GPU_SCHEDULES if s != "auto_anderson2021"])
+def test_gpu_variant_matches_reference(name: str) -> None:
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    props = torch.cuda.get_device_properties(0)
+    device = DeviceSpec("gpu", "cuda", props.name, 1.0, 1.0, props.multi_processor_count, 10 * major + minor)
+    for shape in AWKWARD:
+        built = registry.get(f"halide_{name}").build(shape, device, {})
+        assert check(built, shape, 4) < TOLERANCE
