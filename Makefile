@@ -1,0 +1,58 @@
+# dsconv-lab: Halide's depthwise separable convolution against TensorFlow and cuDNN.
+# `make help` lists the targets. Everything runs from the repository's .venv (created when missing).
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+EXPERIMENT ?= fusion_ablation
+ARGS ?=
+PYTEST_ARGS ?=
+MLFLOW_PORT ?= 5000
+MLFLOW_DB := $(CURDIR)/mlflow/mlflow.db
+MLFLOW_ARTIFACTS := $(CURDIR)/mlflow/artifacts
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test mlflow-ui mlflow-server ingest lint
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# The stamp makes a repeat `make install` a no-op until pyproject.toml changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv if missing and install the package with its dev tools (no-op when up to date)
+
+run: install ## Run an experiment: make run [EXPERIMENT=fusion_ablation] [ARGS='timing=quick ...']
+	$(PY) -m orchestrator +experiment=$(EXPERIMENT) $(ARGS)
+
+# pytest exits 5 when it collects no tests: a selection that matches nothing is a mistake, not a pass.
+# Make itself exits 2 on any failure, so pytest's own exit code is left in $(PYTEST_EXIT) for .ci/run.
+PYTEST_EXIT := $(VENV)/.pytest-exit
+test: install ## Run the test suite: make test [PYTEST_ARGS='-x -k smoke']
+	@rm -f $(PYTEST_EXIT); $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; echo $$rc > $(PYTEST_EXIT); \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
+	exit $$rc
+
+mlflow-ui: install ## MLflow UI on the embedded store at http://127.0.0.1:5000 (MLFLOW_PORT=...)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DB) \
+		--default-artifact-root $(MLFLOW_ARTIFACTS) --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
+mlflow-server: install ## MLflow tracking server (artifacts over HTTP) for tracking=server, on 127.0.0.1
+	MLFLOW_PORT=$(MLFLOW_PORT) ./mlflow/server.sh
+
+ingest: install ## Log the committed results bundles (results/*/*/) into the embedded store
+	@shopt -s nullglob; bundles=(results/*/*/); \
+	if [ $${#bundles[@]} -eq 0 ]; then echo "no bundles under results/*/*/"; exit 0; fi; \
+	$(PY) -m orchestrator.ingest --no-summary "$${bundles[@]}"
+
+lint: install ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .

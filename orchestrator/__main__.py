@@ -1,0 +1,243 @@
+"""`python -m orchestrator +experiment=NAME [overrides]`: plan → dispatch → record → summary.
+
+    python -m orchestrator +experiment=fusion_ablation
+    python -m orchestrator +experiment=smoke variants=[app] shapes=[1x30x30x24-40s2] timing=quick
+    python -m orchestrator +experiment=mobilenet_v1 devices=[h100] dispatch=export
+
+Bad input (an unknown experiment, variant, shape, device or config option, a shape that makes no
+sense, a malformed override, a value of the wrong type) ends with ONE line on stderr naming the valid
+choices and exit code 2: no traceback, and nothing started (Ray, MLflow) before the input is valid.
+Hydra's own errors are multi-line; `HYDRA_FULL_ERROR=1` makes Hydra raise them to us instead of
+printing them, and `_one_line` rewrites them. Set HYDRA_FULL_ERROR=1 yourself to get tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+from hydra.errors import OverrideParseException as HydraOverrideError
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from orchestrator.config import (
+    CONF_DIR,
+    DISPATCH_MODES,
+    SCHEMAS,
+    ConfigError,
+    experiment_names,
+    group_options,
+)
+
+log = logging.getLogger("orchestrator")
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+QUIET_LOGGERS = ("alembic", "mlflow", "ray", "urllib3", "git", "absl", "tensorflow")
+
+
+# --- the run ----------------------------------------------------------------------------------------
+def parent_params(cfg: DictConfig, versions: dict[str, str]) -> dict[str, str]:
+    """The parent run's params: what was asked for and with which code."""
+    timing = OmegaConf.to_container(cfg.timing, resolve=True)
+    return {
+        "experiment": cfg.name,
+        "devices": ",".join(cfg.devices),
+        "variants": ",".join(cfg.variants),
+        "shapes": ",".join(cfg.shapes),
+        "batch": str(cfg.batch),
+        "seed": str(cfg.seed),
+        "tolerance": repr(float(cfg.tolerance)),
+        "retries": str(cfg.retries),
+        "git_commit": versions.get("git", "unknown"),
+        **{f"version.{k}": v for k, v in versions.items() if k != "git"},
+        **{f"timing.{k}": str(v) for k, v in timing.items()},  # type: ignore[union-attr]
+    }
+
+
+def run(cfg: DictConfig) -> None:
+    """Plan the experiment, then export the jobs or run them through Ray into MLflow, then summarise."""
+    from orchestrator.dispatch import RayDispatcher, export_jobs
+    from orchestrator.plan import make_plan, profile_settings
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if cfg.dispatch.mode not in DISPATCH_MODES:
+        raise ConfigError(f"unknown dispatch.mode {cfg.dispatch.mode!r}; valid: {', '.join(DISPATCH_MODES)}")
+    jobs = make_plan(cfg)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+
+    if cfg.dispatch.mode == "export":
+        out = Path(cfg.dispatch.out) if cfg.dispatch.out else Path(HydraConfig.get().runtime.output_dir)
+        path = export_jobs(jobs, config_yaml, out)
+        print(f"wrote {len(jobs)} jobs to {path}")
+        print(f"next, where the devices are: python -m workers run {path} --out BUNDLE_DIR")
+        print("then here: python -m orchestrator.ingest BUNDLE_DIR")
+        return
+
+    from orchestrator.record import Recorder, check_tracking
+    from orchestrator.summary import print_summary, summary_metrics
+
+    for name in QUIET_LOGGERS:  # again: importing mlflow resets its logger to INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    uri = cfg.tracking.uri
+    devices = {job.device.name: job.device.kind for job in jobs}
+    check_tracking(uri)
+    versions = dict(jobs[0].versions)
+    dispatcher = RayDispatcher(
+        address=cfg.cluster.address,
+        num_cpus=cfg.cluster.num_cpus,
+        retries=cfg.retries,
+        extra_modules=cfg.extra_variant_modules,
+        log_to_driver=cfg.cluster.log_to_driver,
+        profile=profile_settings(cfg),
+        profile_dir=str(Path(HydraConfig.get().runtime.output_dir) / "profiles"),
+    )
+    dispatcher.preflight(devices)
+    log.info(
+        "%s: %d jobs (%d variants x %d shapes x %d devices), MLflow at %s",
+        cfg.name,
+        len(jobs),
+        len({j.variant for j in jobs}),
+        len({j.shape.name for j in jobs}),
+        len(devices),
+        uri,
+    )
+    with dispatcher:
+        dispatcher.connect(devices)
+        with Recorder(uri, cfg.name, cfg.tracking.artifact_root) as recorder:
+            recorder.start_parent(
+                parent_params(cfg, versions),
+                tags={
+                    "dsconv.source": "ray",
+                    "mlflow.source.git.commit": versions.get("git", "unknown"),
+                    "host": socket.gethostname(),
+                },
+                artifacts={"config.yaml": config_yaml},
+            )
+            records = dispatcher.run(jobs, lambda job, record: recorder.log_child(record, job))
+            recorder.end_parent("FINISHED", summary_metrics(records))
+    print_summary(records, cfg.name)
+
+
+_bad_input: list[BaseException] = []  # raised inside the task, re-raised after Hydra returns
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    # Hydra logs "Error executing job with overrides: ..." for an exception leaving the task; bad input
+    # is not an error of the job, so it leaves quietly and is reported by main().
+    try:
+        run(cfg)
+    except (ConfigError, OmegaConfBaseException) as exc:
+        _bad_input.append(exc)
+
+
+# --- bad input → one line ----------------------------------------------------------------------------
+def _collapse(text: str) -> str:
+    """Hydra's multi-line message as one line, without the search path and documentation links."""
+    lines = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("Config search path"):
+            break
+        if line and not line.startswith(
+            ("See https://", "provider=", "full_key:", "reference_type=", "object_type=")
+        ):
+            lines.append(line)
+    return " ".join(lines)
+
+
+def _valid_keys(full_key: str) -> str:
+    """`; valid keys of X: ...` for a key under a schema'd node, else ''."""
+    parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+    schema = SCHEMAS.get(parent)
+    if schema is None or parent in ("shape_catalog", "device_catalog"):
+        return ""
+    where = parent or "the config"
+    return f"; valid keys of {where}: {', '.join(schema.__dataclass_fields__)}"
+
+
+def _malformed(argv: list[str]) -> str:
+    """The first override Hydra's grammar rejects, with the reason."""
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-"):
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except HydraOverrideError as exc:
+            reason = _collapse(str(exc))
+            return (
+                f"malformed override {arg!r}: {reason}; overrides look like key=value, +key=value or "
+                "~key, with lists as [a,b] and dicts as {k:v} (quote them in the shell)"
+            )
+    return "malformed override"
+
+
+def _one_line(exc: BaseException, argv: list[str]) -> str:
+    """A one-line message for an exception caused by bad input."""
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    if isinstance(exc, HydraOverrideError):
+        return _malformed(argv)
+    if isinstance(exc, MissingConfigException):
+        text = str(exc)
+        found = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+        if found:
+            group, option = found.groups()
+            if group == "experiment":
+                return f"unknown experiment {option!r}; valid experiments: {', '.join(experiment_names())}"
+            options = ", ".join(group_options(group))
+            return f"unknown {group} option {option!r}; valid {group} options: {options}"
+        return _collapse(text)
+    if isinstance(exc, ConfigCompositionException):
+        cause = exc.__cause__
+        message = _collapse(str(exc))
+        if isinstance(cause, OmegaConfBaseException):
+            full_key = getattr(cause, "full_key", "") or ""
+            message = f"{message}: {_collapse(str(cause))}{_valid_keys(full_key)}"
+        if "experiment" in message and "No match in the defaults list" in message:
+            message += f" (valid experiments: {', '.join(experiment_names())})"
+        return message
+    if isinstance(exc, OmegaConfBaseException):
+        full_key = getattr(exc, "full_key", "") or ""
+        return f"config error at {full_key or '?'}: {_collapse(str(exc))}{_valid_keys(full_key)}"
+    return _collapse(str(exc)) or type(exc).__name__
+
+
+def main() -> None:
+    """Entry point: run Hydra, turning bad input into one line on stderr and exit code 2."""
+    user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its multi-line report
+    argv = sys.argv[1:]
+    try:
+        _hydra_main()
+        if _bad_input:
+            raise _bad_input[0]
+    except KeyboardInterrupt:
+        print("interrupted (any MLflow run in progress was ended KILLED)", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except (ConfigError, HydraException, OmegaConfBaseException) as exc:
+        if user_wants_traceback:
+            raise
+        print(f"error: {_one_line(exc, argv)}".replace("\n", " "), file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except Exception as exc:
+        if user_wants_traceback or not type(exc).__module__.startswith("mlflow"):
+            raise
+        # The tracking store refused (unwritable database, server error): runs opened were ended FAILED.
+        print(f"error: MLflow: {_collapse(str(exc))}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Typed schemas for the Hydra configs in `conf/`, and the one error type for bad input.
+
+The dataclasses are registered in Hydra's ConfigStore as `config_schema`, which `conf/config.yaml` puts
+first in its defaults list: every YAML value and every command-line override is then checked against a
+type before anything runs (`timing.min_repeats=abc` fails at composition, not in a worker).
+
+Values live in the YAML files; the defaults here only say what a missing key means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+
+
+class ConfigError(ValueError):
+    """Bad input from the user (a config value or an override); its message is one line for stderr."""
+
+
+@dataclass
+class ShapeConf:
+    """One entry of the shape catalog: a layer instance (see `kernels.layer.LayerShape`)."""
+
+    n: int = MISSING  # batch
+    h: int = MISSING  # input height, pixels
+    w: int = MISSING  # input width, pixels
+    c: int = MISSING  # input channels (= depthwise channels)
+    co: int = MISSING  # output channels of the pointwise convolution
+    stride: int = 1  # depthwise stride, 1 or 2
+    bias: bool = True  # add a bias after the pointwise convolution
+    relu: bool = True  # apply ReLU at the end
+    depth_multiplier: int = 1  # depthwise output channels per input channel; the layer supports 1
+    follows_batch: bool = False  # true: the experiment's `batch` replaces n
+
+
+@dataclass
+class DeviceConf:
+    """One entry of the device catalog (see `kernels.device.DeviceSpec`)."""
+
+    kind: str = MISSING  # cpu | cuda
+    model: str = MISSING  # human name
+    peak_gflops: float = 0.0  # fp32 FMA peak, GFLOP/s; 0 = measure on the node
+    mem_gbps: float = 0.0  # DRAM bandwidth, GB/s; 0 = measure on the node
+    sm_count: int = 0  # streaming multiprocessors (0 on a CPU)
+    cuda_capability: int = 0  # e.g. 75 for sm_75 (0 on a CPU)
+    cores: int = 0  # CPU cores to use; 0 = all cores of the node (and 0 on a GPU)
+
+
+@dataclass
+class TimingConf:
+    """How the worker's harness times a job (mirrors `workers.schema.TimingSpec`)."""
+
+    warmup: int = 3
+    min_repeats: int = 10
+    max_repeats: int = 200
+    min_time_s: float = 0.2
+    max_time_s: float = 5.0
+    stable_spread: float = 0.05
+    cold_cache: bool = False
+    input_sets: int = 1
+
+
+@dataclass
+class TrackingConf:
+    """Where MLflow records go."""
+
+    uri: str = MISSING  # tracking URI: sqlite:///path.db or http://host:port
+    artifact_root: str | None = None  # artifact folder for a database URI; a server decides its own
+
+
+@dataclass
+class ClusterConf:
+    """Which Ray instance runs the jobs."""
+
+    address: str | None = None  # null = start a local instance; else a Ray address (or "auto")
+    num_cpus: int | None = None  # CPUs of a local instance; null = all of this machine's
+    log_to_driver: bool = False  # stream worker stdout/stderr to this terminal
+
+
+@dataclass
+class DispatchConf:
+    """How jobs leave the driver."""
+
+    mode: str = "ray"  # ray = run through Ray and record in MLflow; export = write jobs.json and stop
+    out: str | None = None  # export folder; null = Hydra's output folder of this invocation
+
+
+@dataclass
+class Config:
+    """The whole configuration of one invocation of `python -m orchestrator`."""
+
+    name: str = MISSING  # experiment name = MLflow experiment; set by +experiment=NAME
+    variants: list[str] = field(default_factory=list)
+    shapes: list[str] = field(default_factory=list)
+    batch: int | None = None
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
+    tolerance: float = 1e-4
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    retries: int = 1
+    extra_variant_modules: list[str] = field(default_factory=list)
+    # Catalog entries are checked against ShapeConf / DeviceConf when the plan is made: OmegaConf cannot
+    # add a new key to a dict typed with a dataclass value from a command-line override
+    # (`+shape_catalog.mine={...}` fails with "dict is not a subclass of ShapeConf").
+    shape_catalog: dict[str, Any] = field(default_factory=dict)
+    device_catalog: dict[str, Any] = field(default_factory=dict)
+    timing: TimingConf = field(default_factory=TimingConf)
+    tracking: TrackingConf = field(default_factory=TrackingConf)
+    cluster: ClusterConf = field(default_factory=ClusterConf)
+    dispatch: DispatchConf = field(default_factory=DispatchConf)
+    # conf/profile/*.yaml: `tool` (none | ncu | nsys) plus the keys of workers.profiling.ProfileSettings,
+    # which checks them (one schema, kept by the profiler's owner) when the plan is made.
+    profile: dict[str, Any] = field(default_factory=lambda: {"tool": "none"})
+
+
+SCHEMAS: dict[str, type] = {
+    "": Config,
+    "timing": TimingConf,
+    "tracking": TrackingConf,
+    "cluster": ClusterConf,
+    "dispatch": DispatchConf,
+    "shape_catalog": ShapeConf,
+    "device_catalog": DeviceConf,
+}
+DISPATCH_MODES = ("ray", "export")
+
+
+def _repo_root() -> str:
+    return str(REPO_ROOT)
+
+
+def register() -> None:
+    """Register the schema and the `${repo_root:}` resolver; idempotent, called on import."""
+    if not OmegaConf.has_resolver("repo_root"):
+        OmegaConf.register_new_resolver("repo_root", _repo_root)
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+def experiment_names() -> list[str]:
+    """The experiments a user can pick with +experiment=NAME (files in conf/experiment/)."""
+    return sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group (files in conf/<group>/)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+register()

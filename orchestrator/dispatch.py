@@ -1,0 +1,325 @@
+"""Jobs leave the driver here: through Ray (local instance or a cluster), or exported as jobs.json.
+
+Ray: each job is one task calling `workers.job.execute`. One timing job at a time per device: every
+device key `d` is a custom resource `timing_<d>` (capacity 1 for the host CPU; one per GPU on a GPU
+node) that each of its tasks holds, and a CUDA task also takes a whole GPU (`num_gpus=1`, never a
+fraction). A task whose process dies (a native abort in a compiler, say) is retried `retries` times by
+Ray, then becomes a `failed` Record naming the cause, and the rest goes on. Records are handed to the
+caller as they complete (`ray.wait`), so MLflow fills while the experiment runs.
+
+A local instance binds every port to 127.0.0.1 with the dashboard off: `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`
+makes Ray 2.60 take the loopback address as the node address (its single-machine mode); without it the
+gRPC servers listen on all interfaces. The variable must be set before `ray` is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from orchestrator.config import ConfigError
+from workers.schema import Job, Record
+
+OnRecord = Callable[[Job, Record], None]
+Profile = tuple[str, dict[str, Any]]  # (tool, settings of conf/profile/<tool>.yaml without `tool`)
+PROFILE_FILE_TAG = "profile_file."  # tag prefix: path of a binary profiler file (see Recorder.log_child)
+LOCAL_MODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+MAX_CAUSE_CHARS = 500
+
+
+def resource_for(device: str) -> str:
+    """The custom Ray resource that serialises timing jobs on `device` (a catalog key)."""
+    return f"timing_{device}"
+
+
+def is_loopback(address: str) -> bool:
+    """True for a Ray address on this machine's loopback interface (127.x.x.x, localhost, ::1)."""
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def local_gpu_count() -> int:
+    """GPUs visible on this machine (CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`); 0 without a driver."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def execute_in_worker(
+    job_dict: dict[str, Any],
+    modules: Sequence[str],
+    profile: Profile | None = None,
+    profile_dir: str | None = None,
+) -> str:
+    """The body of a Ray task: run one job in the worker process, return its Record as JSON.
+
+    A CPU job gets OMP_NUM_THREADS = the cores it may use (Ray sets 1 in its workers, which would
+    starve oneDNN); it must be set before a framework is first imported in this process. With a
+    profiler configured, an `ok` job is then profiled in processes of its own (workers.profiling),
+    still holding the device, so the profile never overlaps another job's timing.
+    """
+    job = Job.from_dict(job_dict)
+    if job.device.kind == "cpu":
+        cores = job.device.cores or len(os.sched_getaffinity(0))
+        os.environ["OMP_NUM_THREADS"] = str(cores)
+    for module in modules:
+        importlib.import_module(module)
+    from workers.job import execute
+
+    record = execute(job)
+    if profile and profile[0] != "none" and record.status == "ok" and "profile_status" not in record.tags:
+        add_profile(job, record, profile, Path(profile_dir or "profiles"), modules)
+    return record.to_json()
+
+
+def add_profile(job: Job, record: Record, profile: Profile, root: Path, modules: Sequence[str]) -> None:
+    """Run the profiler pass over `job` and merge it into `record`: metrics, tags, text artifacts, and
+    a `profile_file.<name>` tag with the path of each binary file (the report), which the recorder
+    uploads when that path is on its machine."""
+    from workers.profiling import ProfileSettings, profile_job
+    from workers.profiling.settings import TEXT_SUFFIXES
+
+    tool, raw = profile
+    extra = [m for m in modules if m not in raw.get("variant_modules", [])]
+    settings = ProfileSettings.from_config(
+        {**raw, "variant_modules": [*raw.get("variant_modules", []), *extra]}
+    )
+    result = profile_job(job, tool, settings, root / re.sub(r"[^\w.\-]", "_", job.key))
+    result.apply_to(record)
+    for name, path in result.artifacts.items():
+        if not name.endswith(TEXT_SUFFIXES):
+            record.tags[f"{PROFILE_FILE_TAG}{name}"] = str(Path(path).resolve())
+
+
+def failed_record(job: Job, cause: str) -> Record:
+    """The Record of a job whose worker never returned one (process died, task lost)."""
+    from kernels import registry
+    from workers.job import base_record
+
+    record = base_record(job)
+    with contextlib.suppress(registry.UnknownVariantError):
+        record.params["framework"] = registry.get(job.variant).framework
+    record.tags.update(status="failed", error=cause[:MAX_CAUSE_CHARS])
+    return record
+
+
+def describe_ray_error(exc: BaseException) -> str:
+    """One line saying why a task gave no record: the Ray error type and the first line of its message."""
+    cause = getattr(exc, "cause", None)  # RayTaskError: the exception raised inside the task
+    if isinstance(cause, BaseException):
+        exc = cause
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    kind = type(exc).__name__
+    if kind == "WorkerCrashedError":
+        kind = "worker process died (WorkerCrashedError)"
+    return f"{kind}: {lines[0]}" if lines else kind
+
+
+class JobProgress:
+    """A rich progress bar of jobs done / failed / left, on stderr."""
+
+    def __init__(self, total: int, console: Console | None = None) -> None:
+        self.total, self.done, self.failed = total, 0, 0
+        self._bar = Progress(
+            TextColumn("[bold]jobs"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("done {task.fields[done]} · failed {task.fields[failed]} · left {task.fields[left]}"),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console or Console(stderr=True),
+        )
+        self._task = self._bar.add_task("", total=total, done=0, failed=0, left=total)
+
+    def __enter__(self) -> JobProgress:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
+
+    def advance(self, record: Record) -> None:
+        self.done += 1
+        self.failed += record.status == "failed"
+        last = f"{record.params.get('variant', '?')} {record.params.get('shape', '?')}: {record.status}"
+        self._bar.update(
+            self._task,
+            advance=1,
+            done=self.done,
+            failed=self.failed,
+            left=self.total - self.done,
+            description=last,
+        )
+
+
+class RayDispatcher:
+    """A connection to Ray (a private local instance, or a cluster at an address) that runs jobs.
+
+    `preflight` fails fast (before Ray starts) where a local instance could not run a device's jobs;
+    `connect` starts or joins Ray and checks that some node offers every device the jobs need (a
+    request no node can satisfy would wait forever); `run` runs them. Used as a context manager,
+    leaving cancels what is still pending (Ctrl-C) and leaves Ray (a local instance shuts down).
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        retries: int = 1,
+        extra_modules: Iterable[str] = (),
+        log_to_driver: bool = False,
+        profile: Profile | None = None,
+        profile_dir: str | None = None,
+    ) -> None:
+        self.address, self.num_cpus, self.retries = address, num_cpus, retries
+        self.profile, self.profile_dir = profile, profile_dir
+        self.extra_modules = list(extra_modules)
+        self.log_to_driver = log_to_driver
+        self._pending: dict[Any, Job] = {}
+        self._ray: Any = None
+        self._remote: Any = None
+
+    # --- connection ------------------------------------------------------------------------------
+    def preflight(self, devices: dict[str, str]) -> None:
+        """Before starting a local instance: a CUDA device needs a GPU on this machine."""
+        if self.address is None:
+            cuda = [name for name, kind in devices.items() if kind == "cuda"]
+            if cuda and local_gpu_count() == 0:
+                raise ConfigError(
+                    f"device {cuda[0]!r} needs a GPU and this machine has none; run on a GPU node, "
+                    "join a cluster (cluster=ray), or export the jobs (dispatch=export)"
+                )
+
+    def connect(self, devices: dict[str, str]) -> None:
+        """Start or join Ray; `devices` maps each device key the jobs use to its kind (cpu|cuda)."""
+        if self.address is None or is_loopback(self.address):
+            # Before `import ray`: loopback only. A driver joining a cluster on 127.0.0.1 needs it too,
+            # or it looks for a node at the machine's external address and waits forever.
+            os.environ.setdefault(LOCAL_MODE_ENV, "0")
+        import ray
+
+        self._ray = ray
+        self._remote = ray.remote(execute_in_worker)
+        common = dict(include_dashboard=False, log_to_driver=self.log_to_driver, logging_level="ERROR")
+        if self.address is None:
+            gpus = local_gpu_count()
+            resources = {
+                resource_for(name): float(1 if kind == "cpu" else gpus)
+                for name, kind in devices.items()
+                if kind == "cpu" or gpus > 0
+            }
+            ray.init(
+                num_cpus=self.num_cpus or os.cpu_count() or 1, num_gpus=gpus, resources=resources, **common
+            )
+        else:
+            try:
+                ray.init(address=self.address, **common)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(f"cannot connect to Ray at {self.address!r}: {first}") from None
+        self._check(devices)
+
+    def _check(self, devices: dict[str, str]) -> None:
+        offered = self._ray.cluster_resources()
+        for name, kind in devices.items():
+            missing = [r for r in (resource_for(name),) if offered.get(r, 0) < 1]
+            if kind == "cuda" and offered.get("GPU", 0) < 1:
+                missing.append("GPU")
+            if missing:
+                where = "this machine" if self.address is None else f"the Ray cluster at {self.address}"
+                hint = (
+                    "this machine has no GPU; export the jobs with dispatch=export and run them on one"
+                    if self.address is None
+                    else f"start one with ray start --resources='{{\"{resource_for(name)}\": 1}}'"
+                )
+                self.close()
+                raise ConfigError(
+                    f"no node of {where} offers device {name!r} (needs {', '.join(missing)}); {hint}"
+                )
+
+    def close(self) -> None:
+        """Cancel pending tasks and leave Ray (shutting down a local instance)."""
+        if self._ray is None:
+            return
+        for ref in list(self._pending):
+            with contextlib.suppress(Exception):  # already finished or gone: nothing to cancel
+                self._ray.cancel(ref, force=True)
+        self._pending.clear()
+        if self._ray.is_initialized():
+            self._ray.shutdown()
+        self._ray = None
+
+    def __enter__(self) -> RayDispatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- running ---------------------------------------------------------------------------------
+    def _submit(self, job: Job) -> Any:
+        options: dict[str, Any] = dict(
+            resources={resource_for(job.device.name): 1},
+            num_cpus=1,
+            num_gpus=1 if job.device.kind == "cuda" else 0,
+            max_retries=self.retries,
+            retry_exceptions=False,  # execute() returns failures as records; only crashes are retried
+            name=f"{job.variant}.{job.shape.name}.{job.device.name}",
+        )
+        return self._remote.options(**options).remote(
+            job.to_dict(), self.extra_modules, self.profile, self.profile_dir
+        )
+
+    def run(self, jobs: Sequence[Job], on_record: OnRecord, progress: bool = True) -> list[Record]:
+        """Run every job; each Record goes to `on_record` as soon as it is back. Returns them all."""
+        self._pending = {self._submit(job): job for job in jobs}
+        records: list[Record] = []
+        bar = JobProgress(len(jobs)) if progress else None
+        if bar:
+            bar.__enter__()
+        try:
+            while self._pending:
+                ready, _ = self._ray.wait(list(self._pending), num_returns=1)
+                for ref in ready:
+                    job = self._pending.pop(ref)
+                    record = self._result(ref, job)
+                    records.append(record)
+                    if bar:
+                        bar.advance(record)
+                    on_record(job, record)
+        finally:
+            if bar:
+                bar.__exit__(None, None, None)
+        return records
+
+    def _result(self, ref: Any, job: Job) -> Record:
+        try:
+            return Record.from_json(self._ray.get(ref))
+        except self._ray.exceptions.RayError as exc:
+            return failed_record(job, describe_ray_error(exc))
+
+
+def export_jobs(jobs: Sequence[Job], config_yaml: str, out: Path) -> Path:
+    """Write `jobs.json` (a list of Job.to_dict) and `config.yaml` into `out`; returns jobs.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "jobs.json"
+    path.write_text(json.dumps([job.to_dict() for job in jobs], indent=1, sort_keys=True) + "\n")
+    (out / "config.yaml").write_text(config_yaml)
+    return path

@@ -1,0 +1,226 @@
+"""Experiment config → list of Jobs (variants × shapes × devices), every name checked first.
+
+Planning is where bad input is caught: an unknown variant, shape or device, or a shape that makes no
+sense, raises ConfigError with one line naming the valid choices, before Ray starts or an MLflow run
+exists. The plan also pins the versions that enter each job's key (git commit, Halide, TensorFlow), so
+re-runs and ingests of the same measurement de-duplicate.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import re
+import subprocess
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from kernels import registry
+from kernels.device import KINDS, DeviceSpec
+from kernels.layer import STRIDES, LayerShape, ShapeError
+from orchestrator.config import (
+    REPO_ROOT,
+    SCHEMAS,
+    Config,
+    ConfigError,
+    DeviceConf,
+    ShapeConf,
+    experiment_names,
+)
+from workers.schema import Job, TimingSpec
+
+# An inline shape in `shapes`: NxHxWxC-CO with an optional sS stride suffix, e.g. 1x30x30x24-40s2.
+# (Hydra's override grammar accepts `x`, `-` and digits unquoted; `->` and `:` it does not.)
+SPEC = re.compile(r"^(?P<n>\d+)x(?P<h>\d+)x(?P<w>\d+)x(?P<c>\d+)-(?P<co>\d+)(?:s(?P<stride>\d+))?$")
+SPEC_HELP = "or an inline spec NxHxWxC-CO[sS] such as 1x30x30x24-40s2"
+LIBRARIES = ("halide", "tensorflow", "torch")  # versions that enter the job key when installed
+
+
+def git_commit(repo: str = str(REPO_ROOT)) -> str:
+    """HEAD's commit, with `-dirty` when tracked files differ from it; `unknown` outside a git checkout."""
+    try:
+        sha = subprocess.run(
+            ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def versions() -> dict[str, str]:
+    """Code and library versions that identify a measurement: git commit, Halide, TensorFlow (, torch)."""
+    found = {"git": git_commit()}
+    for lib in LIBRARIES:
+        try:
+            found[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def load_variant_modules(modules: Iterable[str]) -> None:
+    """Import extra modules whose `@register` adds variants (tests use one that crashes its process)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"extra_variant_modules: cannot import {module!r}: {exc}") from None
+
+
+def _typed(entry: Any, schema: type, what: str) -> dict[str, Any]:
+    """A catalog entry checked against its schema (types, unknown and missing keys), as a plain dict."""
+    valid = ", ".join(schema.__dataclass_fields__)
+    if not isinstance(entry, Mapping | DictConfig):
+        raise ConfigError(f"{what} must be a mapping of {valid}; got {entry!r}")
+    try:
+        if isinstance(entry, DictConfig):  # a typed node would lend the merge its own extra keys
+            entry = OmegaConf.to_container(entry, resolve=True)
+        merged = OmegaConf.merge(OmegaConf.structured(schema), entry)
+        return OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"{what}: {first} (keys: {valid})") from None
+
+
+def resolve_shape(name: str, catalog: Mapping[str, Any], batch: int | None) -> LayerShape:
+    """The LayerShape for a catalog name or an inline spec; `batch` replaces n where the entry follows it."""
+    if name in catalog:
+        entry = _typed(catalog[name], ShapeConf, f"shape {name!r}")
+    elif match := SPEC.match(name):
+        entry = {k: int(v) for k, v in match.groupdict().items() if v is not None}
+        entry = {"stride": 1, **entry, "depth_multiplier": 1, "follows_batch": False}
+    else:
+        raise ConfigError(f"unknown shape {name!r}; valid shapes: {', '.join(catalog)} ({SPEC_HELP})")
+    if entry.get("depth_multiplier", 1) != 1:
+        raise ConfigError(
+            f"shape {name!r}: channel mismatch: depth_multiplier {entry['depth_multiplier']} gives "
+            f"{entry['c'] * entry['depth_multiplier']} depthwise channels but the pointwise layer takes "
+            f"c={entry['c']}; the layer supports depth_multiplier 1 only"
+        )
+    if entry.pop("follows_batch", False) and batch is not None:
+        entry["n"] = batch
+    entry.pop("depth_multiplier", None)
+    if entry.get("stride") not in STRIDES:
+        raise ConfigError(
+            f"shape {name!r}: stride must be one of {list(STRIDES)}, got {entry.get('stride')!r}"
+        )
+    try:
+        return LayerShape(name=name, **entry)
+    except ShapeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def resolve_device(name: str, catalog: Mapping[str, Any]) -> DeviceSpec:
+    """The DeviceSpec of a device catalog key."""
+    if name not in catalog:
+        raise ConfigError(f"unknown device {name!r}; valid devices: {', '.join(catalog)}")
+    entry = _typed(catalog[name], DeviceConf, f"device {name!r}")
+    if entry["kind"] not in KINDS:
+        raise ConfigError(f"device {name!r}: kind must be one of {list(KINDS)}, got {entry['kind']!r}")
+    for key in ("peak_gflops", "mem_gbps", "sm_count", "cuda_capability", "cores"):
+        if entry[key] < 0:
+            raise ConfigError(f"device {name!r}: {key} must be >= 0, got {entry[key]!r}")
+    return DeviceSpec(name=name, **entry)
+
+
+def _unique(names: Iterable[str], what: str) -> list[str]:
+    seen: list[str] = []
+    for name in names:
+        if name not in seen:
+            seen.append(name)
+    if not seen:
+        raise ConfigError(f"no {what} given: set {what}=[...]")
+    return seen
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """No key the schema does not know: `+key=value` overrides bypass the schema's struct mode."""
+    known = Config.__dataclass_fields__
+    unknown = [k for k in cfg if k not in known and k != "hydra"]
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r}; valid keys of the config: {', '.join(known)}")
+    for group in ("timing", "tracking", "cluster", "dispatch"):
+        _typed(cfg[group], SCHEMAS[group], group)
+    profile_settings(cfg)
+
+
+def profile_settings(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
+    """(tool, settings) of the profile group, checked by workers.profiling; settings are plain data."""
+    from workers.profiling.settings import ProfileConfigError, ProfileSettings, check_tool
+
+    node = OmegaConf.to_container(cfg.profile, resolve=True)
+    if not isinstance(node, dict):
+        raise ConfigError(f"profile must be a mapping with a `tool` key, got {node!r}")
+    try:
+        tool = check_tool(str(node.get("tool", "none")))
+        ProfileSettings.from_config(node)
+    except (ProfileConfigError, TypeError) as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
+    return tool, {k: v for k, v in node.items() if k != "tool"}
+
+
+def check(cfg: DictConfig) -> None:
+    """Unknown keys, and scalar settings that make no sense (negative batch, tolerance, retries)."""
+    if OmegaConf.is_missing(cfg, "name"):
+        raise ConfigError(
+            f"no experiment chosen: add +experiment=NAME; valid experiments: {', '.join(experiment_names())}"
+        )
+    check_keys(cfg)
+    if cfg.batch is not None and cfg.batch <= 0:
+        raise ConfigError(f"batch must be a positive integer or null, got {cfg.batch}")
+    if not cfg.tolerance > 0:
+        raise ConfigError(f"tolerance must be > 0, got {cfg.tolerance}")
+    if cfg.retries < 0:
+        raise ConfigError(f"retries must be >= 0, got {cfg.retries}")
+    t = cfg.timing
+    if t.warmup < 0 or t.min_repeats < 1 or t.max_repeats < t.min_repeats or t.input_sets < 1:
+        raise ConfigError(
+            "timing: need warmup >= 0, min_repeats >= 1, max_repeats >= min_repeats, input_sets >= 1"
+        )
+    if t.min_time_s < 0 or t.max_time_s < t.min_time_s or t.stable_spread < 0:
+        raise ConfigError("timing: need 0 <= min_time_s <= max_time_s and stable_spread >= 0")
+
+
+def make_plan(cfg: DictConfig) -> list[Job]:
+    """Every job of the experiment, in order variant-major within each device; raises ConfigError."""
+    check(cfg)
+    load_variant_modules(cfg.extra_variant_modules)
+    variant_names = _unique(cfg.variants, "variants")
+    for name in variant_names:
+        try:
+            registry.get(name)
+        except registry.UnknownVariantError as exc:
+            raise ConfigError(str(exc)) from None
+    shape_catalog = OmegaConf.to_container(cfg.shape_catalog, resolve=True)
+    device_catalog = OmegaConf.to_container(cfg.device_catalog, resolve=True)
+    shapes = [resolve_shape(s, shape_catalog, cfg.batch) for s in _unique(cfg.shapes, "shapes")]
+    devices = [resolve_device(d, device_catalog) for d in _unique(cfg.devices, "devices")]
+    timing = TimingSpec(**OmegaConf.to_container(cfg.timing, resolve=True))
+    options = {k: v for k, v in OmegaConf.to_container(cfg.options, resolve=True).items() if v is not None}
+    pinned = versions()
+    return [
+        Job(
+            experiment=cfg.name,
+            variant=variant,
+            shape=shape,
+            device=device,
+            timing=timing,
+            tolerance=float(cfg.tolerance),
+            seed=int(cfg.seed),
+            options=dict(options),
+            versions=dict(pinned),
+        )
+        for device in devices
+        for shape in shapes
+        for variant in variant_names
+    ]

@@ -1,0 +1,250 @@
+"""The one place that writes to MLflow: a parent run per invocation, a child run per job.
+
+Workers never talk to MLflow; they return Records and the driver logs them here (one writer, so a
+SQLite store is never written by two processes at once). The same code logs a results bundle made
+on a GPU node (`orchestrator.ingest`), so both paths give identical runs.
+
+Every run this module opens ends FINISHED, FAILED or KILLED: a child is created, filled and
+terminated in one call; the parent is ended by the context manager, KILLED on Ctrl-C, FAILED when an
+exception escapes, FINISHED otherwise (failed or wrong jobs are results, not a failure of the run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from workers.schema import STATUSES, Job, Record
+
+ROLE_TAG = "dsconv.role"  # parent | child: lets the UI and ingest tell the two apart
+SOURCE_TAG = "dsconv.source"  # ray | ingest
+PROFILE_FILE_TAG = "profile_file."  # a binary profiler file (.ncu-rep) the worker left at this path
+MAX_PARAM_CHARS = 6000  # MLflow 3 limit on a param value
+MAX_TAG_CHARS = 8000  # MLflow 3 limit on a tag value
+BATCH = 100  # params and tags per log_batch call (MLflow's limit)
+_BAD_KEY = re.compile(r"[^/\w.\- ]")
+
+
+def _key(name: str) -> str:
+    """A metric or param key MLflow accepts (`^[/\\w.\\- ]*$`): other characters become `_`."""
+    return _BAD_KEY.sub("_", name)
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def is_database_uri(uri: str) -> bool:
+    """True for a tracking URI the client writes itself (a database), False for a tracking server."""
+    return not uri.startswith(("http://", "https://", "databricks"))
+
+
+def check_tracking(uri: str) -> None:
+    """Fail fast, in one line, when a tracking server does not answer (MLflow would retry for minutes)."""
+    from orchestrator.config import ConfigError
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+            if response.status == 200:
+                return
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ConfigError(
+            f"MLflow tracking server {uri} does not answer ({exc}); start it with `make mlflow-server` "
+            "or pick tracking=local"
+        ) from None
+    raise ConfigError(f"MLflow tracking server {uri} is not healthy; pick tracking=local")
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C until the block is done, then raise it: for steps that must not stop halfway."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def run_status(record: Record) -> str:
+    """MLflow status of a job's child run: FAILED when the job failed, FINISHED for ok, wrong, skipped."""
+    return "FAILED" if record.status == "failed" else "FINISHED"
+
+
+class Recorder:
+    """Writes one invocation (or one ingested bundle) into the MLflow experiment `experiment`."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None) -> None:
+        # A MLFLOW_RUN_ID in the environment silently overrides parent_run_id in the fluent API; this
+        # module uses MlflowClient only, and drops the variable so nothing below can pick it up.
+        os.environ.pop("MLFLOW_RUN_ID", None)
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        with deferred_interrupt():  # a new database is migrated here; a Ctrl-C midway would corrupt it
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.experiment_id = self._experiment_id(artifact_root)
+        self.parent_id: str | None = None
+        self.counts: Counter[str] = Counter()
+
+    def _experiment_id(self, artifact_root: str | None) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        location = None
+        if artifact_root and is_database_uri(self.tracking_uri):
+            location = (Path(artifact_root).resolve() / self.experiment).as_uri()
+        return self.client.create_experiment(self.experiment, artifact_location=location)
+
+    # --- the parent run --------------------------------------------------------------------------
+    def start_parent(
+        self,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+        artifacts: Mapping[str, str] | None = None,
+        run_name: str | None = None,
+    ) -> str:
+        """Open the invocation's parent run with its params, tags and text artifacts; returns its id."""
+        name = run_name or f"{self.experiment} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        with deferred_interrupt():  # a run is never left RUNNING between create and the first log
+            run = self.client.create_run(
+                self.experiment_id, run_name=name, tags={ROLE_TAG: "parent", **(tags or {})}
+            )
+            self.parent_id = run.info.run_id
+            try:
+                self._log(self.parent_id, params=params, artifacts=artifacts or {})
+            except Exception:
+                self.end_parent("FAILED")
+                raise
+        return self.parent_id
+
+    def end_parent(self, status: str, metrics: Mapping[str, float] | None = None) -> None:
+        """Log the job counts (and `metrics`) on the parent run and end it with `status`."""
+        if self.parent_id is None:
+            return
+        run_id, self.parent_id = self.parent_id, None
+        with deferred_interrupt():
+            try:
+                counts = {f"jobs_{s}": float(self.counts[s]) for s in STATUSES}
+                counts["jobs"] = float(sum(self.counts.values()))
+                self._log(run_id, metrics={**counts, **(metrics or {})})
+            finally:
+                self.client.set_terminated(run_id, status=status)
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None:
+            self.end_parent("FINISHED")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.end_parent("KILLED")
+        else:
+            self.end_parent("FAILED")
+
+    # --- a child run per job ---------------------------------------------------------------------
+    def log_child(self, record: Record, job: Job | None = None, source: str = "ray") -> str:
+        """Log one job's Record as a child run of the parent, ended FINISHED or FAILED; returns its id."""
+        if self.parent_id is None:
+            raise RuntimeError("log_child called without an open parent run")
+        params = dict(record.params)
+        if job is not None:  # a record from a worker carries these already; fill any gap from the job
+            params.setdefault("variant", job.variant)
+            params.setdefault("device", job.device.name)
+            for k, v in job.shape.as_params().items():
+                params.setdefault(k, v)
+        tags = {
+            **record.tags,
+            "status": record.status,
+            "job_key": record.key,
+            "mlflow.parentRunId": self.parent_id,
+            ROLE_TAG: "child",
+            SOURCE_TAG: source,
+        }
+        name = ".".join(params.get(k, "?") for k in ("variant", "shape", "device"))
+        tags = {k: str(v)[:MAX_TAG_CHARS] for k, v in tags.items()}
+        with deferred_interrupt():  # a child is logged whole: Ctrl-C takes effect after it
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+            run_id = run.info.run_id
+            status = "FAILED"
+            try:
+                self._log(run_id, params=params, metrics=record.metrics, artifacts=record.artifacts)
+                self._log_files(run_id, record.tags)
+                status = run_status(record)
+            finally:
+                self.client.set_terminated(run_id, status=status)
+            self.counts[record.status] += 1
+        return run_id
+
+    def existing_keys(self) -> set[str]:
+        """Job keys that already have a child run in this experiment (ingest skips those)."""
+        keys: set[str] = set()
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{ROLE_TAG}` = 'child'",
+                max_results=1000,
+                page_token=token,
+            )
+            keys.update(r.data.tags["job_key"] for r in page if "job_key" in r.data.tags)
+            token = page.token
+            if not token:
+                return keys
+
+    # --- writing ---------------------------------------------------------------------------------
+    def _log(
+        self,
+        run_id: str,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        artifacts: Mapping[str, str] | None = None,
+    ) -> None:
+        now = int(time.time() * 1000)
+        plist = [Param(_key(k), str(v)[:MAX_PARAM_CHARS]) for k, v in (params or {}).items()]
+        mlist = [
+            Metric(_key(k), float(v), now, 0)
+            for k, v in (metrics or {}).items()
+            if isinstance(v, int | float) and math.isfinite(v)
+        ]
+        for chunk in _chunks(plist, BATCH):
+            self.client.log_batch(run_id, params=chunk)
+        for chunk in _chunks(mlist, 1000):
+            self.client.log_batch(run_id, metrics=chunk)
+        for name, text in (artifacts or {}).items():
+            self.client.log_text(run_id, str(text), artifact_file=name)
+
+    def _log_files(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Upload binary files a record names in `profile_file.<name>` tags, when they are on this machine."""
+        for key, path in tags.items():
+            if key.startswith(PROFILE_FILE_TAG) and Path(path).is_file():
+                self.client.log_artifact(run_id, path, artifact_path="profile")
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Set tags on a run (values truncated to MLflow's limit)."""
+        tlist = [RunTag(k, str(v)[:MAX_TAG_CHARS]) for k, v in tags.items()]
+        for chunk in _chunks(tlist, BATCH):
+            self.client.log_batch(run_id, tags=chunk)

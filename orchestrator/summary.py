@@ -1,0 +1,173 @@
+"""The terminal summary at the end of an experiment: every result, then Halide against the baselines.
+
+Per device and shape: each variant's median time, GFLOP/s, % of roofline and status; then, per shape,
+the best Halide variant against the best TensorFlow (and cuDNN, where it ran) variant, with the
+geometric mean of the speedups over the shapes where both ran. Only `ok` records count as results:
+a `wrong` one has no speed by design.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+from workers.schema import Record
+
+WIDE = 150  # columns of the tables when stdout is not a terminal (a log file, a pipe)
+BASELINES = ("tensorflow", "cudnn")  # frameworks Halide is compared against, in column order
+STATUS_STYLE = {"ok": "green", "wrong": "bold red", "failed": "red", "skipped": "dim"}
+
+
+@dataclass(frozen=True)
+class Best:
+    """The fastest `ok` variant of a framework on one shape."""
+
+    variant: str
+    time_ms: float
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def best_by_framework(records: Sequence[Record]) -> dict[tuple[str, str], dict[str, Best]]:
+    """(device, shape) → framework → its fastest ok variant."""
+    best: dict[tuple[str, str], dict[str, Best]] = defaultdict(dict)
+    for r in records:
+        t = r.metrics.get("time_ms")
+        if r.status != "ok" or t is None or not t > 0:
+            continue
+        where = (r.params.get("device", "?"), r.params.get("shape", "?"))
+        framework = r.params.get("framework", "?")
+        if framework not in best[where] or t < best[where][framework].time_ms:
+            best[where][framework] = Best(r.params.get("variant", "?"), t)
+    return best
+
+
+def geomean(values: Sequence[float]) -> float | None:
+    """Geometric mean of positive values; None when there are none."""
+    values = [v for v in values if v > 0 and math.isfinite(v)]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def speedups(records: Sequence[Record]) -> dict[str, dict[tuple[str, str], float]]:
+    """baseline framework → (device, shape) → best baseline time / best Halide time."""
+    out: dict[str, dict[tuple[str, str], float]] = {b: {} for b in BASELINES}
+    for where, fw in best_by_framework(records).items():
+        if "halide" not in fw:
+            continue
+        for b in BASELINES:
+            if b in fw:
+                out[b][where] = fw[b].time_ms / fw["halide"].time_ms
+    return out
+
+
+def summary_metrics(records: Sequence[Record]) -> dict[str, float]:
+    """Parent-run metrics: geometric-mean speedup of the best Halide over each baseline framework."""
+    metrics = {}
+    for baseline, per_shape in speedups(records).items():
+        g = geomean(list(per_shape.values()))
+        if g is not None:
+            metrics[f"geomean_speedup_halide_vs_{baseline}"] = g
+    return metrics
+
+
+def results_table(records: Sequence[Record], title: str) -> Table:
+    """One row per record, grouped by device and shape, in the order the shapes first appear."""
+    table = Table(title=title, title_justify="left")
+    for col, justify in (
+        ("device", "left"),
+        ("shape", "left"),
+        ("variant", "left"),
+        ("framework", "left"),
+        ("status", "left"),
+        ("time_ms", "right"),
+        ("GFLOP/s", "right"),
+        ("% roofline", "right"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    order: dict[tuple[str, str], int] = {}
+    for r in records:
+        order.setdefault((r.params.get("device", "?"), r.params.get("shape", "?")), len(order))
+    rows = sorted(
+        records,
+        key=lambda r: (
+            order[(r.params.get("device", "?"), r.params.get("shape", "?"))],
+            r.metrics.get("time_ms", math.inf),
+            r.params.get("variant", ""),
+        ),
+    )
+    last = None
+    for r in rows:
+        where = (r.params.get("device", "?"), r.params.get("shape", "?"))
+        if last is not None and where != last:
+            table.add_section()
+        last = where
+        status = r.status
+        style = STATUS_STYLE.get(status, "")
+        table.add_row(
+            where[0],
+            where[1],
+            r.params.get("variant", "?"),
+            r.params.get("framework", "?"),
+            f"[{style}]{status}[/]" if style else status,
+            _fmt(r.metrics.get("time_ms"), ".4g"),
+            _fmt(r.metrics.get("gflops"), ".1f"),
+            _fmt(r.metrics.get("pct_roofline"), ".1f"),
+        )
+    return table
+
+
+def speedup_table(records: Sequence[Record]) -> Table | None:
+    """Best Halide vs best baseline per shape, with the geometric mean; None when nothing to compare."""
+    best = best_by_framework(records)
+    present = [b for b in BASELINES if any("halide" in fw and b in fw for fw in best.values())]
+    if not present:
+        return None
+    table = Table(
+        title="best Halide vs best baseline (speedup = baseline time / Halide time)", title_justify="left"
+    )
+    for col in ("device", "shape", "best Halide", "ms"):
+        table.add_column(col, justify="right" if col == "ms" else "left")
+    for b in present:
+        table.add_column(f"best {b}")
+        table.add_column("ms", justify="right")
+        table.add_column("speedup", justify="right")
+    for (device, shape), fw in best.items():
+        if "halide" not in fw:
+            continue
+        h = fw["halide"]
+        row = [device, shape, h.variant, f"{h.time_ms:.4g}"]
+        for b in present:
+            if b in fw:
+                row += [fw[b].variant, f"{fw[b].time_ms:.4g}", f"{fw[b].time_ms / h.time_ms:.2f}x"]
+            else:
+                row += ["-", "-", "-"]
+        table.add_row(*row)
+    table.add_section()
+    row = ["", "geometric mean", "", ""]
+    for b, per_shape in speedups(records).items():
+        if b in present:
+            g = geomean(list(per_shape.values()))
+            row += ["", f"{len(per_shape)} shapes", f"[bold]{g:.2f}x[/]" if g else "-"]
+    table.add_row(*row)
+    return table
+
+
+def print_summary(records: Sequence[Record], experiment: str, console: Console | None = None) -> None:
+    """Print the results table, the speedup table and the status counts."""
+    console = console or Console(width=None if sys.stdout.isatty() else WIDE)
+    console.print(results_table(records, f"{experiment}: {len(records)} jobs"))
+    table = speedup_table(records)
+    if table is not None:
+        console.print(table)
+    counts = defaultdict(int)
+    for r in records:
+        counts[r.status] += 1
+    console.print("  ".join(f"{s}: {n}" for s, n in sorted(counts.items())))
