@@ -46,9 +46,7 @@ class LayerShape:
         for field in ("n", "h", "w", "c", "co"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ShapeError(
-                    f"shape {self.name!r}: {field} must be a positive integer, got {value!r}"
-                )
+                raise ShapeError(f"shape {self.name!r}: {field} must be a positive integer, got {value!r}")
         if self.stride not in STRIDES:
             raise ShapeError(
                 f"shape {self.name!r}: stride must be one of {list(STRIDES)}, got {self.stride!r}"

@@ -145,7 +145,5 @@ def get(name: str) -> Variant:
     """The variant called `name`; an unknown name fails with the list of known ones."""
     variants = all_variants()
     if name not in variants:
-        raise UnknownVariantError(
-            f"unknown variant {name!r}; valid variants: {', '.join(sorted(variants))}"
-        )
+        raise UnknownVariantError(f"unknown variant {name!r}; valid variants: {', '.join(sorted(variants))}")
     return variants[name]

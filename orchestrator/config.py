@@ -102,6 +102,7 @@ class Config:
     batch: int | None = None
     devices: list[str] = field(default_factory=lambda: ["cpu"])
     tolerance: float = 1e-4
+    tolerance_tf32: float = 1e-3
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     retries: int = 1

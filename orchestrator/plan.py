@@ -133,6 +133,12 @@ def resolve_device(name: str, catalog: Mapping[str, Any]) -> DeviceSpec:
     return DeviceSpec(name=name, **entry)
 
 
+def _tolerance(cfg: DictConfig, variant: str) -> float:
+    """The variant's error bound: TF32 matrix units round operands to 10 mantissa bits (about 2e-4)."""
+    tf32 = "tf32" in registry.get(variant).tags
+    return float(cfg.tolerance_tf32 if tf32 else cfg.tolerance)
+
+
 def _unique(names: Iterable[str], what: str) -> list[str]:
     seen: list[str] = []
     for name in names:
@@ -178,8 +184,9 @@ def check(cfg: DictConfig) -> None:
     check_keys(cfg)
     if cfg.batch is not None and cfg.batch <= 0:
         raise ConfigError(f"batch must be a positive integer or null, got {cfg.batch}")
-    if not cfg.tolerance > 0:
-        raise ConfigError(f"tolerance must be > 0, got {cfg.tolerance}")
+    for key in ("tolerance", "tolerance_tf32"):
+        if not cfg[key] > 0:
+            raise ConfigError(f"{key} must be > 0, got {cfg[key]}")
     if cfg.retries < 0:
         raise ConfigError(f"retries must be >= 0, got {cfg.retries}")
     t = cfg.timing
@@ -215,7 +222,7 @@ def make_plan(cfg: DictConfig) -> list[Job]:
             shape=shape,
             device=device,
             timing=timing,
-            tolerance=float(cfg.tolerance),
+            tolerance=_tolerance(cfg, variant),
             seed=int(cfg.seed),
             options=dict(options),
             versions=dict(pinned),
