@@ -20,6 +20,7 @@ from typing import Any
 
 from workers import bundle, hostinfo
 from workers.job import summary_row
+from workers.profiling import ProfileConfigError, ProfileSettings, profile_into
 from workers.runner import ChildRunner, ChildStartError
 from workers.schema import Job, Record
 
@@ -119,6 +120,24 @@ def print_table(records: Sequence[Record]) -> None:
     Console().print(table)
 
 
+def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs into a dict; values parse as JSON when they can (3, true, ["a"]), else text."""
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--profile-setting wants KEY=VALUE, got {pair!r}")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    try:
+        ProfileSettings.from_config(settings)
+    except ProfileConfigError as exc:
+        raise CliError(str(exc)) from None
+    return settings
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute the job list into the bundle directory; returns the exit code."""
     jobs = load_jobs(args.jobs)
@@ -135,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         print(f"{skipped} job(s) already in {out / bundle.RECORDS}: skipped (use --rerun to run them again)")
     records: list[Record] = []
+    profile_raw = parse_settings(args.profile_settings)
     if todo:
         (out / "logs").mkdir(exist_ok=True)
         runner = ChildRunner(args.imports, out / "logs" / "worker.log", args.job_timeout)
@@ -143,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
                 for job in todo:
                     progress.starting(job)
                     record = runner.run(job)
+                    if args.profile != "none":
+                        profile_into(job, record, args.profile, profile_raw, out / "profiles", args.imports)
                     bundle.append_record(out, record)
                     records.append(record)
                     progress.finished(record)
@@ -188,6 +210,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument(
         "--job-timeout", type=float, default=3600, metavar="S",
         help="kill a job's worker after S seconds and record it failed (0: no limit)",
+    )  # fmt: skip
+    p_run.add_argument(
+        "--profile", choices=("none", "ncu", "nsys"), default="none",
+        help="after each ok job, profile its kernels in a separate process (Nsight Compute or Systems)",
+    )  # fmt: skip
+    p_run.add_argument(
+        "--profile-setting", dest="profile_settings", action="append", default=[], metavar="KEY=VALUE",
+        help="a setting of conf/profile/<tool>.yaml, e.g. runs=3 (repeatable; JSON values)",
     )  # fmt: skip
     p_info = commands.add_parser("info", help="print host facts")
     p_info.add_argument("--measure", action="store_true", help="measure the CPU peak and bandwidth now")

@@ -7,7 +7,7 @@ Runs after timing, in separate processes, so it never disturbs the timing it exp
 `status` is "ok" or one line saying why there is no profile (it is the record's `profile_status`).
 """
 
-from workers.profiling.runner import profile_job
+from workers.profiling.runner import PROFILE_FILE_TAG, profile_into, profile_job
 from workers.profiling.settings import (
     DEFAULT_SECTIONS,
     OK,
@@ -20,9 +20,11 @@ from workers.profiling.settings import (
 __all__ = [
     "DEFAULT_SECTIONS",
     "OK",
+    "PROFILE_FILE_TAG",
     "TOOLS",
     "ProfileConfigError",
     "ProfileResult",
     "ProfileSettings",
+    "profile_into",
     "profile_job",
 ]

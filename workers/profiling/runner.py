@@ -13,13 +13,23 @@ nsys without a report) ends as `ProfileResult.status`, never as an exception: th
 from __future__ import annotations
 
 import json
+import re
 import traceback
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from kernels.layer import LayerShape
 from workers.profiling import devcode, ncu, nsys, parse, procs
-from workers.profiling.settings import EXIT_SKIPPED, OK, ProfileResult, ProfileSettings, check_tool
-from workers.schema import Job
+from workers.profiling.settings import (
+    EXIT_SKIPPED,
+    OK,
+    TEXT_SUFFIXES,
+    ProfileResult,
+    ProfileSettings,
+    check_tool,
+)
+from workers.schema import Job, Record
 
 TARGET_MODULE = "workers.profiling.target"
 
@@ -178,3 +188,29 @@ def derived_metrics(shape: LayerShape, metrics: dict[str, float]) -> dict[str, f
     if dram is not None and shape.min_bytes:
         out["ncu.sum.dram_bytes_vs_min"] = dram / shape.min_bytes
     return out
+
+
+PROFILE_FILE_TAG = "profile_file."  # tag prefix: path of a binary profiler file (the .ncu-rep)
+
+
+def profile_into(
+    job: Job, record: Record, tool: str, raw: Mapping[str, Any], root: Path, modules: Sequence[str] = ()
+) -> None:
+    """Profile an `ok` job after its timing and merge the result into `record`.
+
+    Metrics, tags and text artifacts go into the Record; each binary file (the report) becomes a
+    `profile_file.<name>` tag holding its path, which the MLflow recorder uploads when that path is on
+    its machine. Both the Ray task and `python -m workers run --profile` call this, so a job profiled
+    on a GPU node without Ray carries the same record as one profiled through Ray.
+    """
+    if tool == "none" or record.status != "ok" or "profile_status" in record.tags:
+        return
+    extra = [m for m in modules if m not in raw.get("variant_modules", [])]
+    settings = ProfileSettings.from_config(
+        {**raw, "variant_modules": [*raw.get("variant_modules", []), *extra]}
+    )
+    result = profile_job(job, tool, settings, root / re.sub(r"[^\w.\-]", "_", job.key))
+    result.apply_to(record)
+    for name, path in result.artifacts.items():
+        if not name.endswith(TEXT_SUFFIXES):
+            record.tags[f"{PROFILE_FILE_TAG}{name}"] = str(Path(path).resolve())
