@@ -79,7 +79,7 @@ def ingest(
         print(f"{bundle}: all {len(records)} records already in experiment {name!r}; nothing logged")
         return 0, len(records)
 
-    commits = sorted({r.tags.get("version.git", "unknown") for r in new})
+    commits = sorted({r.tags.get("planned.git", "unknown") for r in new})
     params = {
         "experiment": name,
         "devices": ",".join(sorted({r.params.get("device", "?") for r in new})),

@@ -70,7 +70,8 @@ def base_record(job: Job) -> Record:
         "job_key": job.key,
         "experiment": job.experiment,
         **facts,
-        **{f"version.{k}": str(v) for k, v in sorted(job.versions.items())},
+        # what the driver planned with (part of the job key); the *_version tags say what ran here
+        **{f"planned.{k}": str(v) for k, v in sorted(job.versions.items())},
     }
     return Record(
         key=job.key,
