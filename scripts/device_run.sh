@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run exported job lists on a GPU node that has no package registry, Ray or MLflow (issue #3).
+#   usage (on the node, repo root): scripts/device_run.sh OUT_DIR EXPORT_DIR... [-- WORKER_ARGS]
+# Unpacks the Halide+Hydra bundle (../shared/device/make-bundle.sh → .devcache/gpu-bundle.tar.xz) when
+# Halide is not importable, runs `python -m workers run` on each export's jobs.json into
+# OUT_DIR/bundles/<experiment>, and packs the bundles into OUT_DIR/bundles.tgz for the trip back;
+# `python -m orchestrator.ingest` then logs them into MLflow.
+set -uo pipefail
+out=$1; shift
+exports=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do exports+=("$1"); shift; done
+[ "${1:-}" = "--" ] && shift
+if ! python3 -c "import halide" 2>/dev/null; then
+  mkdir -p /tmp/site && tar -xJf .devcache/gpu-bundle.tar.xz -C /tmp/site
+  export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+fi
+export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+mkdir -p "$out/bundles"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
+for e in "${exports[@]}"; do
+  name=$(basename "$e")
+  python3 -m workers run "$e/jobs.json" --out "$out/bundles/$name" "$@" > "$out/bundles/$name.log" 2>&1
+  echo "== $name: $(tail -n 2 "$out/bundles/$name.log" | head -n 1)"
+done
+tar -C "$out" -czf "$out/bundles.tgz" bundles && rm -rf "$out/bundles"
