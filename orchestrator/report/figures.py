@@ -1,0 +1,207 @@
+"""The report's figures (matplotlib, Agg backend): roofline, fusion ablation and speedups, per device.
+
+Each function draws from rows or tables of `analysis` and writes one PNG; it returns the path, or
+None when the device has nothing to draw. Only ok rows reach these functions as speeds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib import ticker
+
+from orchestrator.report import analysis
+from orchestrator.report.load import BASELINE_LABELS, BASELINES, Row, device_facts
+
+MARKERS = {"halide": "o", "tensorflow": "s", "cudnn": "^", "numpy": "X"}
+DPI = 130
+_UNSAFE = re.compile(r"[^\w.\-]+")
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe form of a device or shape key."""
+    return _UNSAFE.sub("_", text).strip("_") or "x"
+
+
+def _variant_colors(variants: Sequence[str]) -> dict[str, Any]:
+    cmap = plt.get_cmap("tab20")
+    return {v: cmap(i % 20) for i, v in enumerate(variants)}
+
+
+def roofline(rows: Sequence[Row], device: str, experiment: str, out: Path) -> Path | None:
+    """Log-log roofline of one device: every ok (variant, shape) a point, both roofs drawn."""
+    points = analysis.roofline_points(rows, device)
+    if not points:
+        return None
+    facts = device_facts(rows, device)
+    peak, bw = facts["peak_gflops"], facts["mem_gbps"]
+    variants = list(dict.fromkeys(p["variant"] for p in points))
+    colors = _variant_colors(variants)
+    fig, ax = plt.subplots(figsize=(12, 6.5))
+    ais = [p["arithmetic_intensity"] for p in points]
+    lo, hi = min(ais) / 2.5, max(ais) * 2.5
+    if peak and bw:
+        lo, hi = min(lo, peak / bw / 4), max(hi, peak / bw * 4)
+        xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
+        ax.plot(xs, [min(peak, x * bw) for x in xs], color="black", lw=2, label="_roof")
+        ax.annotate(f"fp32 peak {peak:,.0f} GFLOP/s", (hi, peak), ha="right", va="bottom", fontsize=9)
+        ax.annotate(
+            f"DRAM {bw:,.0f} GB/s",
+            (lo * 1.15, lo * 1.15 * bw * 1.4),
+            ha="left",
+            va="bottom",
+            fontsize=9,
+            rotation=0,
+        )
+    # points of one shape share an intensity: spread them a little sideways so none hides another
+    spread = {v: 1.04 ** (i - (len(variants) - 1) / 2) for i, v in enumerate(variants)}
+    for v in variants:
+        mine = [p for p in points if p["variant"] == v]
+        ax.scatter(
+            [p["arithmetic_intensity"] * spread[v] for p in mine],
+            [p["gflops"] for p in mine],
+            marker=MARKERS.get(mine[0]["framework"], "D"),
+            color=colors[v],
+            edgecolor="black",
+            linewidth=0.5,
+            s=55,
+            zorder=3,
+            label=f"{v} ({mine[0]['framework']})",
+        )
+    ymin = min(p["gflops"] for p in points) / 3
+    for ai, names in _shape_labels(points):
+        ax.axvline(ai, color="grey", lw=0.6, ls=":", zorder=1)
+        ax.annotate(
+            ", ".join(names), (ai, ymin), rotation=90, fontsize=7, color="dimgrey", ha="right", va="bottom"
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    _plain(ax.xaxis, ax.yaxis)
+    ax.set_ylim(bottom=ymin / 1.5)
+    ax.set_xlabel("arithmetic intensity (FLOP per byte of the fused layer's minimum traffic)")
+    ax.set_ylabel("achieved GFLOP/s (median time)")
+    ax.set_title(f"Roofline: {experiment} on {device} ({facts['model']})")
+    ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    title = "variant (framework)\nmarker = framework"
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=title, title_fontsize=7)
+    return _save(fig, out / f"roofline_{safe_name(device)}.png")
+
+
+def _shape_labels(points: Sequence[Mapping[str, Any]]) -> list[tuple[float, list[str]]]:
+    """(intensity, shape names) per vertical guide line; shapes within 3% of each other share one."""
+    found = sorted({(p["arithmetic_intensity"], p["shape"]) for p in points})
+    groups: list[tuple[float, list[str]]] = []
+    for ai, name in found:
+        if groups and ai <= groups[-1][0] * 1.03:
+            groups[-1][1].append(name)
+        else:
+            groups.append((ai, [name]))
+    return groups
+
+
+def fusion(
+    table: Sequence[Mapping[str, Any]], device: str, experiment: str, model: str, out: Path
+) -> Path | None:
+    """Fused schedules against halide_unfused per shape: times (with each traffic's DRAM floor) and bytes."""
+    entries = [e for e in table if e["device"] == device]
+    present = [v for v in analysis.ABLATION if any(e.get(f"{v}_ms") for e in entries)]
+    if not entries or not present:
+        return None
+    colors = _variant_colors(list(analysis.ABLATION))
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(max(8, 1.3 * len(entries) + 3), 8), sharex=True, height_ratios=(3, 2)
+    )
+    width = 0.8 / len(present)
+    for i, v in enumerate(present):
+        xs = [k + (i - (len(present) - 1) / 2) * width for k in range(len(entries))]
+        ys = [e.get(f"{v}_ms") or 0 for e in entries]
+        top.bar(xs, ys, width, color=colors[v], edgecolor="black", linewidth=0.4, label=v)
+    for k, e in enumerate(entries):
+        for key, style, label in (
+            ("fused_traffic_ms", "-", "DRAM time of the fused minimum bytes"),
+            ("unfused_traffic_ms", "--", "DRAM time of the unfused minimum bytes"),
+        ):
+            if e.get(key):
+                top.hlines(e[key], k - 0.45, k + 0.45, colors="black", linestyles=style, lw=1.2,
+                           label=label if k == 0 else None)  # fmt: skip
+    top.set_yscale("log")
+    _plain(top.yaxis)
+    top.set_ylabel("median kernel time (ms, log)")
+    top.set_title(f"Fusion ablation: {experiment} on {device} ({model})")
+    top.legend(fontsize=7)
+    top.grid(True, axis="y", which="both", lw=0.3, alpha=0.5)
+    xs = range(len(entries))
+    bottom.bar([x - 0.2 for x in xs], [e["fused_bytes"] / 1e6 for e in entries], 0.4, color="tab:green",
+               label="fused: min_bytes")  # fmt: skip
+    bottom.bar([x + 0.2 for x in xs], [e["unfused_bytes"] / 1e6 for e in entries], 0.4, color="tab:red",
+               label="unfused: min_bytes + intermediate_bytes")  # fmt: skip
+    bottom.set_ylabel("bytes to move at least (MB)")
+    bottom.set_xticks(list(xs))
+    bottom.set_xticklabels(
+        [f"{e['shape']}\n{e['label']}" for e in entries], fontsize=7, rotation=30, ha="right"
+    )
+    bottom.legend(fontsize=7)
+    bottom.grid(True, axis="y", lw=0.3, alpha=0.5)
+    return _save(fig, out / f"fusion_{safe_name(device)}.png")
+
+
+def speedups(
+    table: Sequence[Mapping[str, Any]], device: str, experiment: str, model: str, out: Path
+) -> Path | None:
+    """Best Halide against the best of each baseline group per shape (baseline time / Halide time)."""
+    entries = [e for e in table if e["device"] == device]
+    groups = [g for g in BASELINES if any(e.get(f"{g}_speedup") for e in entries)]
+    if not entries or not groups:
+        return None
+    colors = {"tensorflow": "tab:orange", "tensorflow_tf32": "moccasin", "cudnn": "tab:green",
+              "cudnn_tf32": "palegreen"}  # fmt: skip
+    fig, ax = plt.subplots(figsize=(max(9, 1.3 * len(entries) + 4), 5.5))
+    width = 0.8 / len(groups)
+    for i, g in enumerate(groups):
+        xs = [k + (i - (len(groups) - 1) / 2) * width for k in range(len(entries))]
+        ys = [e.get(f"{g}_speedup") for e in entries]
+        bars = [(x, y) for x, y in zip(xs, ys, strict=True) if y]
+        # bars start at 1 (parity): a win rises, a loss hangs down
+        ax.bar([x for x, _ in bars], [y - 1 for _, y in bars], width, bottom=1, color=colors[g],
+               edgecolor="black", linewidth=0.4, label=f"vs best {BASELINE_LABELS[g]}")  # fmt: skip
+        for x, y in bars:
+            ax.annotate(f"{y:.2f}x", (x, y), ha="center", va="bottom" if y >= 1 else "top", fontsize=6)
+    ax.axhline(1.0, color="black", lw=1)
+    ax.set_yscale("log")
+    values = [e[f"{g}_speedup"] for e in entries for g in groups if e.get(f"{g}_speedup")]
+    ax.set_ylim(min(0.8, min(values) / 1.5), max(1.25, max(values) * 2.0))  # room for the labels
+    _plain(ax.yaxis)
+    ax.set_ylabel(
+        "speedup of the best Halide schedule\n(baseline time / Halide time, log)\nabove 1: Halide faster"
+    )
+    ax.set_xticks(range(len(entries)))
+    labels = [f"{e['shape']}\n{e['halide_variant']}" for e in entries]
+    ax.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
+    ax.set_title(f"Best Halide vs best baselines: {experiment} on {device}\n({model})")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(True, axis="y", which="both", lw=0.3, alpha=0.5)
+    return _save(fig, out / f"speedups_{safe_name(device)}.png")
+
+
+def _plain(*axes: Any) -> None:
+    """Log-axis tick labels as plain numbers (0.6, 2, 300) instead of powers of ten."""
+    fmt = ticker.FuncFormatter(lambda v, _: f"{v:,.10g}")
+    for axis in axes:
+        axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(fmt)
+        axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path

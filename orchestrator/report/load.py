@@ -1,0 +1,428 @@
+"""Records into rows: one flat dict per job (params, metrics, tags, and what the layer's cost model adds).
+
+The report works on plain rows so that tests (and anyone with a results bundle) can feed records
+without MLflow. Rows come from three places, all through `row_from_parts`:
+
+- `load_mlflow`: the child runs of an experiment in an MLflow store (one parent run, or all of them);
+- `load_bundles`: results bundles written by `python -m workers run`, read directly;
+- `rows_from_records`: `workers.schema.Record` objects already in memory.
+
+Selection rule (the default, documented in findings.md): every child run of the experiment, and where
+several runs measured the same thing (same variant, shape geometry, device and build options, whatever
+the code version), only the newest is kept. A newer `failed` run therefore replaces an older `ok` one:
+the report shows what the code does now.
+
+A row that is not `ok` never carries a speed: its timing metrics are dropped on load, so no table or
+figure can quote a wrong or failed result as a time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kernels.layer import LayerShape, ShapeError
+
+Row = dict[str, Any]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_STORE = REPO_ROOT / "mlflow" / "mlflow.db"
+ROLE_TAG = "dsconv.role"  # parent | child (orchestrator.record)
+PARENT_TAG = "mlflow.parentRunId"
+INT_PARAMS = ("n", "h", "w", "c", "co", "stride", "cores")
+FLOAT_PARAMS = ("peak_gflops", "mem_gbps")
+BOOL_PARAMS = ("bias", "relu")
+# Metrics that state a speed: present only on ok rows.
+SPEED_METRICS = ("call_ms", "gflops", "gbps", "pct_peak", "pct_roofline", "floor_ms")
+SPEED_PREFIXES = ("time_", "ncu.", "nsys.")
+FRAMEWORKS = ("halide", "tensorflow", "cudnn", "numpy")
+# Baseline groups the report compares Halide with: strict fp32 and TF32 are separate (TF32 rounds the
+# pointwise inputs to 10 mantissa bits and uses tensor cores, which Halide 21 never emits).
+BASELINES = ("tensorflow", "tensorflow_tf32", "cudnn", "cudnn_tf32")
+BASELINE_LABELS = {
+    "tensorflow": "TensorFlow (fp32)",
+    "tensorflow_tf32": "TensorFlow (TF32)",
+    "cudnn": "cuDNN (fp32)",
+    "cudnn_tf32": "cuDNN (TF32)",
+}
+
+
+class ReportInputError(ValueError):
+    """Bad input to the report (unknown experiment or run, no store, no records): one line for stderr."""
+
+
+# --- rows ---------------------------------------------------------------------------------------------
+def _number(text: Any, kind: type) -> Any:
+    if text is None:
+        return None
+    try:
+        if kind is bool:
+            return str(text).strip().lower() in ("true", "1", "yes")
+        value = kind(float(text)) if kind is int else kind(text)
+    except (TypeError, ValueError):
+        return None
+    return value if kind is not float or math.isfinite(value) else None
+
+
+def baseline_group(framework: str, variant: str) -> str:
+    """`framework`, with `_tf32` appended for a TF32 variant (its name says tf32): the comparison group."""
+    return f"{framework}_tf32" if "tf32" in variant and framework in ("tensorflow", "cudnn") else framework
+
+
+def row_from_parts(
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    tags: Mapping[str, str],
+    *,
+    run_id: str = "",
+    parent_run_id: str = "",
+    start_time: float | None = None,
+    source: str = "",
+) -> Row:
+    """One flat row: tags, then params, then metrics (later ones win on a name clash), typed, with the
+    layer's flops and bytes added; a row that is not ok loses its speed metrics."""
+    row: Row = {k: v for k, v in tags.items() if not k.startswith("mlflow.")}
+    row.update(params)
+    status = str(tags.get("status", "failed"))
+    for key, value in metrics.items():
+        if status != "ok" and (key in SPEED_METRICS or key.startswith(SPEED_PREFIXES)):
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            row[key] = number
+    for names, kind in ((INT_PARAMS, int), (FLOAT_PARAMS, float), (BOOL_PARAMS, bool)):
+        for name in names:
+            if name in row:
+                row[name] = _number(row[name], kind)
+    row.update(
+        status=status,
+        error=str(tags.get("error", "")),
+        job_key=str(tags.get("job_key", "")),
+        run_id=run_id,
+        parent_run_id=parent_run_id or str(tags.get(PARENT_TAG, "")),
+        start_time=start_time,
+        source=source,
+    )
+    row.setdefault("variant", row["job_key"].split(".")[0] if row["job_key"] else "?")
+    row.setdefault("framework", "?")
+    row.setdefault("shape", "?")
+    row.setdefault("device", "?")
+    row["group"] = baseline_group(str(row["framework"]), str(row["variant"]))
+    _add_cost_model(row)
+    return row
+
+
+def shape_of(row: Mapping[str, Any]) -> LayerShape | None:
+    """The row's LayerShape, or None when its geometry params are missing or invalid."""
+    try:
+        return LayerShape(
+            name=str(row.get("shape", "?")),
+            n=row["n"],
+            h=row["h"],
+            w=row["w"],
+            c=row["c"],
+            co=row["co"],
+            stride=row.get("stride") or 1,
+            bias=bool(row.get("bias", True)),
+            relu=bool(row.get("relu", True)),
+        )
+    except (KeyError, ShapeError, TypeError):
+        return None
+
+
+def _add_cost_model(row: Row) -> None:
+    """flops, min_bytes, intermediate_bytes, arithmetic_intensity; the device's ridge point and floor."""
+    shape = shape_of(row)
+    if shape is None:
+        return
+    row["flops"] = shape.flops
+    row["min_bytes"] = shape.min_bytes
+    row["intermediate_bytes"] = shape.intermediate_bytes
+    row["arithmetic_intensity"] = shape.arithmetic_intensity
+    peak, bw = row.get("peak_gflops"), row.get("mem_gbps")
+    if peak and bw and peak > 0 and bw > 0:
+        row["ridge_flop_per_byte"] = peak / bw
+        row["compute_ms"] = shape.flops / (peak * 1e9) * 1e3
+        row["memory_ms"] = shape.min_bytes / (bw * 1e9) * 1e3
+        row["roofline_floor_ms"] = max(row["compute_ms"], row["memory_ms"])
+
+
+def rows_from_records(records: Iterable[Any], source: str = "") -> list[Row]:
+    """Rows of `workers.schema.Record`s (their order is their age: a later one is newer)."""
+    return [
+        row_from_parts(r.params, r.metrics, r.tags, start_time=float(i), source=source)
+        for i, r in enumerate(records)
+    ]
+
+
+# --- one dataset ------------------------------------------------------------------------------------
+@dataclass
+class ParentRun:
+    """A parent run whose children are in the report."""
+
+    run_id: str
+    name: str
+    start_time: float | None
+    source: str  # ray | ingest
+    bundle: str = ""  # the ingested bundle's path (ingest only)
+    children: int = 0  # children used by the report
+
+
+@dataclass
+class Dataset:
+    """The rows of one experiment and where they came from (named in findings.md)."""
+
+    experiment: str
+    rows: list[Row]
+    origin: str  # "MLflow store URI" or "results bundle(s) ..."
+    selection: str  # the rule that picked the rows
+    parents: list[ParentRun] = field(default_factory=list)
+    bundles: list[str] = field(default_factory=list)
+    superseded: int = 0  # older runs of the same measurement left out
+    log_to: str | None = None  # parent run that receives the report as artifacts
+
+
+def finish_rows(rows: Sequence[Row]) -> tuple[list[Row], int]:
+    """Name devices and shapes unambiguously, then keep the newest row per measurement.
+
+    A device name used by more than one host of kind cpu becomes `cpu@host`; a shape name used with
+    more than one geometry (the batch differs) becomes `name@nN`. Returns (rows, superseded count).
+    """
+    hosts: dict[str, set[str]] = defaultdict(set)
+    geometries: dict[str, set[tuple[Any, ...]]] = defaultdict(set)
+    for r in rows:
+        if _is_cpu(r):
+            hosts[r["device"]].add(str(r.get("host", "")))
+        geometries[r["shape"]].add(_geometry(r))
+    for r in rows:
+        r["device_key"] = (
+            f"{r['device']}@{r.get('host', '?')}"
+            if _is_cpu(r) and len(hosts[r["device"]]) > 1
+            else r["device"]
+        )
+        r["shape_key"] = f"{r['shape']}@n{r.get('n')}" if len(geometries[r["shape"]]) > 1 else r["shape"]
+    newest: dict[tuple[Any, ...], Row] = {}
+    for r in sorted(rows, key=lambda r: (r.get("start_time") is None, r.get("start_time") or 0.0)):
+        newest[_identity(r)] = r  # later start wins
+    kept = list(newest.values())
+    return kept, len(rows) - len(kept)
+
+
+def _is_cpu(r: Mapping[str, Any]) -> bool:
+    return r.get("device_kind") == "cpu" or (r.get("device_kind") is None and r.get("device") == "cpu")
+
+
+def _geometry(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(r.get(k) for k in ("n", "h", "w", "c", "co", "stride", "bias", "relu"))
+
+
+def _identity(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    options = tuple(sorted((k, str(v)) for k, v in r.items() if k.startswith("option.")))
+    return (r["variant"], r["shape"], _geometry(r), r["device_key"], options)
+
+
+def ok_rows(rows: Iterable[Row]) -> list[Row]:
+    """Rows with status ok and a positive median time: the only ones that count as speeds."""
+    return [r for r in rows if r.get("status") == "ok" and (r.get("time_ms") or 0) > 0]
+
+
+def device_facts(rows: Sequence[Row], device_key: str) -> dict[str, Any]:
+    """Model, kind, peak and bandwidth (median over its rows) and hosts of one device."""
+    mine = [r for r in rows if r.get("device_key") == device_key]
+    peaks = [r["peak_gflops"] for r in mine if r.get("peak_gflops")]
+    bws = [r["mem_gbps"] for r in mine if r.get("mem_gbps")]
+    kinds = {r.get("device_kind") for r in mine if r.get("device_kind")}
+    models = [str(r.get("device_model", "")) for r in mine if r.get("device_model")]
+    cpu_models = {str(r["cpu_model"]) for r in mine if r.get("cpu_model")}
+    model = max(set(models), key=models.count) if models else device_key
+    if model == "host CPU" and cpu_models:
+        model = f"host CPU ({', '.join(sorted(cpu_models))})"
+    peak = statistics.median(peaks) if peaks else None
+    bw = statistics.median(bws) if bws else None
+    # records without the device_kind param: only the host CPU is called cpu
+    guessed = ("cpu" if _is_cpu(mine[0]) else "cuda") if mine else "?"
+    kind = kinds.pop() if len(kinds) == 1 else guessed
+    return {
+        "device": device_key,
+        "model": model,
+        "kind": kind,
+        "peak_gflops": peak,
+        "mem_gbps": bw,
+        "peak_spread": (max(peaks) / min(peaks) - 1) if peaks else 0.0,
+        "ridge": peak / bw if peak and bw else None,
+        "hosts": sorted({str(r.get("host")) for r in mine if r.get("host")}),
+        "cores": sorted({r["cores"] for r in mine if r.get("cores")}),
+    }
+
+
+# --- MLflow -----------------------------------------------------------------------------------------
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else the repository's embedded store (mlflow/mlflow.db)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE}"
+
+
+def client_for(uri: str) -> Any:
+    """An MlflowClient of `uri`, after checking the store exists (a sqlite file) or answers (a server)."""
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise ReportInputError(
+                f"no MLflow store at {path}; run an experiment (python -m orchestrator) or ingest a bundle "
+                "first"
+            )
+    elif uri.startswith(("http://", "https://")):
+        from orchestrator.config import ConfigError
+        from orchestrator.record import check_tracking
+
+        try:
+            check_tracking(uri)
+        except ConfigError as exc:
+            raise ReportInputError(str(exc)) from None
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_names(client: Any) -> list[str]:
+    """Names of the experiments in the store that hold runs."""
+    names = []
+    for exp in client.search_experiments():
+        if client.search_runs([exp.experiment_id], max_results=1):
+            names.append(exp.name)
+    return sorted(names)
+
+
+def _all_runs(client: Any, experiment_id: str, filter_string: str = "") -> list[Any]:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def load_mlflow(tracking_uri: str, experiment: str | None = None, run_id: str | None = None) -> Dataset:
+    """The rows of one experiment (all parents, newest per measurement) or of one parent run."""
+    from mlflow.exceptions import MlflowException
+
+    if not experiment and not run_id:
+        raise ReportInputError("give --experiment NAME or --run-id ID")
+    client = client_for(tracking_uri)
+    parent = None
+    if run_id:
+        try:
+            parent = client.get_run(run_id)
+        except MlflowException:
+            raise ReportInputError(f"no run {run_id!r} in {tracking_uri}") from None
+        if PARENT_TAG in parent.data.tags:
+            raise ReportInputError(
+                f"run {run_id} is a job's child run; give its parent run: {parent.data.tags[PARENT_TAG]}"
+            )
+        exp = client.get_experiment(parent.info.experiment_id)
+        if experiment and exp.name != experiment:
+            raise ReportInputError(f"run {run_id} belongs to experiment {exp.name!r}, not {experiment!r}")
+    else:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise ReportInputError(
+                f"unknown experiment {experiment!r} in {tracking_uri}; valid: "
+                + (", ".join(experiment_names(client)) or "(none: the store has no runs)")
+            )
+    runs = _all_runs(client, exp.experiment_id)
+    children = [r for r in runs if PARENT_TAG in r.data.tags]
+    if parent is not None:
+        children = [r for r in children if r.data.tags[PARENT_TAG] == run_id]
+    if not children:
+        where = f"parent run {run_id}" if run_id else f"experiment {exp.name!r}"
+        raise ReportInputError(f"{where} in {tracking_uri} has no job runs to report")
+    rows = [
+        row_from_parts(
+            r.data.params,
+            r.data.metrics,
+            r.data.tags,
+            run_id=r.info.run_id,
+            start_time=float(r.info.start_time or 0),
+            source=tracking_uri,
+        )
+        for r in children
+    ]
+    rows, superseded = finish_rows(rows)
+    used = defaultdict(int)
+    for r in rows:
+        used[r["parent_run_id"]] += 1
+    by_id = {r.info.run_id: r for r in runs}
+    parents = []
+    for pid, count in sorted(
+        used.items(), key=lambda kv: by_id[kv[0]].info.start_time if kv[0] in by_id else 0
+    ):
+        p = by_id.get(pid)
+        parents.append(
+            ParentRun(
+                run_id=pid,
+                name=p.data.tags.get("mlflow.runName", "") if p else "",
+                start_time=float(p.info.start_time) if p else None,
+                source=p.data.tags.get("dsconv.source", "?") if p else "?",
+                bundle=p.data.params.get("bundle", "") if p else "",
+                children=count,
+            )
+        )
+    if run_id:
+        selection = f"the child runs of parent run {run_id}"
+    else:
+        selection = (
+            f"every child run of experiment {exp.name!r} ({len(parents)} parent run(s)); where several runs "
+            "measured the same variant, shape, device and options, the newest"
+        )
+    log_to = run_id or (parents[0].run_id if len(parents) == 1 else None)
+    origin = f"MLflow store `{tracking_uri}`"
+    return Dataset(exp.name, rows, origin, selection, parents, [], superseded, log_to)
+
+
+def load_bundles(bundles: Sequence[Path], experiment: str | None = None) -> list[Dataset]:
+    """One Dataset per experiment found in the bundles (later bundles and lines are newer)."""
+    from workers.bundle import BundleError, read_bundle
+
+    records: list[tuple[Any, str]] = []
+    for bundle in bundles:
+        try:
+            records.extend((r, str(bundle)) for r in read_bundle(bundle))
+        except BundleError as exc:
+            raise ReportInputError(str(exc)) from None
+    by_experiment: dict[str, list[Row]] = defaultdict(list)
+    for i, (record, bundle) in enumerate(records):
+        name = experiment or record.params.get("experiment") or record.tags.get("experiment") or "bundle"
+        row = row_from_parts(record.params, record.metrics, record.tags, start_time=float(i), source=bundle)
+        by_experiment[name].append(row)
+    if not by_experiment:
+        raise ReportInputError(f"no records in {', '.join(map(str, bundles))}")
+    out = []
+    for name, rows in by_experiment.items():
+        kept, superseded = finish_rows(rows)
+        used = sorted({r["source"] for r in kept})
+        selection = (
+            "every record of the bundle(s); a later line or bundle replaces an earlier one of the same "
+            "measurement (variant, shape, device, options)"
+        )
+        out.append(
+            Dataset(name, kept, "results bundle(s), read directly", selection, [], used, superseded, None)
+        )
+    return out
+
+
+def dataset_from_rows(
+    experiment: str, rows: Sequence[Row], origin: str = "rows given by the caller"
+) -> Dataset:
+    """A Dataset of rows already made (tests, notebooks): devices and shapes named, newest kept."""
+    kept, superseded = finish_rows(list(rows))
+    return Dataset(experiment, kept, origin, "the rows given", [], [], superseded, None)

@@ -1,0 +1,287 @@
+"""The report, read as a user would, from real records.
+
+A tiny job list (numpy_ref, halide_app, halide_unfused, tf_separable on two tiny shapes, plus one job
+made `wrong` by a zero tolerance, one `skipped` cuDNN job and one `failed` unknown variant) runs
+through `python -m workers run`, is ingested into a temporary MLflow store with `orchestrator.ingest`,
+and `python -m orchestrator.report` reads it back. The checks recompute numbers from the bundle's
+records and look for them in findings.md and the CSVs.
+
+The multi-device test adds GPU rows made from the real H100 Nsight Compute captures in
+tests/fixtures/ncu (their kernel time is ncu's measured duration), fed to the pure layer directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kernels.device import DeviceSpec
+from kernels.layer import LayerShape
+from orchestrator.report import build_report
+from orchestrator.report.analysis import roofline_points
+from orchestrator.report.load import dataset_from_rows, row_from_parts, rows_from_records
+from workers.bundle import read_bundle
+from workers.schema import Job, Record, TimingSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "ncu"
+EXPERIMENT = "report_test"
+CPU = DeviceSpec(name="cpu", kind="cpu", model="host CPU", peak_gflops=0, mem_gbps=0)
+H100 = DeviceSpec(
+    "h100", "cuda", "NVIDIA H100 80GB HBM3 (SXM5)", 66900, 3350, sm_count=132, cuda_capability=90
+)
+QUICK = TimingSpec(warmup=1, min_repeats=3, max_repeats=10, min_time_s=0.0, max_time_s=0.5, stable_spread=0.2)
+TINY_S1 = LayerShape("tiny_s1", 1, 9, 11, 5, 7, 1)
+TINY_S2 = LayerShape("tiny_s2", 2, 10, 7, 6, 13, 2)
+APP = LayerShape("app", 4, 112, 112, 32, 16, 1)
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
+def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, f"{args}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def _jobs() -> list[Job]:
+    jobs = [
+        Job(EXPERIMENT, v, s, CPU, QUICK)
+        for s in (TINY_S1, TINY_S2)
+        for v in ("numpy_ref", "halide_app", "halide_unfused", "tf_separable")
+    ]
+    jobs.append(Job(EXPERIMENT, "halide_fused_tile", TINY_S1, CPU, QUICK, tolerance=0.0))  # -> wrong
+    jobs.append(Job(EXPERIMENT, "cudnn_cl", TINY_S1, CPU, QUICK))  # -> skipped: GPU only
+    jobs.append(Job(EXPERIMENT, "halide_no_such_schedule", TINY_S1, CPU, QUICK))  # -> failed: unknown
+    return jobs
+
+
+class Store:
+    """The bundle, the MLflow store it was ingested into, and the report made from it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.bundle = root / "bundle"
+        self.uri = f"sqlite:///{root}/mlflow.db"
+        self.out = root / "report"
+        self.records: list[Record] = []
+        self.report: subprocess.CompletedProcess[str] | None = None
+
+    def by(self, variant: str, shape: str) -> Record:
+        return next(r for r in self.records if r.params["variant"] == variant and r.params["shape"] == shape)
+
+    def findings(self) -> str:
+        return (self.out / "findings.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    from orchestrator.ingest import ingest
+
+    s = Store(tmp_path_factory.mktemp("report"))
+    (s.root / "jobs.json").write_text(json.dumps([j.to_dict() for j in _jobs()]))
+    _run([sys.executable, "-m", "workers", "run", str(s.root / "jobs.json"), "--out", str(s.bundle)], s.root)
+    s.records = read_bundle(s.bundle)
+    assert [r.status for r in s.records].count("ok") == 8, [(r.key, r.tags.get("error")) for r in s.records]
+    ingest(s.bundle, s.uri, str(s.root / "artifacts"), summary=False)
+    s.report = _run(
+        [sys.executable, "-m", "orchestrator.report", "--experiment", EXPERIMENT, "--tracking-uri", s.uri,
+         "--out", str(s.out)], s.root,
+    )  # fmt: skip
+    return s
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_report_writes_its_figures_tables_and_findings(store: Store) -> None:
+    for name in ("findings.md", "records.csv", "speedups.csv", "fusion.csv"):
+        assert (store.out / name).is_file(), name
+    for kind in ("roofline", "fusion", "speedups"):
+        png = store.out / f"{kind}_cpu.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        assert f"]({kind}_cpu.png)" in store.findings()
+    assert not (store.out / "ncu.csv").exists()  # nothing was profiled
+    text = store.findings()
+    for heading in (
+        "## 1. Why is Halide slow",
+        "## 2. What keeps it",
+        "## 3. Does fusing",
+        "## 4. Can we do better",
+    ):
+        assert heading in text
+    parent = store.report.stdout.split("parent run ")[1].split()[0]
+    assert f"`{parent}`" in text and f"--experiment {EXPERIMENT}" in text  # source and command named
+
+
+def test_records_csv_has_every_record_and_times_only_for_ok_ones(store: Store) -> None:
+    rows = _csv(store.out / "records.csv")
+    assert len(rows) == len(store.records) == 11
+    for row in rows:
+        record = store.by(row["variant"], row["shape"])
+        assert row["status"] == record.status
+        if record.status == "ok":
+            assert float(row["time_ms"]) == record.metrics["time_ms"]
+            assert math.isclose(float(row["gflops"]), record.metrics["gflops"], rel_tol=1e-12)
+        else:
+            assert row["time_ms"] == "" and row["gflops"] == "", row
+            assert row["error"]
+
+
+def test_findings_numbers_are_the_records_numbers(store: Store) -> None:
+    text = store.findings()
+    for shape in ("tiny_s1", "tiny_s2"):
+        unfused = store.by("halide_unfused", shape).metrics["time_ms"]
+        app = store.by("halide_app", shape).metrics["time_ms"]
+        tf = store.by("tf_separable", shape).metrics["time_ms"]
+        best_halide = min(unfused, app)
+        assert f"({unfused / app:.2f}x)" in text, f"fusion speedup of halide_app on {shape}"
+        assert f"{tf / best_halide:.2f}x (tf_separable," in text, f"speedup over TensorFlow on {shape}"
+        fastest = "halide_app" if app < unfused else "halide_unfused"
+        assert f"`{shape}`: `{fastest}`" in text  # which schedule wins per shape
+    ratios = [store.by("halide_unfused", s).metrics["time_ms"] / store.by("halide_app", s).metrics["time_ms"]
+              for s in ("tiny_s1", "tiny_s2")]  # fmt: skip
+    assert f"geometric-mean speedup {math.sqrt(ratios[0] * ratios[1]):.2f}x" in text
+    speed = {r["shape"]: r for r in _csv(store.out / "speedups.csv")}
+    for shape, row in speed.items():
+        pct = store.by(row["halide_variant"], shape).metrics["pct_roofline"]
+        assert math.isclose(float(row["halide_pct_roofline"]), pct, rel_tol=1e-9)
+
+
+def test_wrong_failed_and_skipped_records_are_named_never_timed(store: Store) -> None:
+    text = store.findings()
+    assert "`halide_fused_tile` on `tiny_s1`: wrong: `rel_error" in text
+    assert "wrong (no time)" in text
+    assert "halide_no_such_schedule" in (store.out / "records.csv").read_text()
+    fusion = {r["shape"]: r for r in _csv(store.out / "fusion.csv")}
+    assert fusion["tiny_s1"]["halide_fused_tile_ms"] == ""
+    assert "8 ok, 1 wrong, 1 failed, 1 skipped" in text
+
+
+def test_missing_framework_and_device_are_stated(store: Store) -> None:
+    text = store.findings()
+    assert "- `cpu`: no ok cuDNN record (1 skipped: `cudnn_cl has no cpu implementation" in text
+    assert "Missing: this experiment has no records from a GPU (devices present: `cpu`)" in text
+    assert "Missing: no autoscheduled or tuned Halide record" in text
+
+
+def test_the_report_is_logged_on_the_parent_run(store: Store) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store.uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`dsconv.role` = 'parent'")
+    logged = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"findings.md", "records.csv", "roofline_cpu.png", "fusion_cpu.png"} <= logged
+
+
+def test_bad_input_is_one_line_naming_the_choices(store: Store) -> None:
+    base = [
+        sys.executable,
+        "-m",
+        "orchestrator.report",
+        "--tracking-uri",
+        store.uri,
+        "--out",
+        str(store.root / "x"),
+    ]
+    wrong = _run([*base, "--experiment", "nope"], store.root, check=False)
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip() == f"error: unknown experiment 'nope' in {store.uri}; valid: {EXPERIMENT}"
+    missing = _run([*base, "--experiment", EXPERIMENT, "--tracking-uri", f"sqlite:///{store.root}/none.db"],
+                   store.root, check=False)  # fmt: skip
+    assert (
+        missing.returncode == 2 and "no MLflow store" in missing.stderr and "Traceback" not in missing.stderr
+    )
+
+
+# --- the pure layer: rows fed directly ------------------------------------------------------------
+def _h100_row(variant: str, framework: str, capture: str) -> dict[str, Any]:
+    """A GPU record from a real Nsight Compute capture: its time is ncu's measured kernel duration."""
+    from workers import metrics
+    from workers.profiling import parse
+
+    profile = parse.summarize(parse.read_raw_csv((FIXTURES / capture).read_text()), runs=2)
+    time_ms = profile.metrics["ncu.sum.duration_us"] / 1e3
+    params = {
+        "variant": variant,
+        "framework": framework,
+        **APP.as_params(),
+        "device": "h100",
+        "device_kind": "cuda",
+        "device_model": H100.model,
+        "peak_gflops": str(H100.peak_gflops),
+        "mem_gbps": str(H100.mem_gbps),
+    }
+    values = {"time_ms": time_ms, **metrics.derive(APP, H100, time_ms), **profile.metrics}
+    return row_from_parts(params, values, {"status": "ok", **profile.tags}, run_id=f"{variant}-run")
+
+
+def test_several_devices_with_nsight_metrics(store: Store, tmp_path: Path) -> None:
+    halide = _h100_row("halide_unfused", "halide", "halide_unfused.csv")
+    cudnn = _h100_row("cudnn_cl", "cudnn", "cudnn.csv")
+    rows = [*rows_from_records(store.records), halide, cudnn]
+    files = build_report(dataset_from_rows("mixed", rows), tmp_path, "test command")
+    names = {p.name for p in files}
+    assert {"roofline_cpu.png", "roofline_h100.png", "ncu.csv", "speedups_h100.png"} <= names
+    text = (tmp_path / "findings.md").read_text()
+    assert "### `h100` (NVIDIA H100 80GB HBM3 (SXM5))" in text
+    assert "- `h100`: no TensorFlow record at all." in text
+    assert f"{cudnn['time_ms'] / halide['time_ms']:.2f}x (cudnn_cl," in text  # speedup over cuDNN fp32
+    dram, sm = halide["ncu.sum.dram_pct"], halide["ncu.sum.sm_pct"]
+    assert f"DRAM {dram:.1f}% and SM {sm:.1f}% of peak" in text
+    assert f"top stall `{halide['ncu.stall1.reason']}` ({100 * halide['ncu.stall1.share']:.1f}%" in text
+    ncu = {r["variant"]: r for r in _csv(tmp_path / "ncu.csv")}
+    assert float(ncu["halide_unfused"]["dram_vs_min_bytes"]) == pytest.approx(
+        halide["ncu.sum.dram_bytes"] / APP.min_bytes
+    )
+    assert (
+        "Halide kernel time at the app shape (N=4) <= 8 us: best Halide" in text
+    )  # the issue's goal, checked
+
+
+def test_a_wrong_record_with_a_time_is_never_a_speed(store: Store, tmp_path: Path) -> None:
+    fast = store.by("halide_app", "tiny_s1")
+    bogus = Record(
+        key="halide_fused_cblock.tiny_s1.cpu.x",
+        params={**fast.params, "variant": "halide_fused_cblock"},
+        metrics={**fast.metrics, "time_ms": 1e-9, "gflops": 1e9},
+        tags={**fast.tags, "status": "wrong", "error": "rel_error 1 > tolerance 0.0001"},
+    )
+    rows = rows_from_records([*store.records, bogus])
+    ds = dataset_from_rows(EXPERIMENT, rows)
+    assert all(p["variant"] != "halide_fused_cblock" for p in roofline_points(ds.rows, "cpu"))
+    build_report(ds, tmp_path, "test command")
+    speed = {r["shape"]: r for r in _csv(tmp_path / "speedups.csv")}
+    assert speed["tiny_s1"]["halide_variant"] != "halide_fused_cblock"
+    row = next(r for r in _csv(tmp_path / "records.csv") if r["variant"] == "halide_fused_cblock")
+    assert row["status"] == "wrong" and row["time_ms"] == "" and row["gflops"] == ""
+    assert "1e-09" not in (tmp_path / "findings.md").read_text()
+
+
+def test_the_newest_run_of_a_measurement_wins() -> None:
+    shape = TINY_S1.as_params()
+    common = {"variant": "halide_app", "framework": "halide", **shape, "device": "cpu", "device_kind": "cpu"}
+    old = row_from_parts(common, {"time_ms": 2.0}, {"status": "ok"}, run_id="old", start_time=1.0)
+    new = row_from_parts(
+        common, {}, {"status": "failed", "error": "build: boom"}, run_id="new", start_time=2.0
+    )
+    other = row_from_parts({**common, "option.cuda_max_registers": "128"}, {"time_ms": 3.0}, {"status": "ok"},
+                           run_id="opt", start_time=0.5)  # fmt: skip
+    ds = dataset_from_rows("x", [new, old, other])
+    assert {r["run_id"] for r in ds.rows} == {"new", "opt"} and ds.superseded == 1
