@@ -181,6 +181,11 @@ def run(args: argparse.Namespace) -> int:
 def info(args: argparse.Namespace) -> int:
     """Print the host facts, and its measured CPU peak and bandwidth (measured now with --measure)."""
     facts = dict(hostinfo.host_facts())
+    if args.measure_gpu:
+        try:
+            facts.update({f"gpu_{k}": str(v) for k, v in hostinfo.measure_gpu_roofs().items()})
+        except (ImportError, RuntimeError) as exc:
+            raise CliError(f"cannot measure the GPU: {exc}") from None
     peak = hostinfo.host_peak(refresh=True) if args.measure else hostinfo.cached_host_peak()
     if peak is None:
         facts["cpu_peak"] = "not measured yet (python -m workers info --measure)"
@@ -221,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     p_info = commands.add_parser("info", help="print host facts")
     p_info.add_argument("--measure", action="store_true", help="measure the CPU peak and bandwidth now")
+    p_info.add_argument(
+        "--measure-gpu", action="store_true",
+        help="measure the GPU's fp32 SGEMM rate and copy bandwidth (the catalog's roof_gflops, roof_gbps)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         return run(args) if args.command == "run" else info(args)

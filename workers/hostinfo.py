@@ -165,6 +165,49 @@ def measure_copy_gbps(
     return 2 * src.nbytes / best / 1e9
 
 
+def measure_gpu_roofs(n: int = 8192, copy_bytes: int = 4 << 30, repeats: int = 10) -> dict[str, float | str]:
+    """The GPU's attainable ceilings, measured through PyTorch with CUDA events (median of `repeats`).
+
+    fp32: an n×n×n cuBLAS SGEMM on random data with TF32 off (strict fp32 FMAs, the rate a CUDA-core
+    kernel such as Halide's can reach). Bandwidth: a device-to-device copy of `copy_bytes`, counting bytes
+    read plus bytes written. These are the roofline's ceilings (`roof_gflops`, `roof_gbps` in the catalog).
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("PyTorch sees no CUDA GPU")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = torch.device("cuda")
+
+    def median_ms(fn: Any) -> float:
+        fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return float(np.median(times))
+
+    a, b = (torch.randn(n, n, device=dev) for _ in range(2))
+    c = torch.empty(n, n, device=dev)
+    gemm_ms = median_ms(lambda: torch.matmul(a, b, out=c))
+    src = torch.randn(copy_bytes // 4, device=dev)
+    dst = torch.empty_like(src)
+    copy_ms = median_ms(lambda: dst.copy_(src))
+    return {
+        "gpu": torch.cuda.get_device_name(0),
+        "roof_gflops": round(2 * n**3 / (gemm_ms * 1e-3) / 1e9),
+        "roof_gbps": round(2 * src.numel() * 4 / (copy_ms * 1e-3) / 1e9),
+        "method": f"torch {torch.__version__}: SGEMM {n}^3 TF32 off; D2D copy {copy_bytes >> 20} MiB "
+        f"(read+write); CUDA events, median of {repeats}",
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
 def _cache_path() -> Path:
     return cache_dir() / f"host-{socket.gethostname()}.json"
 

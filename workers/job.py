@@ -122,7 +122,11 @@ def _execute(job: Job, record: Record) -> Record:
     except Exception as exc:
         return _fail(record, exc, "host measurement")
     record.params.update(
-        peak_gflops=f"{device.peak_gflops:g}", mem_gbps=f"{device.mem_gbps:g}", peak_source=peak_source
+        peak_gflops=f"{device.peak_gflops:g}",
+        mem_gbps=f"{device.mem_gbps:g}",
+        roof_gflops=f"{device.roofs[0]:g}",
+        roof_gbps=f"{device.roofs[1]:g}",
+        peak_source=peak_source,
     )
     if device.cores:
         record.params["cores"] = str(device.cores)

@@ -1,8 +1,10 @@
 """Derived metrics: what a measured time means for this shape on this device (throughput, roofline).
 
-The roofline floor is the time the layer cannot beat on the device: its FLOPs at the fp32 peak or its
+The roofline floor is the time the layer cannot beat on the device: its FLOPs at the fp32 rate or its
 minimum traffic (each input read once, the output written once; `LayerShape.min_bytes`) at the DRAM
-bandwidth, whichever is longer. `pct_roofline` = floor / measured time, in percent.
+bandwidth, whichever is longer, with the device's measured ceilings where the catalog has them
+(`DeviceSpec.roofs`). `pct_roofline` = floor / measured time, in percent; `pct_peak` is against the
+datasheet peak.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def derive(shape: LayerShape, device: DeviceSpec, time_ms: float) -> dict[str, f
     out["gbps"] = shape.min_bytes / seconds / 1e9
     if device.peak_gflops > 0:
         out["pct_peak"] = out["gflops"] / device.peak_gflops * 100
-    if device.peak_gflops > 0 and device.mem_gbps > 0:
-        floor = roofline_floor_ms(shape, device.peak_gflops, device.mem_gbps)
+    roof_gflops, roof_gbps = device.roofs
+    if roof_gflops > 0 and roof_gbps > 0:
+        floor = roofline_floor_ms(shape, roof_gflops, roof_gbps)
         out["floor_ms"] = floor
         out["pct_roofline"] = floor / time_ms * 100
     return out
