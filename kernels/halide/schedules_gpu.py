@@ -102,7 +102,13 @@ def schedule_app(L: Layer, target: hl.Target) -> dict[str, object]:
     shared.tile([di, xi, yi], [dii, xii, yii], [min(2, s.c), t.thread_x, t.thread_y], tail)
     shared.gpu_threads(di, xi, yi).unroll(xii).unroll(yii).unroll(dii)
 
-    L.depthwise.compute_at(shared, di).unroll(x).unroll(y).unroll(c)
+    # Each thread's depthwise tile must stay in registers. With the guarded tail (c not a multiple of
+    # 32) its channel extent is a min() over the thread's channels, and Halide 21 then moves such a
+    # dynamically sized thread allocation to a global heap buffer striped over the block's threads:
+    # sized for this stage's threads but indexed with the whole block's thread count, so blocks overlap
+    # and race (wrong results at c=5, co=7). Register storage takes the constant upper bound (2 x 2 x 2)
+    # and leaves the multiple-of-32 path, which already had that fixed size, unchanged.
+    L.depthwise.compute_at(shared, di).store_in(hl.MemoryType.Register).unroll(x).unroll(y).unroll(c)
     return {"tile": t, "reduction_unroll": r, "shared_tail": tail.name}
 
 
