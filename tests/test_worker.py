@@ -275,3 +275,19 @@ def test_cli_bad_input_is_one_line(tmp_path) -> None:
 def test_cli_info_prints_host_facts() -> None:
     done = cli("info", timeout=60)
     assert done.returncode == 0 and "cpu_model" in done.stdout and "halide_version" in done.stdout
+
+
+def test_gpu_without_measurable_ceilings_keeps_datasheet_rates_and_says_so() -> None:
+    """Where the GPU's ceilings cannot be measured (no CUDA here), the roofline uses the datasheet, and
+    the source names why; a GPU must never be given the host CPU's measurements."""
+    from kernels.device import DeviceSpec
+    from tests.conftest import has_cuda
+    from workers.hostinfo import resolve_device
+
+    if has_cuda():
+        pytest.skip("a CUDA GPU is present: its ceilings are measurable")
+    h100 = DeviceSpec("h100", "cuda", "NVIDIA H100", 66900, 3350, sm_count=132, cuda_capability=90)
+    device, source = resolve_device(h100)
+    assert device == h100
+    assert device.roofs == (66900, 3350)
+    assert source.startswith("datasheet (GPU ceilings not measured")

@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -256,12 +257,56 @@ def _read_cached(path: Path, model: str, cores: int) -> HostPeak | None:
     return peak
 
 
-def resolve_device(device: DeviceSpec) -> tuple[DeviceSpec, str]:
-    """The device with a host CPU's unset (0) peak, bandwidth and cores filled from measurement.
+def gpu_roofs(refresh: bool = False) -> dict[str, Any]:
+    """This node's GPU ceilings (`measure_gpu_roofs`), measured once per GPU model and cached on disk
+    under the same lock as the CPU's, so concurrent workers do not measure at the same time."""
+    import torch
 
-    Returns (device, source) where source is "catalog" (nothing measured) or "measured".
+    name = torch.cuda.get_device_name(0)
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    safe_name = re.sub(r"[^\w.-]", "_", name)
+    path = directory / f"gpu-{socket.gethostname()}-{safe_name}.json"
+    with open(directory / f"host-{socket.gethostname()}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not refresh:
+            try:
+                cached: dict[str, Any] = json.loads(path.read_text())
+                if cached.get("gpu") == name and cached["roof_gflops"] > 0 and cached["roof_gbps"] > 0:
+                    return cached
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        roofs = measure_gpu_roofs()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(roofs, indent=1))
+        os.replace(tmp, path)
+        return roofs
+
+
+def resolve_device(device: DeviceSpec) -> tuple[DeviceSpec, str]:
+    """The device with what the catalog leaves unset (0) measured on this node.
+
+    A host CPU's peak, bandwidth and cores; a GPU's attainable ceilings (`roof_gflops`, `roof_gbps`),
+    which the roofline floor uses. Returns (device, source): "catalog" when nothing was measured,
+    "measured" when a value came from this node; a GPU whose ceilings cannot be measured here (no
+    PyTorch) keeps its datasheet rates, and the source says so.
     """
-    if device.kind != "cpu" or (device.peak_gflops > 0 and device.mem_gbps > 0 and device.cores > 0):
+    if device.kind == "cuda":
+        if device.roof_gflops > 0 and device.roof_gbps > 0:
+            return device, "catalog"
+        try:
+            roofs = gpu_roofs()
+        except Exception as exc:  # no torch / no GPU visible to torch: datasheet rates, said so
+            return device, f"datasheet (GPU ceilings not measured: {type(exc).__name__})"
+        return (
+            dataclasses.replace(
+                device,
+                roof_gflops=device.roof_gflops or float(roofs["roof_gflops"]),
+                roof_gbps=device.roof_gbps or float(roofs["roof_gbps"]),
+            ),
+            "measured",
+        )
+    if device.peak_gflops > 0 and device.mem_gbps > 0 and device.cores > 0:
         return device, "catalog"
     if device.peak_gflops > 0 and device.mem_gbps > 0:
         return dataclasses.replace(device, cores=available_cores()), "catalog"
