@@ -32,6 +32,9 @@ MANUAL_SCHEDULES = ("app", "unfused", "fused_tile", "fused_cblock")
 AUTO_SCHEDULES = ("auto_adams2019", "auto_li2018", "auto_mullapudi2016", "auto_anderson2021")
 SCHEDULES = MANUAL_SCHEDULES + AUTO_SCHEDULES
 PREFIX = "halide_"
+# The parameterised family (family.py): built from options["params"]; served as `halide_family` and,
+# with parameters from the tuning database, as `halide_tuned` (tuned.py).
+FAMILY = "family"
 
 # Device kinds each schedule supports (the autoschedulers' own limits; see autoschedule.py).
 SCHEDULE_KINDS: dict[str, tuple[str, ...]] = {
@@ -40,6 +43,7 @@ SCHEDULE_KINDS: dict[str, tuple[str, ...]] = {
     "auto_li2018": ("cpu", "cuda"),
     "auto_mullapudi2016": ("cpu",),
     "auto_anderson2021": ("cuda",),
+    FAMILY: ("cpu", "cuda"),
 }
 
 DESCRIPTIONS = {
@@ -64,7 +68,7 @@ class UnknownScheduleError(ValueError):
 
 def check_schedule(name: str, kind: str | None = None) -> None:
     """Fail with the list of valid names when `name` is not a schedule (for `kind`, if given)."""
-    valid = [s for s in SCHEDULES if kind is None or kind in SCHEDULE_KINDS[s]]
+    valid = [s for s in (*SCHEDULES, FAMILY) if kind is None or kind in SCHEDULE_KINDS[s]]
     if name not in valid:
         where = f" for {kind}" if kind else ""
         raise UnknownScheduleError(
@@ -151,6 +155,13 @@ def schedule_layer(
         params = autoschedule.autoscheduler_params(auto, device, schedules_cpu.host_threads(), options)
         pipeline, source = autoschedule.apply(layer, target, auto, params)
         return layer, pipeline, {"schedule.txt": source}
+    if name == FAMILY:
+        from kernels.halide import family
+
+        params = family.resolve(shape, device, options)
+        decisions = family.apply(params, layer, target)
+        fn = family._apply_gpu if device.is_gpu else family._apply_cpu
+        return layer, layer.pipeline(), {"schedule.py": schedule_source(fn, decisions)}
     table = schedules_gpu.GPU_SCHEDULES if device.is_gpu else schedules_cpu.CPU_SCHEDULES
     fn = table[name]
     decisions = fn(layer, target)
@@ -179,6 +190,11 @@ def _key_parts(
             auto, device, schedules_cpu.host_threads(), options
         )
         parts["source"] = cache.source_digest(_module_sources(algorithm, autoschedule))
+    elif name == FAMILY:
+        from kernels.halide import family
+
+        parts["params"] = family.as_dict(family.resolve(shape, device, options))
+        parts["source"] = cache.source_digest(_module_sources(algorithm, schedules_cpu, family))
     else:
         parts["source"] = cache.source_digest(_module_sources(algorithm, schedules_cpu))
     return parts
@@ -516,4 +532,36 @@ def _register_all() -> None:
         )(functools.partial(build, name))
 
 
+def _build_family(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any]) -> CpuBuilt | CudaBuilt:
+    from kernels.halide import family
+
+    return family.build(shape, device, options)
+
+
+def _build_tuned(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any]) -> CpuBuilt | CudaBuilt:
+    from kernels.halide import tuned
+
+    return tuned.build(shape, device, options)
+
+
+def _register_family() -> None:
+    register(
+        PREFIX + FAMILY,
+        framework="halide",
+        kinds=("cpu", "cuda"),
+        description="the schedule family (family.py) with options['params'] (the heuristic for the rest)",
+        check=_check,
+        tags=("halide", "family"),
+    )(_build_family)
+    register(
+        PREFIX + "tuned",
+        framework="halide",
+        kinds=("cpu", "cuda"),
+        description="the family's best schedule in tuning/db.json for shape and device, else its heuristic",
+        check=_check,
+        tags=("halide", "tuned"),
+    )(_build_tuned)
+
+
 _register_all()
+_register_family()

@@ -1,0 +1,753 @@
+"""A parameterised family of Halide schedules of the layer, for CPU and CUDA: what the search explores.
+
+One frozen dataclass of parameters per device kind (`CpuParams`, `GpuParams`). For a shape and a device,
+`space` gives the valid values of each parameter, `check` the constraints between them, `heuristic` a
+good guess without measuring, and `apply` schedules the layer of `algorithm.py` with a parameter set.
+The `halide_family` variant builds `options["params"]` (fields left out take the heuristic's values)
+through the ordinary build path of `variants.py`, so the CPU compile cache keys on the resolved
+parameters and every candidate of a search is an ordinary Job.
+
+The parameters, as the issue lists them:
+- where the depthwise result lives (`dw_at`): `root` (its own buffer; on the GPU its own kernel), per
+  output tile (`tile` on the CPU: the rows of a parallel task, every channel; `block` on the GPU: a
+  thread block's pixels, every channel, in shared memory), per channel block inside the pointwise
+  reduction (`cblock`: a register tile's pixels, `kc` / `k` channels at a time), or `inline`;
+- tile sizes over output channels and pixels: the register tile (`lanes` x `vectors` channels by
+  `tx` x `ty` pixels on the CPU; `lanes` x `tx` x `ty` per thread on the GPU) and the task or block
+  around it (`row_tiles` and `chunks` on the CPU; `threads_co` x `threads_x` x `threads_y` on the GPU);
+- vector width (`lanes`), unrolling (`dw_unroll` on the CPU; the reduction step `k`, fully unrolled,
+  on the GPU), rows per parallel task (CPU), thread mapping, shared-memory staging of the input
+  (`stage_input`) and of the pointwise weights (`weights`), and the register cap (`max_registers`).
+
+The CPU code reuses the pointwise micro-kernel of `schedules_cpu` (so `dw_at` = root / tile / cblock
+with that module's own choices reproduces its `unfused` / `fused_tile` / `fused_cblock`); the GPU code
+generalises `schedules_gpu`'s register-tiled pointwise. Tiles never exceed an extent (tails shift
+inwards), so every valid parameter set is correct on any shape; `check` rejects what would not launch
+(threads, registers and shared memory per block).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from kernels.device import DeviceSpec
+from kernels.layer import KERNEL, LayerShape
+
+CPU_DW_AT = ("root", "tile", "cblock", "inline")
+GPU_DW_AT = ("root", "block", "cblock", "inline")
+GPU_WEIGHTS = ("global", "shared")  # pointwise weights: through the caches, or a panel in shared memory
+MAX_REGISTERS = (64, 128, 255)  # HL_CUDA_JIT_MAX_REGISTERS; 64 is Halide's default
+GPU_MAX_THREADS = 1024  # threads per block
+GPU_REGISTERS_PER_BLOCK = 65536  # 32-bit registers of one SM, all a block may take (sm_50 .. sm_90)
+GPU_SHARED_BYTES = 48 * 1024  # static shared memory per block without an opt-in
+GPU_MAX_ACCUMULATORS = 64  # fp32 accumulators a thread may keep in registers
+CPU_MAX_VECTORS = 4
+
+
+class ParamsError(ValueError):
+    """A parameter set that is not in the family's space for the shape and device; names the valid values."""
+
+
+@dataclass(frozen=True)
+class CpuParams:
+    """A CPU schedule of the family: a register tile of `lanes` x `vectors` output channels by `tx` x `ty`
+    pixels; parallel tasks of `row_tiles` x `ty` output rows by 1/`chunks` of the output channels; the
+    depthwise at `dw_at` (with `kc` channels per block for `cblock`), vectorised over channels and
+    unrolled `dw_unroll` pixels (root, tile)."""
+
+    dw_at: str = "tile"
+    lanes: int = 16
+    vectors: int = 1
+    tx: int = 1
+    ty: int = 1
+    row_tiles: int = 1
+    chunks: int = 1
+    kc: int = 16
+    dw_unroll: int = 2
+
+    kind = "cpu"
+
+
+@dataclass(frozen=True)
+class GpuParams:
+    """A CUDA schedule of the family: thread blocks of `threads_co` x `threads_x` x `threads_y` threads,
+    each accumulating `lanes` output channels (one vector) by `tx` x `ty` pixels in registers, `k` input
+    channels per unrolled reduction step; the depthwise at `dw_at`; the block's padded input
+    (`stage_input`, block only) and weight panel (`weights` = shared) staged in shared memory; the
+    register cap per thread `max_registers`."""
+
+    dw_at: str = "block"
+    lanes: int = 4
+    tx: int = 2
+    ty: int = 2
+    threads_co: int = 8
+    threads_x: int = 4
+    threads_y: int = 4
+    k: int = 4
+    weights: str = "global"
+    stage_input: bool = False
+    max_registers: int = 64
+
+    kind = "cuda"
+
+    @property
+    def threads(self) -> int:
+        return self.threads_co * self.threads_x * self.threads_y
+
+    @property
+    def block_co(self) -> int:
+        return self.lanes * self.threads_co
+
+    @property
+    def block_x(self) -> int:
+        return self.tx * self.threads_x
+
+    @property
+    def block_y(self) -> int:
+        return self.ty * self.threads_y
+
+
+Params = CpuParams | GpuParams
+
+
+def params_class(device: DeviceSpec) -> type[CpuParams] | type[GpuParams]:
+    """The parameter dataclass of the device's kind."""
+    return GpuParams if device.is_gpu else CpuParams
+
+
+def as_dict(params: Params) -> dict[str, Any]:
+    """The parameters as plain JSON-friendly data (what Job options, the cache key and the db hold)."""
+    return asdict(params)
+
+
+def digest(params: Params) -> str:
+    """A stable short name of a parameter set (for logs and artifact names)."""
+    import hashlib
+
+    blob = json.dumps({"kind": params.kind, **as_dict(params)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+# --- the host CPU's vector unit --------------------------------------------------------------------
+
+
+def _cpu_vector() -> tuple[int, int]:
+    """(fp32 lanes of the natural vector, vector registers) of this host's Halide target."""
+    from kernels.halide import schedules_cpu, variants
+
+    target = variants.cpu_target()
+    return schedules_cpu.vector_lanes(target), schedules_cpu.vector_registers(target)
+
+
+def _cpu_accumulators(registers: int) -> int:
+    from kernels.halide import schedules_cpu
+
+    return schedules_cpu._ACCUMULATORS.get(registers, 12)
+
+
+def _pow2_upto(limit: int, start: int = 1) -> tuple[int, ...]:
+    values, v = [], start
+    while v <= limit:
+        values.append(v)
+        v *= 2
+    return tuple(values)
+
+
+def _divisors(c: int, candidates: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in candidates if d <= c and c % d == 0)
+
+
+# --- the space -------------------------------------------------------------------------------------
+
+
+def space(shape: LayerShape, device: DeviceSpec) -> dict[str, tuple[Any, ...]]:
+    """The valid values of each parameter for `shape` on `device` (constraints between parameters are
+    `check`'s)."""
+    s = shape
+    if device.is_gpu:
+        return {
+            "dw_at": GPU_DW_AT,
+            "lanes": tuple(v for v in (1, 2, 4, 8) if v <= s.co),
+            "tx": tuple(range(1, min(8, s.wo) + 1)),
+            "ty": tuple(range(1, min(8, s.ho) + 1)),
+            "threads_co": tuple(range(1, min(32, s.co) + 1)),
+            "threads_x": tuple(range(1, min(16, s.wo) + 1)),
+            "threads_y": tuple(range(1, min(16, s.ho) + 1)),
+            "k": _divisors(s.c, (1, 2, 4, 8, 16)),
+            "weights": GPU_WEIGHTS,
+            "stage_input": (False, True),
+            "max_registers": MAX_REGISTERS,
+        }
+    natural, _ = _cpu_vector()
+    lanes = sorted({min(v, s.co) for v in (natural, max(1, natural // 2))})
+    from kernels.halide.schedules_cpu import _channel_block
+
+    return {
+        "dw_at": CPU_DW_AT,
+        "lanes": tuple(lanes),
+        "vectors": tuple(range(1, CPU_MAX_VECTORS + 1)),
+        "tx": tuple(range(1, min(8, s.wo) + 1)),
+        "ty": tuple(range(1, min(4, s.ho) + 1)),
+        "row_tiles": _pow2_upto(s.ho),
+        "chunks": _pow2_upto(min(8, s.co)),
+        "kc": tuple(sorted({*_divisors(s.c, (1, 2, 4, 8, 16, 32, 64)), _channel_block(s.c, natural)})),
+        "dw_unroll": (1, 2, 4),
+    }
+
+
+def shared_bytes(p: GpuParams, shape: LayerShape) -> int:
+    """Shared memory one thread block of `p` allocates for `shape`."""
+    s = shape
+    total = 0
+    if p.dw_at == "block":
+        total += 4 * s.c * p.block_x * p.block_y
+        if p.stage_input:
+            total += 4 * s.c * ((p.block_x - 1) * s.stride + KERNEL) * ((p.block_y - 1) * s.stride + KERNEL)
+    if p.weights == "shared":
+        total += 4 * p.block_co * s.c
+    return total
+
+
+def check(params: Params, shape: LayerShape, device: DeviceSpec) -> str | None:
+    """Why `params` is not a valid schedule for `shape` on `device` (one line), or None when it is."""
+    want = params_class(device)
+    if not isinstance(params, want):
+        return f"{type(params).__name__} given for a {device.kind} device (needs {want.__name__})"
+    values = space(shape, device)
+    for name, valid in values.items():
+        value = getattr(params, name)
+        if name == "row_tiles":
+            if not (isinstance(value, int) and 1 <= value <= shape.ho):
+                return f"row_tiles must be an integer in 1..{shape.ho}, got {value!r}"
+            continue
+        if value not in valid or type(value) is not type(valid[0]):
+            return f"{name} must be one of {list(valid)} for {shape.label}, got {value!r}"
+    s = shape
+    if isinstance(params, CpuParams):
+        p = params
+        if p.lanes * p.vectors > s.co:
+            return f"lanes x vectors = {p.lanes * p.vectors} exceeds co = {s.co}"
+        _, registers = _cpu_vector()
+        budget = _cpu_accumulators(registers)
+        if p.vectors * p.tx * p.ty > budget:
+            return f"vectors x tx x ty = {p.vectors * p.tx * p.ty} accumulators exceed {budget} registers"
+        if p.chunks > math.ceil(s.co / (p.lanes * p.vectors)):
+            return f"chunks = {p.chunks} exceeds the {math.ceil(s.co / (p.lanes * p.vectors))} co tiles"
+        return None
+    p = params
+    if p.block_co > s.co or p.block_x > s.wo or p.block_y > s.ho:
+        return (
+            f"block tile {p.block_co}x{p.block_x}x{p.block_y} (co x px x py) exceeds the output "
+            f"{s.co}x{s.wo}x{s.ho}"
+        )
+    if p.threads > GPU_MAX_THREADS:
+        return f"{p.threads} threads per block exceed {GPU_MAX_THREADS}"
+    if p.threads < min(32, _max_threads(s)):
+        return f"{p.threads} threads per block: fewer than a warp"
+    if p.threads * p.max_registers > GPU_REGISTERS_PER_BLOCK:
+        return f"{p.threads} threads x {p.max_registers} registers exceed {GPU_REGISTERS_PER_BLOCK} per block"
+    if p.lanes * p.tx * p.ty > GPU_MAX_ACCUMULATORS:
+        return f"lanes x tx x ty = {p.lanes * p.tx * p.ty} accumulators exceed {GPU_MAX_ACCUMULATORS}"
+    demand = register_demand(p, s)
+    if demand > 2 * p.max_registers + 64:
+        return f"about {demand} registers a thread needed, far above the cap of {p.max_registers}"
+    if p.stage_input and p.dw_at != "block":
+        return "stage_input applies to dw_at=block only"
+    smem = shared_bytes(p, s)
+    if smem > GPU_SHARED_BYTES:
+        return f"{smem} bytes of shared memory per block exceed {GPU_SHARED_BYTES}"
+    return None
+
+
+def register_demand(p: GpuParams, s: LayerShape) -> int:
+    """A rough count of the registers a thread of `p` keeps live: its accumulators plus one reduction
+    step's weights and depthwise values (computed from (tx s + 2) x (ty s + 2) input taps a channel
+    when the thread computes the depthwise itself). Used only to reject hopeless spillers."""
+    accumulators = p.lanes * p.tx * p.ty
+    if p.dw_at in ("cblock", "inline"):
+        taps = (p.tx * s.stride + 2) * (p.ty * s.stride + 2)
+        return accumulators + p.k * (p.lanes + taps)
+    return accumulators + p.k * (p.lanes + p.tx * p.ty)
+
+
+def _max_threads(s: LayerShape) -> int:
+    """The most threads a block can have on this shape (tiny shapes cannot fill a warp)."""
+    return min(32, s.co) * min(16, s.wo) * min(16, s.ho)
+
+
+def canonical(params: Params, shape: LayerShape) -> Params:
+    """The same schedule with parameters that make no difference set to fixed values, so that two
+    candidates that compile to the same code compare equal (and share a cache entry)."""
+    if isinstance(params, CpuParams):
+        p = params
+        row_tiles = max(v for v in _pow2_upto(shape.ho) if v <= max(1, shape.ho // p.ty))
+        row_tiles = min(p.row_tiles, row_tiles)
+        kc = p.kc if p.dw_at == "cblock" else max(_divisors(shape.c, (1, 2, 4, 8, 16)))
+        dw_unroll = p.dw_unroll if p.dw_at in ("root", "tile") else 1
+        return dataclasses.replace(p, row_tiles=row_tiles, kc=kc, dw_unroll=dw_unroll)
+    p = params
+    stage_input = p.stage_input if p.dw_at == "block" else False
+    return dataclasses.replace(p, stage_input=stage_input)
+
+
+def from_options(value: Any, shape: LayerShape, device: DeviceSpec, base: Params | None = None) -> Params:
+    """The parameter set of `options["params"]` (a mapping of field -> value; fields left out take the
+    values of `base`, by default the heuristic's), checked; raises ParamsError naming the valid values."""
+    cls = params_class(device)
+    base = base or heuristic(shape, device)
+    if value is None:
+        return base
+    if isinstance(value, cls):
+        params = value
+    else:
+        if not isinstance(value, Mapping):
+            raise ParamsError(f"options['params'] must be a mapping of parameter -> value, got {value!r}")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in value if k not in fields]
+        if unknown:
+            raise ParamsError(
+                f"unknown {device.kind} schedule parameter {unknown[0]!r}; "
+                f"valid parameters: {', '.join(fields)}"
+            )
+        params = dataclasses.replace(base, **dict(value))
+    reason = check(params, shape, device)
+    if reason:
+        raise ParamsError(f"invalid {device.kind} schedule for {shape.label}: {reason}")
+    return canonical(params, shape)
+
+
+# --- the heuristic ---------------------------------------------------------------------------------
+
+
+def heuristic(shape: LayerShape, device: DeviceSpec) -> Params:
+    """A good parameter set chosen without measuring: on the CPU, `schedules_cpu`'s own cost model
+    (the micro-tile and block plan of `fused_tile`); on the GPU, the rules below."""
+    s = shape
+    if not device.is_gpu:
+        from kernels.halide import algorithm, schedules_cpu
+
+        L = algorithm.define(shape)
+        target = _host_target()
+        t = schedules_cpu.micro_tile(L, target)
+        plan = schedules_cpu.plan_blocks(L, t, schedules_cpu.host_threads(), depthwise_in_task=True)
+        natural, _ = _cpu_vector()
+        p = CpuParams(
+            dw_at="tile",
+            lanes=t.lanes,
+            vectors=t.vectors,
+            tx=t.tx,
+            ty=t.ty,
+            row_tiles=max(1, plan.rows // t.ty),
+            chunks=plan.chunks,
+            kc=schedules_cpu._channel_block(s.c, natural),
+            dw_unroll=2,
+        )
+        return canonical(_fit_cpu(p, s), s)
+    # A block covers up to 128 output channels, 4 a thread (one float4), so that the depthwise of its
+    # pixels is computed once for all of them; 2 x 2 pixels a thread and 4 channels a reduction step
+    # stay within 128 registers without spilling (ptxas, sm_90); 128-256 threads a block; the block's
+    # depthwise tile of every channel in at most 32 KiB of shared memory, else per channel block.
+    lanes = min(4, s.co)
+    threads_co = max(1, min(32, s.co // lanes))
+    tx, ty = min(2, s.wo), min(2, s.ho)
+    pixels = max(1, (32 * 1024) // (4 * s.c))  # block pixels whose depthwise fits in 32 KiB
+    want = min(max(1, 256 // threads_co), max(1, pixels // (tx * ty)))  # pixel threads a block
+    threads_x = max(1, min(16, s.wo // tx, 2 ** (int(math.log2(want)) // 2)))  # square-ish pixel tiles
+    threads_y = max(1, min(16, s.ho // ty, want // threads_x))
+    fits = tx * ty * threads_x * threads_y >= 4 and 4 * s.c * tx * ty * threads_x * threads_y <= 32 * 1024
+    p = GpuParams(
+        dw_at="block" if fits else "cblock",
+        lanes=lanes,
+        tx=tx,
+        ty=ty,
+        threads_co=threads_co,
+        threads_x=threads_x,
+        threads_y=threads_y,
+        k=max(_divisors(s.c, (1, 2, 4))),
+        weights="global",
+        stage_input=False,
+        max_registers=128,
+    )
+    return canonical(fit(p, s, device), s)
+
+
+def _host_target() -> Any:
+    from kernels.halide import variants
+
+    return variants.cpu_target()
+
+
+def _nearest(value: int, valid: tuple[int, ...]) -> int:
+    """The valid value closest to `value` on a log scale (ties: the smaller)."""
+    return min(valid, key=lambda v: (abs(math.log2(v) - math.log2(max(value, 1))), v))
+
+
+def _fit_cpu(p: CpuParams, s: LayerShape) -> CpuParams:
+    values = space(s, _CPU)
+    lanes = _nearest(p.lanes, values["lanes"])
+    vectors = max(1, min(p.vectors, s.co // lanes, CPU_MAX_VECTORS))
+    tx, ty = min(p.tx, s.wo, 8), min(p.ty, s.ho, 4)
+    _, registers = _cpu_vector()
+    budget = _cpu_accumulators(registers)
+    while vectors * tx * ty > budget:
+        if tx >= ty and tx > 1:
+            tx -= 1
+        elif ty > 1:
+            ty -= 1
+        else:
+            vectors -= 1
+    chunks = min(_nearest(p.chunks, values["chunks"]), math.ceil(s.co / (lanes * vectors)))
+    chunks = max(v for v in values["chunks"] if v <= max(1, chunks))
+    kc = p.kc if p.kc in values["kc"] else _nearest(p.kc, values["kc"])
+    row_tiles = max(1, min(p.row_tiles, s.ho))
+    return CpuParams(p.dw_at, lanes, vectors, tx, ty, row_tiles, chunks, kc, p.dw_unroll)
+
+
+_CPU = DeviceSpec("cpu", "cpu", "host CPU", 1.0, 1.0)
+
+
+def fit(params: Params, shape: LayerShape, device: DeviceSpec) -> Params:
+    """`params` moved to the nearest valid parameter set for `shape` (to reuse another shape's tuned
+    schedule, or to repair a mutation); always returns a valid set."""
+    if isinstance(params, CpuParams):
+        return canonical(_fit_cpu(params, shape), shape)
+    s, p = shape, params
+    values = space(s, device)
+    lanes = _nearest(p.lanes, values["lanes"])
+    tx, ty = _nearest(p.tx, values["tx"]), _nearest(p.ty, values["ty"])
+    tco = max(v for v in values["threads_co"] if v * lanes <= s.co) if lanes <= s.co else 1
+    tco = min(_nearest(p.threads_co, values["threads_co"]), tco)
+    most_x = max(v for v in values["threads_x"] if v * tx <= s.wo)
+    most_y = max(v for v in values["threads_y"] if v * ty <= s.ho)
+    txx = min(_nearest(p.threads_x, values["threads_x"]), most_x)
+    tyy = min(_nearest(p.threads_y, values["threads_y"]), most_y)
+    k = _nearest(p.k, values["k"])
+    q = GpuParams(p.dw_at, lanes, tx, ty, tco, txx, tyy, k, p.weights, p.stage_input, p.max_registers)
+    q = canonical(q, s)
+    # Repair what still fails, in an order that keeps the tile's shape as far as possible.
+    for _ in range(64):
+        reason = check(q, s, device)
+        if reason is None:
+            return q
+        q = _repair(q, s, device, reason)
+    return canonical(heuristic_fallback(s, device), s)
+
+
+def _repair(q: GpuParams, s: LayerShape, device: DeviceSpec, reason: str) -> GpuParams:
+    """One step towards validity for the failed constraint named in `reason`."""
+    r = dataclasses.replace
+    if "registers exceed" in reason:
+        return r(q, max_registers=64) if q.max_registers > 64 else r(q, threads_y=max(1, q.threads_y // 2))
+    if "threads per block exceed" in reason:
+        if q.threads_y > 1:
+            return r(q, threads_y=q.threads_y // 2)
+        return r(q, threads_x=max(1, q.threads_x // 2))
+    if "fewer than a warp" in reason:
+        if q.threads_co * 2 * q.lanes <= s.co and q.threads_co < 32:
+            return r(q, threads_co=q.threads_co * 2)
+        if q.threads_x * 2 * q.tx <= s.wo and q.threads_x < 16:
+            return r(q, threads_x=q.threads_x * 2)
+        if q.threads_y * 2 * q.ty <= s.ho and q.threads_y < 16:
+            return r(q, threads_y=q.threads_y * 2)
+        if q.tx > 1:
+            return r(q, tx=q.tx // 2)
+        if q.ty > 1:
+            return r(q, ty=q.ty // 2)
+        return r(q, lanes=max(1, q.lanes // 2))
+    if "far above the cap" in reason:
+        if q.k > 1:
+            return r(q, k=q.k // 2)
+        higher = [
+            m for m in MAX_REGISTERS if m > q.max_registers and q.threads * m <= GPU_REGISTERS_PER_BLOCK
+        ]
+        if higher:
+            return r(q, max_registers=higher[0])
+        return r(q, ty=q.ty // 2) if q.ty > 1 else r(q, tx=max(1, q.tx // 2), lanes=max(1, q.lanes // 2))
+    if "accumulators" in reason:
+        return r(q, ty=q.ty // 2) if q.ty > 1 else r(q, tx=max(1, q.tx // 2))
+    if "shared memory" in reason:
+        if q.weights == "shared":
+            return r(q, weights="global")
+        if q.stage_input:
+            return r(q, stage_input=False)
+        if q.threads_y > 1:
+            return r(q, threads_y=q.threads_y // 2)
+        if q.threads_x > 1:
+            return r(q, threads_x=q.threads_x // 2)
+        return r(q, dw_at="cblock")
+    if "block tile" in reason:
+        if q.block_co > s.co:
+            return r(q, threads_co=max(1, q.threads_co // 2)) if q.threads_co > 1 else r(q, lanes=1)
+        if q.block_x > s.wo:
+            return r(q, threads_x=max(1, q.threads_x // 2)) if q.threads_x > 1 else r(q, tx=1)
+        return r(q, threads_y=max(1, q.threads_y // 2)) if q.threads_y > 1 else r(q, ty=1)
+    return heuristic_fallback(s, device)
+
+
+def heuristic_fallback(s: LayerShape, device: DeviceSpec) -> GpuParams:
+    """The smallest sensible GPU schedule: always valid (a warp or fewer threads, no shared memory)."""
+    lanes = 4 if s.co >= 4 else 1
+    tco = max(1, min(8, s.co // lanes))
+    txx = max(1, min(4, s.wo))
+    tyy = max(1, min(32 // (tco * txx) or 1, s.ho))
+    k = max(_divisors(s.c, (1, 2, 4)))
+    return GpuParams("cblock", lanes, 1, 1, tco, txx, tyy, k, "global", False, 64)
+
+
+# --- sampling and mutation (the search's moves) ----------------------------------------------------
+
+
+def sample(shape: LayerShape, device: DeviceSpec, rng: random.Random, tries: int = 2000) -> Params:
+    """A uniformly drawn valid parameter set (rejection sampling over `space`)."""
+    values = space(shape, device)
+    cls = params_class(device)
+    for _ in range(tries):
+        params = cls(**{name: rng.choice(valid) for name, valid in values.items()})
+        if check(params, shape, device) is None:
+            return canonical(params, shape)
+    return fit(cls(**{name: rng.choice(valid) for name, valid in values.items()}), shape, device)
+
+
+def mutate(
+    params: Params, shape: LayerShape, device: DeviceSpec, rng: random.Random, steps: int = 1
+) -> Params:
+    """A valid neighbour of `params`: `steps` parameters moved to an adjacent (or, for choices, another)
+    valid value."""
+    values = space(shape, device)
+    names = list(values)
+    for _ in range(200):
+        q = params
+        for _ in range(steps):
+            name = rng.choice(names)
+            valid = list(values[name])
+            current = getattr(q, name)
+            if len(valid) < 2:
+                continue
+            if isinstance(current, int) and not isinstance(current, bool) and name not in ("max_registers",):
+                ordered = sorted(valid)
+                i = ordered.index(current) if current in ordered else 0
+                j = min(len(ordered) - 1, max(0, i + rng.choice((-1, 1))))
+                new = ordered[j] if j != i else rng.choice([v for v in ordered if v != current])
+            else:
+                new = rng.choice([v for v in valid if v != current])
+            q = dataclasses.replace(q, **{name: new})
+        q = canonical(q, shape)
+        if q != params and check(q, shape, device) is None:
+            return q
+    return sample(shape, device, rng)
+
+
+def named(shape: LayerShape, device: DeviceSpec) -> dict[str, Params]:
+    """The family's parameters of the named manual schedules `unfused`, `fused_tile` and `fused_cblock`
+    (schedules_cpu / schedules_gpu), where the family can express them: the same tiles and the same
+    place for the depthwise (on the GPU, `fused_tile`'s depthwise is mapped onto the block's threads
+    the family's way). Seeds of the search, so that it starts from what is known to work."""
+    from kernels.halide import algorithm
+
+    L = algorithm.define(shape)
+    s = shape
+    out: dict[str, Params] = {}
+    if not device.is_gpu:
+        from kernels.halide import schedules_cpu as cpu
+
+        natural, _ = _cpu_vector()
+        t = cpu.micro_tile(L, _host_target())
+        for name, dw_at in (("unfused", "root"), ("fused_tile", "tile"), ("fused_cblock", "cblock")):
+            plan = cpu.plan_blocks(L, t, cpu.host_threads(), depthwise_in_task=dw_at == "tile")
+            p = CpuParams(
+                dw_at, t.lanes, t.vectors, t.tx, t.ty, max(1, plan.rows // t.ty), plan.chunks,
+                cpu._channel_block(s.c, natural), 2,
+            )  # fmt: skip
+            out[name] = canonical(_fit_cpu(p, s), s)
+        return out
+    from kernels.halide import schedules_gpu as gpu
+
+    k = gpu._reduction_unroll(s.c, 8)
+    tiles = {
+        "unfused": ("root", gpu.thread_tile(L, max_block_co=64, max_block_pixels=1 << 20)),
+        "fused_tile": (
+            "block",
+            gpu.thread_tile(L, max_block_co=128, max_block_pixels=max(1, gpu._SHARED_BYTES // (4 * s.c))),
+        ),
+        "fused_cblock": ("cblock", gpu.thread_tile(L, max_block_co=64, max_block_pixels=1 << 20)),
+    }
+    for name, (dw_at, t) in tiles.items():
+        p = GpuParams(
+            dw_at, t.lanes, t.tx, t.ty, t.threads_co, t.threads_x, t.threads_y, k, "global", False, 64
+        )
+        out[name] = canonical(p if check(p, s, device) is None else fit(p, s, device), s)
+    return out
+
+
+def seeds(shape: LayerShape, device: DeviceSpec) -> list[Params]:
+    """Structured starting points: the heuristic, the named manual schedules' parameters (`named`), then
+    the heuristic's tiles with the depthwise at every other level (the fusion ablation), each valid,
+    without duplicates."""
+    base = heuristic(shape, device)
+    out: list[Params] = [base]
+    for q in named(shape, device).values():
+        if q not in out:
+            out.append(q)
+    for dw_at in CPU_DW_AT if not device.is_gpu else GPU_DW_AT:
+        q = fit(dataclasses.replace(base, dw_at=dw_at), shape, device)
+        if q not in out:
+            out.append(q)
+    return out
+
+
+# --- the schedules ---------------------------------------------------------------------------------
+
+
+def apply(params: Params, L: Any, target: Any) -> dict[str, object]:
+    """Schedule the layer `L` (from `algorithm.define`) with `params` for `target`; returns the decisions
+    (the parameters and derived sizes) for the record."""
+    if isinstance(params, CpuParams):
+        return _apply_cpu(params, L, target)
+    return _apply_gpu(params, L, target)
+
+
+def _apply_cpu(p: CpuParams, L: Any, target: Any) -> dict[str, object]:
+    import halide as hl
+
+    from kernels.halide import schedules_cpu as cpu
+
+    s = L.shape
+    t = cpu.MicroTile(p.lanes, p.vectors, p.tx, p.ty)
+    rows = min(p.row_tiles, max(1, s.ho // p.ty)) * p.ty
+    plan = cpu.BlockPlan(rows, p.chunks)
+    task, xo = cpu._tile_output(L, t, plan)
+    u = cpu._pointwise_in_registers(L, xo, t)
+    d = L.depthwise
+    decisions: dict[str, object] = {"params": asdict(p), "rows_per_task": rows}
+    if p.dw_at == "root":
+        threads = cpu.host_threads()
+        dyo, dyi = hl.Var("dyo"), hl.Var("dyi")
+        dw_rows = max(1, math.ceil(s.ho / max(1, math.ceil(4 * threads / s.n))))
+        d.compute_root().split(L.y, dyo, dyi, dw_rows, hl.TailStrategy.ShiftInwards)
+        d.reorder(L.c, L.x, dyi, dyo, L.n).fuse(dyo, L.n, dyo).parallel(dyo)
+        cpu._depthwise_vectorized(L, p.lanes, p.dw_unroll)
+        decisions["depthwise_rows_per_task"] = dw_rows
+    elif p.dw_at == "tile":
+        d.compute_at(L.output, task)
+        cpu._depthwise_vectorized(L, p.lanes, p.dw_unroll)
+    elif p.dw_at == "cblock":
+        ro, ri = hl.RVar("rco"), hl.RVar("rci")
+        u.split(L.rc.x, ro, ri, p.kc).reorder(L.c, L.x, L.y, ri, ro)
+        d.compute_at(L.pointwise, ro).store_in(hl.MemoryType.Stack).bound_extent(L.c, p.kc)
+        d.reorder(L.c, L.x, L.y).vectorize(L.c, p.kc).unroll(L.x).unroll(L.y)
+    # inline: the depthwise is recomputed inside the pointwise reduction, once per register tile.
+    return decisions
+
+
+def _threads_over(f: Any, dims: list[Any], p: GpuParams, prefix: str) -> None:
+    """Map a block-level stage's loops `dims` (innermost first) onto the block's own threads: the loops
+    are fused into one index, split into steps of `p.threads` and laid over the same threads_co x
+    threads_x x threads_y grid as the output, innermost dimension fastest (coalesced over channels)."""
+    import halide as hl
+
+    fused = dims[0]
+    for i, v in enumerate(dims[1:]):
+        nxt = hl.Var(f"{prefix}f{i}")
+        f.fuse(fused, v, nxt)
+        fused = nxt
+    to, ti = hl.Var(f"{prefix}to"), hl.Var(f"{prefix}ti")
+    t0, t1, t2, t12 = (hl.Var(f"{prefix}t{i}") for i in ("0", "1", "2", "12"))
+    f.split(fused, to, ti, p.threads, hl.TailStrategy.GuardWithIf)
+    f.split(ti, t12, t0, p.threads_co).split(t12, t2, t1, p.threads_x)
+    f.reorder(t0, t1, t2, to).gpu_threads(t0, t1, t2)
+
+
+def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
+    import halide as hl
+
+    s = L.shape
+    c, x, y, n = L.c, L.x, L.y, L.n
+    o = L.output
+    ci, xi, yi = hl.Var("ci"), hl.Var("xi"), hl.Var("yi")
+    cii, xii, yii = hl.Var("cii"), hl.Var("xii"), hl.Var("yii")
+    o.tile([c, x, y], [ci, xi, yi], [p.block_co, p.block_x, p.block_y])
+    o.tile([ci, xi, yi], [cii, xii, yii], [p.lanes, p.tx, p.ty])
+    o.gpu_threads(ci, xi, yi).fuse(y, n, n).gpu_blocks(c, x, n)
+    o.vectorize(cii).unroll(xii).unroll(yii)
+
+    # Everything a thread keeps to itself is stored in registers, explicitly: a thread-level allocation
+    # whose size Halide 21 cannot prove constant would otherwise go to a global buffer striped over the
+    # threads (see schedules_gpu.schedule_app); in registers it must be constant, or compiling fails.
+    reg = hl.MemoryType.Register
+    ro, ri = hl.RVar("ro"), hl.RVar("ri")
+    pw = L.pointwise
+    pw.compute_at(o, ci).store_in(reg).vectorize(c).unroll(x).unroll(y)
+    u = pw.update().reorder(c, x, y, L.rc.x).vectorize(c).unroll(x).unroll(y)
+    u.split(L.rc.x, ro, ri, p.k).reorder(c, x, y, ri, ro).unroll(ri)
+
+    # The weights of each reduction step in registers, loaded as vectors; from a shared panel if staged.
+    regs = L.pointwise_filter.in_().in_() if p.weights == "shared" else L.pointwise_filter.in_()
+    wc, wr = regs.args()
+    regs.compute_at(pw, ro).store_in(reg).vectorize(wc).unroll(wr)
+    if p.weights == "shared":
+        panel = L.pointwise_filter.in_()
+        pc, pr = panel.args()
+        panel.compute_at(o, c).store_in(hl.MemoryType.GPUShared)
+        _threads_over(panel, [pc, pr], p, "w")
+
+    d = L.depthwise
+    decisions: dict[str, object] = {
+        "params": asdict(p),
+        "block": [p.block_co, p.block_x, p.block_y],
+        "threads": p.threads,
+        "shared_bytes": shared_bytes(p, s),
+    }
+    if p.dw_at == "root":
+        dco, dci, dxo, dxi = hl.Var("dco"), hl.Var("dci"), hl.Var("dxo"), hl.Var("dxi")
+        d.compute_root().split(c, dco, dci, min(32, s.c), hl.TailStrategy.GuardWithIf)
+        d.split(x, dxo, dxi, min(8, s.wo), hl.TailStrategy.GuardWithIf)
+        d.reorder(dci, dxi, dco, dxo, y, n).fuse(y, n, y).gpu_blocks(dco, dxo, y).gpu_threads(dci, dxi)
+        d.in_().compute_at(pw, ro).store_in(reg).vectorize(c).unroll(x).unroll(y)
+    elif p.dw_at == "block":
+        d.in_().compute_at(pw, ro).store_in(reg).vectorize(c).unroll(x).unroll(y)  # a step's values
+        d.compute_at(o, c).store_in(hl.MemoryType.GPUShared)
+        _threads_over(d, [c, x, y, n], p, "d")
+        if p.stage_input:
+            pad = L.padded
+            pad.compute_at(o, c).store_in(hl.MemoryType.GPUShared)
+            pcv, pxv, pyv, pnv = pad.args()
+            _threads_over(pad, [pcv, pxv, pyv, pnv], p, "i")
+    elif p.dw_at == "cblock":
+        d.compute_at(pw, ro).store_in(reg).bound_extent(c, p.k).vectorize(c).unroll(x).unroll(y)
+    # inline: each thread recomputes the depthwise of its pixels inside its reduction.
+    return decisions
+
+
+# --- the variant -----------------------------------------------------------------------------------
+
+
+def resolve(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any]) -> Params:
+    """The parameter set a `halide_family` build uses: options["params"] completed by the heuristic."""
+    return from_options(options.get("params"), shape, device)
+
+
+def build_options(params: Params, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options `variants.build("family", ...)` gets: the resolved parameters (part of the cache key),
+    and on the GPU the register cap as the CUDA runtime option (unless options set one)."""
+    out = {**options, "params": as_dict(params)}
+    if isinstance(params, GpuParams) and options.get("cuda_max_registers") is None:
+        out["cuda_max_registers"] = params.max_registers
+    return out
+
+
+def build(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any]) -> Any:
+    """The body of the `halide_family` variant: build `options["params"]` (completed by the heuristic)."""
+    from kernels.halide import variants
+
+    params = resolve(shape, device, options)
+    built = variants.build(variants.FAMILY, shape, device, build_options(params, options))
+    built.artifacts["params.json"] = json.dumps(
+        {"kind": params.kind, "params": as_dict(params)}, indent=1, sort_keys=True
+    )
+    return built

@@ -1,0 +1,228 @@
+"""The schedule family, the tuning database and the search (issue #6), with real Halide, Ray and MLflow.
+
+- the family's space is valid: every sampled CPU candidate (and every seed: the depthwise at every
+  level) on two awkward shapes verifies against the float64 reference; sampled GPU candidates compile
+  to CUDA (PTX) without a GPU;
+- `halide_tuned` serves a database entry and falls back to the heuristic, saying which;
+- the search runs end to end on a tiny shape with a tiny budget through the local executor (child
+  worker processes, a results bundle) and through the orchestrator's Ray dispatch into MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from kernels import registry
+from kernels.device import DeviceSpec
+from kernels.halide import family, tuned, variants
+from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error
+from orchestrator import tune
+from workers import bundle
+
+CPU = DeviceSpec("cpu", "cpu", "host CPU", peak_gflops=100.0, mem_gbps=10.0)
+H100 = DeviceSpec("h100", "cuda", "NVIDIA H100", 60000.0, 3350.0, sm_count=132, cuda_capability=90)
+AWKWARD = (
+    LayerShape("odd_s2", n=2, h=13, w=11, c=24, co=40, stride=2),
+    LayerShape("odd_s1", n=1, h=6, w=5, c=40, co=17, stride=1, relu=False, bias=False),
+)
+TOLERANCE = 1e-4
+
+
+def _error(built: registry.Built, shape: LayerShape, seed: int = 1) -> float:
+    inputs = make_inputs(shape, seed)
+    placed = built.place(inputs)
+    built.poison(placed)
+    built.run(placed)
+    built.sync()
+    return relative_l2_error(built.fetch(placed), reference(shape, inputs))
+
+
+@pytest.mark.parametrize("shape", AWKWARD, ids=lambda s: s.name)
+def test_every_sampled_cpu_candidate_verifies(shape: LayerShape) -> None:
+    rng = random.Random(7)
+    candidates = family.seeds(shape, CPU) + [family.sample(shape, CPU, rng) for _ in range(6)]
+    assert {p.dw_at for p in candidates} == set(family.CPU_DW_AT)  # the seeds place the depthwise everywhere
+    for params in candidates:
+        assert family.check(params, shape, CPU) is None
+        built = registry.get("halide_family").build(
+            shape, CPU, {"params": family.as_dict(params), "jit": True}
+        )
+        assert json.loads(built.artifacts["params.json"])["params"] == family.as_dict(params)
+        error = _error(built, shape)
+        assert error < TOLERANCE, f"{params} on {shape.label}: relative L2 error {error:.3g}"
+
+
+@pytest.mark.parametrize("shape", AWKWARD, ids=lambda s: s.name)
+def test_sampled_gpu_candidates_compile_for_cuda(shape: LayerShape) -> None:
+    rng = random.Random(3)
+    candidates = family.seeds(shape, H100) + [family.sample(shape, H100, rng) for _ in range(4)]
+    assert {p.dw_at for p in candidates} == set(family.GPU_DW_AT)
+    for params in candidates:
+        artifacts = variants.lower_for("family", shape, H100, {"params": family.as_dict(params)})
+        kernels = re.findall(r"\.entry\s+(\w+)\(", artifacts["kernels.ptx"])
+        assert kernels and all(re.match(variants.KERNEL_FILTER, k) for k in kernels), kernels
+        assert len(kernels) == (2 if params.dw_at == "root" else 1)
+        assert ("GPUShared" in artifacts["lowered.stmt"]) == (family.shared_bytes(params, shape) > 0)
+
+
+def test_mutations_and_fits_stay_valid() -> None:
+    rng = random.Random(1)
+    big = LayerShape("big", n=32, h=7, w=7, c=1024, co=1024)
+    for shape in (*AWKWARD, big):
+        for device in (CPU, H100):
+            params = family.heuristic(shape, device)
+            for _ in range(30):
+                params = family.mutate(params, shape, device, rng, steps=2)
+                assert family.check(params, shape, device) is None
+            # A schedule tuned for another shape moves to a valid one for this shape.
+            other = family.heuristic(AWKWARD[0] if shape is big else big, device)
+            assert family.check(family.fit(other, shape, device), shape, device) is None
+
+
+def test_bad_params_name_the_valid_choices() -> None:
+    shape = AWKWARD[0]
+    with pytest.raises(family.ParamsError, match="valid parameters: dw_at, lanes"):
+        family.from_options({"tile": 4}, shape, CPU)
+    with pytest.raises(
+        family.ParamsError, match=r"dw_at must be one of \['root', 'tile', 'cblock', 'inline'\]"
+    ):
+        family.from_options({"dw_at": "shared"}, shape, CPU)
+    with pytest.raises(family.ParamsError, match="threads per block exceed"):
+        family.from_options(
+            {"threads_co": 8, "threads_x": 16, "threads_y": 16, "tx": 1, "ty": 1},
+            LayerShape("w", 1, 64, 64, 8, 64),
+            H100,
+        )
+
+
+def test_cache_key_covers_the_parameters() -> None:
+    shape, target = AWKWARD[0], variants.cpu_target()
+    a = variants._key_parts("family", shape, CPU, target, {"params": {"dw_at": "root"}})
+    b = variants._key_parts("family", shape, CPU, target, {"params": {"dw_at": "cblock"}})
+    same = variants._key_parts("family", shape, CPU, target, {"params": {"dw_at": "root"}})
+    assert a["params"]["dw_at"] == "root"
+    assert a == same and a != b
+
+
+def test_tuned_serves_the_db_entry_else_the_heuristic(tmp_path: Path) -> None:
+    db = tmp_path / "db.json"
+    shape, other = AWKWARD
+    params = family.fit(family.CpuParams(dw_at="cblock", vectors=1, tx=2, ty=2, kc=8), shape, CPU)
+    assert tuned.store(db, tuned.entry_key(shape, CPU), {"params": family.as_dict(params), "time_ms": 1.0})
+    assert not tuned.store(db, tuned.entry_key(shape, CPU), {"params": {}, "time_ms": 2.0})  # slower: kept
+    options = {"tuning_db": str(db), "jit": True}
+
+    built = registry.get("halide_tuned").build(shape, CPU, options)
+    info = json.loads(built.artifacts["build.json"])
+    assert info["source"] == "db" and json.loads(built.artifacts["tuned.json"])["params"] == family.as_dict(
+        params
+    )
+    assert _error(built, shape) < TOLERANCE
+
+    fallback = registry.get("halide_tuned").build(other, CPU, options)
+    info = json.loads(fallback.artifacts["build.json"])
+    assert info["source"] == "heuristic" and "no entry" in info["reason"]
+    assert json.loads(fallback.artifacts["tuned.json"])["params"] == family.as_dict(
+        family.heuristic(other, CPU)
+    )
+    assert _error(fallback, other) < TOLERANCE
+
+    # An entry the family no longer accepts falls back too, with the reason.
+    tuned.store(db, tuned.entry_key(other, CPU), {"params": {"dw_at": "gone"}, "time_ms": 1.0})
+    info = json.loads(registry.get("halide_tuned").build(other, CPU, options).artifacts["build.json"])
+    assert info["source"] == "heuristic" and "unusable" in info["reason"]
+
+
+def test_db_key_names_shape_device_model_and_halide() -> None:
+    key = tuned.entry_key(AWKWARD[1], H100)
+    assert key == f"1x6x5x40-17s1-nobias-norelu | NVIDIA H100 | halide {tuned.halide_version()}"
+    assert "cores)" in tuned.entry_key(AWKWARD[1], CPU)
+
+
+def test_merge_keeps_the_faster_entry(tmp_path: Path) -> None:
+    node, repo = tmp_path / "node.json", tmp_path / "repo.json"
+    fast, slow = {"params": {}, "time_ms": 1.0}, {"params": {}, "time_ms": 2.0}
+    tuned.store(node, "a", fast)
+    tuned.store(node, "b", slow)
+    tuned.store(repo, "b", fast)
+    assert tune.run(["--merge", str(node), f"tune.db={repo}"])["db_written"] == ["a"]
+    assert {k: e["time_ms"] for k, e in tuned.load(repo)["entries"].items()} == {"a": 1.0, "b": 1.0}
+
+
+def test_search_end_to_end_local(tmp_path: Path) -> None:
+    db, out = tmp_path / "db.json", tmp_path / "out"
+    argv = [
+        "+experiment=smoke", "shapes=[tiny_s2]", "tune.budget=4", "tune.generation=2", "tune.promote=1",
+        f"tune.db={db}", "--local", "--out", str(out),
+    ]  # fmt: skip
+    result = tune.run(argv)
+    (row,) = result["pairs"]
+    assert row["candidates"] == 4 and row["best_ms"] > 0 and row["statuses"] == {"ok": 4}
+    records = bundle.read_bundle(out)
+    screened = [r for r in records if r.tags[tune.RUNG_TAG] == "0"]
+    assert len({r.key for r in records}) == 4 and all(r.status == "ok" for r in records)
+    assert len(screened) >= 2  # the promoted ones' screening lines are superseded by their precise ones
+    entry = json.loads(db.read_text())["entries"][result["db_written"][0]]
+    assert entry["time_ms"] == row["best_ms"] and entry["command"].startswith("python -m orchestrator.tune")
+    assert entry["candidates"] == 4 and entry["halide"] == tuned.halide_version()
+    shape = LayerShape("tiny_s2", n=2, h=10, w=7, c=6, co=13, stride=2)
+    built = registry.get("halide_tuned").build(shape, CPU, {"tuning_db": str(db), "jit": True})
+    assert json.loads(built.artifacts["build.json"])["source"] == "db"
+
+
+def test_autoscheduler_gets_the_same_budget(tmp_path: Path) -> None:
+    argv = [
+        "+experiment=smoke", "shapes=[tiny_s1]", "tune.strategy=adams2019", "tune.budget=2", "tune.promote=1",
+        "tune.db_mode=none", "--local", "--out", str(tmp_path),
+    ]  # fmt: skip
+    result = tune.run(argv)
+    (row,) = result["pairs"]
+    assert row["candidates"] == 2 and row["best_variant"] == "halide_auto_adams2019" and row["best_ms"] > 0
+    options = [json.loads(r.params.get("option.autoscheduler", "{}")) for r in bundle.read_bundle(tmp_path)]
+    seeds = sorted(o.get("random_dropout_seed", -1) for o in options)
+    assert seeds[0] == -1 and seeds[1] >= 0  # the configured run, then a greedy run with random dropout
+
+
+@pytest.mark.slow
+def test_search_through_ray_into_mlflow(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = [
+        "+experiment=smoke", "shapes=[tiny_s1]", "tune.budget=2", "tune.promote=1", "tune.db_mode=none",
+        f"tracking.uri={uri}", f"tracking.artifact_root={tmp_path / 'artifacts'}", "cluster.num_cpus=2",
+        "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    result = tune.run(argv)
+    assert result["pairs"][0]["best_ms"] > 0
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tune_smoke")
+    runs = client.search_runs([experiment.experiment_id])
+    children = [r for r in runs if r.data.tags.get("dsconv.role") == "child"]
+    parent = next(r for r in runs if r.data.tags.get("dsconv.role") == "parent")
+    rungs = [r.data.tags[tune.RUNG_TAG] for r in children]
+    # Two screened; the best re-timed, and the heuristic's schedule too when it is not the best.
+    assert rungs.count("0") == 2 and rungs.count("1") in (1, 2)
+    assert parent.info.status == "FINISHED" and any(k.startswith("best_ms.") for k in parent.data.metrics)
+
+
+def test_bad_tune_input_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert tune.main(["+experiment=smoke", "tune.strategy=nope", "--local"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "valid strategies: evolve, random, adams2019" in err
+    assert tune.main(["+experiment=smoke", "tune.budgets=3"]) == 2
+    assert "keys: budget, strategy" in capsys.readouterr().err
+    assert tune.main(["+experiment=smoke", "tune=fast"]) == 2
+    assert "valid tune options: default, gpu" in capsys.readouterr().err
+    assert tune.main(["+experiment=smoke", "devices=[cpu]", "tune.strategy=anderson2021", "--local"]) == 2
+    assert "schedules cuda only" in capsys.readouterr().err
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-x", "-q"]))
