@@ -51,7 +51,7 @@ def roofline(rows: Sequence[Row], device: str, experiment: str, out: Path) -> Pa
         lo, hi = min(lo, peak / bw / 4), max(hi, peak / bw * 4)
         xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
         ax.plot(xs, [min(peak, x * bw) for x in xs], color="black", lw=2, label="_roof")
-        ax.annotate(f"fp32 peak {peak:,.0f} GFLOP/s", (hi, peak), ha="right", va="bottom", fontsize=9)
+        ax.annotate(f"fp32 roof {peak:,.0f} GFLOP/s", (hi, peak), ha="right", va="bottom", fontsize=9)
         ax.annotate(
             f"DRAM {bw:,.0f} GB/s",
             (lo * 1.15, lo * 1.15 * bw * 1.4),

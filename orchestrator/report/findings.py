@@ -240,11 +240,13 @@ def _devices(rows: Sequence[Row]) -> str:
             why = "; ".join(f"`{_clip(e)}`" for e in c["reasons"])
             missing.append(f"- `{d}`: no ok {label} record ({statuses}{': ' + why if why else ''}).")
     text = "## Devices\n\n" + md_table(
-        ("device", "model", "kind", "fp32 peak GFLOP/s", "DRAM GB/s", "ridge FLOP/B", "hosts", "ok / records",
-         "Halide ok", "TensorFlow ok", "cuDNN ok"), table)  # fmt: skip
+        ("device", "model", "kind", "fp32 roof GFLOP/s", "DRAM roof GB/s", "ridge FLOP/B", "hosts",
+         "ok / records", "Halide ok", "TensorFlow ok", "cuDNN ok"), table)  # fmt: skip
     text += (
-        "\n\nPeak and bandwidth are the records' own (`peak_gflops`, `mem_gbps`: the catalog's for a GPU, "
-        "measured on the host for a CPU); the ridge point is their ratio."
+        "\n\nThe roofs are the records' own: the ceilings measured on the node where recorded "
+        "(`roof_gflops`, `roof_gbps`: SGEMM with TF32 off and a device-to-device copy on a GPU), else "
+        "`peak_gflops`, `mem_gbps` (the catalog's datasheet rates for a GPU, measured on the host for a "
+        "CPU); the ridge point is their ratio."
     )
     if missing:
         text += "\n\nMissing or incomplete:\n\n" + "\n".join(missing)

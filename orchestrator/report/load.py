@@ -36,7 +36,7 @@ DEFAULT_STORE = REPO_ROOT / "mlflow" / "mlflow.db"
 ROLE_TAG = "dsconv.role"  # parent | child (orchestrator.record)
 PARENT_TAG = "mlflow.parentRunId"
 INT_PARAMS = ("n", "h", "w", "c", "co", "stride", "cores")
-FLOAT_PARAMS = ("peak_gflops", "mem_gbps")
+FLOAT_PARAMS = ("peak_gflops", "mem_gbps", "roof_gflops", "roof_gbps")
 BOOL_PARAMS = ("bias", "relu")
 # Metrics that state a speed: present only on ok rows.
 SPEED_METRICS = ("call_ms", "gflops", "gbps", "pct_peak", "pct_roofline", "floor_ms")
@@ -117,6 +117,13 @@ def row_from_parts(
     row.setdefault("shape", "?")
     row.setdefault("device", "?")
     row["group"] = baseline_group(str(row["framework"]), str(row["variant"]))
+    # The roofline's rates are the measured ceilings a record carries (roof_*: SGEMM and copy measured on
+    # the node), as the worker's own floor_ms / pct_roofline are; the datasheet rates stay as datasheet_*.
+    row["datasheet_gflops"], row["datasheet_gbps"] = row.get("peak_gflops"), row.get("mem_gbps")
+    if row.get("roof_gflops"):
+        row["peak_gflops"] = row["roof_gflops"]
+    if row.get("roof_gbps"):
+        row["mem_gbps"] = row["roof_gbps"]
     _add_cost_model(row)
     return row
 
