@@ -12,9 +12,23 @@ PYTEST_ARGS ?=
 MLFLOW_PORT ?= 5000
 MLFLOW_DB := $(CURDIR)/mlflow/mlflow.db
 MLFLOW_ARTIFACTS := $(CURDIR)/mlflow/artifacts
+# Cluster: `make head [HOST=ip] [GPU=model]`, `make worker HEAD=host:port GPU=model [GPUS=n]`.
+# HOST is taken from the command line only (shells such as zsh set a HOST variable to the machine's name):
+# servers listen on 127.0.0.1 unless it is given.
+ifeq ($(origin HOST),command line)
+BIND := $(HOST)
+else
+BIND := 127.0.0.1
+endif
+RAY_PORT ?= 6379
+HEAD ?=
+GPU ?=
+GPUS ?=
+TRACKING ?= local
+NODE_ARGS = $(if $(GPU),--gpu $(GPU)) $(if $(GPUS),--gpus $(GPUS)) $(if $(BLOCK),--block)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test mlflow-ui mlflow-server ingest lint
+.PHONY: help install run test mlflow-ui mlflow-server ingest lint head worker ray-status sweep-all-gpus sync
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -45,8 +59,25 @@ mlflow-ui: install ## MLflow UI on the embedded store at http://127.0.0.1:5000 (
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DB) \
 		--default-artifact-root $(MLFLOW_ARTIFACTS) --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
-mlflow-server: install ## MLflow tracking server (artifacts over HTTP) for tracking=server, on 127.0.0.1
-	MLFLOW_PORT=$(MLFLOW_PORT) ./mlflow/server.sh
+mlflow-server: install ## MLflow tracking server for tracking=server on 127.0.0.1 (HOST=, MLFLOW_PORT=); waits for /health
+	MLFLOW_HOST=$(BIND) MLFLOW_PORT=$(MLFLOW_PORT) ./mlflow/server.sh
+
+head: install ## Start the Ray head on 127.0.0.1 (HOST=ip to let workers join; GPU=model [GPUS=n]; BLOCK=1; DASHBOARD=1)
+	$(PY) -m orchestrator.cluster head --host $(BIND) --port $(RAY_PORT) $(NODE_ARGS) $(if $(DASHBOARD),--dashboard)
+
+worker: install ## Join the Ray cluster declaring this node's GPU model: make worker HEAD=host:port GPU=rtx2060 [GPUS=n]
+	@if [ -z "$(HEAD)" ]; then echo "make worker: give the head's address, HEAD=host:port" >&2; exit 2; fi
+	$(PY) -m orchestrator.cluster worker --head $(HEAD) $(if $(filter command line,$(origin HOST)),--host $(HOST)) $(NODE_ARGS)
+
+ray-status: install ## The cluster's nodes and the GPU models they declared [HEAD=host:port, else RAY_ADDRESS or local]
+	$(PY) -m orchestrator.cluster status $(if $(HEAD),--address $(HEAD))
+
+sweep-all-gpus: install ## The sweep on every GPU model of the cluster, compared: [HEAD=host:port] [TRACKING=server] [ARGS=...]
+	$(PY) -m orchestrator +experiment=sweep 'devices=[auto]' cluster=ray $(if $(HEAD),cluster.address=$(HEAD)) \
+		tracking=$(TRACKING) $(ARGS)
+
+sync: install ## Log into MLflow what the local journal holds and MLflow lacks [ARGS='--experiment sweep']
+	$(PY) -m orchestrator.sync $(ARGS)
 
 ingest: install ## Log the committed results bundles (results/*/*/) into the embedded store
 	@shopt -s nullglob; bundles=(results/*/*/); \

@@ -3,6 +3,7 @@
     python -m orchestrator +experiment=fusion_ablation
     python -m orchestrator +experiment=smoke variants=[app] shapes=[1x30x30x24-40s2] timing=quick
     python -m orchestrator +experiment=mobilenet_v1 devices=[h100] dispatch=export
+    python -m orchestrator +experiment=sweep devices=[auto] cluster=ray tracking=server
 
 Bad input (an unknown experiment, variant, shape, device or config option, a shape that makes no
 sense, a malformed override, a value of the wrong type) ends with ONE line on stderr naming the valid
@@ -27,8 +28,10 @@ from hydra.errors import ConfigCompositionException, HydraException, MissingConf
 from hydra.errors import OverrideParseException as HydraOverrideError
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
 
 from orchestrator.config import (
+    AUTO_DEVICES,
     CONF_DIR,
     DISPATCH_MODES,
     SCHEMAS,
@@ -44,12 +47,14 @@ QUIET_LOGGERS = ("alembic", "mlflow", "ray", "urllib3", "git", "absl", "tensorfl
 
 
 # --- the run ----------------------------------------------------------------------------------------
-def parent_params(cfg: DictConfig, versions: dict[str, str]) -> dict[str, str]:
-    """The parent run's params: what was asked for and with which code."""
+def parent_params(
+    cfg: DictConfig, versions: dict[str, str], devices: list[str] | None = None
+) -> dict[str, str]:
+    """The parent run's params: what was asked for and with which code (`devices`: as resolved)."""
     timing = OmegaConf.to_container(cfg.timing, resolve=True)
-    return {
+    params = {
         "experiment": cfg.name,
-        "devices": ",".join(cfg.devices),
+        "devices": ",".join(devices or cfg.devices),
         "variants": ",".join(cfg.variants),
         "shapes": ",".join(cfg.shapes),
         "batch": str(cfg.batch),
@@ -60,18 +65,38 @@ def parent_params(cfg: DictConfig, versions: dict[str, str]) -> dict[str, str]:
         **{f"version.{k}": v for k, v in versions.items() if k != "git"},
         **{f"timing.{k}": str(v) for k, v in timing.items()},  # type: ignore[union-attr]
     }
+    if devices is not None and list(devices) != list(cfg.devices):
+        params["devices_requested"] = ",".join(cfg.devices)
+    if cfg.stand_in:
+        params["stand_in"] = str(cfg.stand_in)
+    if cfg.cluster.address:
+        params["cluster"] = str(cfg.cluster.address)
+    return params
+
+
+def _device_names(cfg: DictConfig) -> list[str]:
+    """The explicit device keys of cfg.devices (without `auto`)."""
+    return [d for d in cfg.devices if d != AUTO_DEVICES]
 
 
 def run(cfg: DictConfig) -> None:
-    """Plan the experiment, then export the jobs or run them through Ray into MLflow, then summarise."""
+    """Plan the experiment, then export the jobs or run them through Ray into MLflow, then summarise.
+
+    Through Ray: check the tracking store answers; start or join Ray; resolve devices=[auto] from the
+    models the cluster's nodes declare; check the cluster offers every model (one line if not); log any
+    journal of this experiment that MLflow still lacks; skip jobs already recorded (unless rerun=true);
+    then run the rest, each record journaled before it is logged (orchestrator.sync.Delivery).
+    """
     from orchestrator.dispatch import RayDispatcher, export_jobs
-    from orchestrator.plan import make_plan, profile_settings
+    from orchestrator.plan import make_plan, profile_settings, wants_auto_devices
 
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     if cfg.dispatch.mode not in DISPATCH_MODES:
         raise ConfigError(f"unknown dispatch.mode {cfg.dispatch.mode!r}; valid: {', '.join(DISPATCH_MODES)}")
-    jobs = make_plan(cfg)
+    auto = wants_auto_devices(cfg) and cfg.dispatch.mode == "ray"
+    # With devices=[auto] the models come from the cluster: everything else is checked before Ray starts.
+    jobs = make_plan(cfg, devices=(_device_names(cfg) or ["cpu"]) if auto else None)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
     if cfg.dispatch.mode == "export":
@@ -81,15 +106,30 @@ def run(cfg: DictConfig) -> None:
         print(f"next, where the devices are: python -m workers run {path} --out BUNDLE_DIR")
         print("then here: python -m orchestrator.ingest BUNDLE_DIR")
         return
+    if auto and cfg.cluster.address is None:
+        raise ConfigError(
+            "devices=[auto] takes the GPU models declared by the nodes of a Ray cluster: add cluster=ray "
+            "(make head; make worker HEAD=host:port GPU=MODEL), or name the devices"
+        )
 
+    from orchestrator.cluster import auto_devices
+    from orchestrator.journal import Journal, journal_root, pending_keys
     from orchestrator.record import Recorder, check_tracking
-    from orchestrator.summary import print_summary, summary_metrics
+    from orchestrator.summary import (
+        WIDE,
+        cross_device_artifacts,
+        cross_device_table,
+        print_summary,
+        summary_metrics,
+    )
+    from orchestrator.sync import Delivery, fail_fast_http, sync_all
 
     for name in QUIET_LOGGERS:  # again: importing mlflow resets its logger to INFO
         logging.getLogger(name).setLevel(logging.WARNING)
 
     uri = cfg.tracking.uri
-    devices = {job.device.name: job.device.kind for job in jobs}
+    journal_dir = journal_root(uri, cfg.tracking.journal)
+    fail_fast_http()
     check_tracking(uri)
     versions = dict(jobs[0].versions)
     dispatcher = RayDispatcher(
@@ -101,31 +141,69 @@ def run(cfg: DictConfig) -> None:
         profile=profile_settings(cfg),
         profile_dir=str(Path(HydraConfig.get().runtime.output_dir) / "profiles"),
     )
-    dispatcher.preflight(devices)
-    log.info(
-        "%s: %d jobs (%d variants x %d shapes x %d devices), MLflow at %s",
-        cfg.name,
-        len(jobs),
-        len({j.variant for j in jobs}),
-        len({j.shape.name for j in jobs}),
-        len(devices),
-        uri,
-    )
+    devices = {job.device.name: job.device.kind for job in jobs}
+    if not auto:
+        dispatcher.preflight(devices)
     with dispatcher:
-        dispatcher.connect(devices)
-        with Recorder(uri, cfg.name, cfg.tracking.artifact_root) as recorder:
-            recorder.start_parent(
-                parent_params(cfg, versions),
+        if cfg.cluster.address is None:
+            dispatcher.connect(devices)
+        else:
+            dispatcher.connect()
+            if auto:
+                catalog = OmegaConf.to_container(cfg.device_catalog, resolve=True)
+                found = auto_devices(dispatcher.view(), catalog, dispatcher.where)  # type: ignore[arg-type]
+                names = list(dict.fromkeys([*_device_names(cfg), *found]))
+                log.info("devices=[auto]: the cluster declares %s", ", ".join(found))
+                jobs = make_plan(cfg, devices=names)
+                devices = {job.device.name: job.device.kind for job in jobs}
+            dispatcher.check(devices)
+
+        recorder = Recorder(uri, cfg.name, cfg.tracking.artifact_root)
+        for result in sync_all(journal_dir, cfg.name, only_uri=uri):  # what an earlier run left behind
+            print(result.describe(), file=sys.stderr)
+        todo = jobs
+        if not cfg.rerun:
+            done = recorder.existing_keys() | pending_keys(journal_dir, cfg.name, uri)
+            todo = [job for job in jobs if job.key not in done]
+            if len(todo) < len(jobs):
+                print(
+                    f"{len(jobs) - len(todo)} of {len(jobs)} jobs already recorded in experiment "
+                    f"{cfg.name!r}: skipped (rerun=true runs them again)",
+                    file=sys.stderr,
+                )
+        if not todo:
+            print(f"nothing to run: every job of {cfg.name!r} is recorded")
+            return
+        log.info(
+            "%s: %d jobs (%d variants x %d shapes x %d devices), MLflow at %s, journal in %s",
+            cfg.name,
+            len(todo),
+            len({j.variant for j in todo}),
+            len({j.shape.name for j in todo}),
+            len({j.device.name for j in todo}),
+            uri,
+            journal_dir,
+        )
+        journal = Journal.create(journal_dir, cfg.name, uri, cfg.tracking.artifact_root)
+        with Delivery(recorder, journal) as delivery:
+            delivery.start(
+                parent_params(cfg, versions, list(devices)),
                 tags={
                     "dsconv.source": "ray",
                     "mlflow.source.git.commit": versions.get("git", "unknown"),
                     "host": socket.gethostname(),
+                    **({"dsconv.stand_in": str(cfg.stand_in)} if cfg.stand_in else {}),
                 },
                 artifacts={"config.yaml": config_yaml},
             )
-            records = dispatcher.run(jobs, lambda job, record: recorder.log_child(record, job))
-            recorder.end_parent("FINISHED", summary_metrics(records))
+            dispatcher.run(todo, delivery.add)
+            plan_order = {job.key: i for i, job in enumerate(todo)}  # device, shape, variant
+            records = sorted(delivery.records, key=lambda r: plan_order.get(r.key, len(plan_order)))
+            delivery.finish("FINISHED", summary_metrics(records), cross_device_artifacts(records, cfg.name))
     print_summary(records, cfg.name)
+    table = cross_device_table(records, f"{cfg.name}: time on each device (median ms)")
+    if table is not None:
+        Console(width=None if sys.stdout.isatty() else WIDE).print(table)
 
 
 _bad_input: list[BaseException] = []  # raised inside the task, re-raised after Hydra returns
@@ -224,7 +302,10 @@ def main() -> None:
         if _bad_input:
             raise _bad_input[0]
     except KeyboardInterrupt:
-        print("interrupted (any MLflow run in progress was ended KILLED)", file=sys.stderr)
+        print(
+            "interrupted (any MLflow run in progress was ended KILLED; the journal keeps every finished job)",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_INTERRUPTED)
     except (ConfigError, HydraException, OmegaConfBaseException) as exc:
         if user_wants_traceback:

@@ -73,6 +73,7 @@ class TrackingConf:
 
     uri: str = MISSING  # tracking URI: sqlite:///path.db or http://host:port
     artifact_root: str | None = None  # artifact folder for a database URI; a server decides its own
+    journal: str | None = None  # local journal folder (records written here before MLflow); null = default
 
 
 @dataclass
@@ -106,6 +107,8 @@ class Config:
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     retries: int = 1
+    rerun: bool = False  # true: run jobs whose key is already recorded (in MLflow or the journal) again
+    stand_in: str | None = None  # cpu: a GPU model's jobs run CPU kernels on a node declaring that model
     extra_variant_modules: list[str] = field(default_factory=list)
     # Catalog entries are checked against ShapeConf / DeviceConf when the plan is made: OmegaConf cannot
     # add a new key to a dict typed with a dataclass value from a command-line override
@@ -131,6 +134,8 @@ SCHEMAS: dict[str, type] = {
     "device_catalog": DeviceConf,
 }
 DISPATCH_MODES = ("ray", "export")
+STAND_INS = ("cpu",)  # what may stand in for a GPU model (tests and dry runs on machines without one)
+AUTO_DEVICES = "auto"  # devices=[auto]: every GPU model the Ray cluster's nodes declare
 
 
 def _repo_root() -> str:

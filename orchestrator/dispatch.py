@@ -4,8 +4,11 @@ Ray: each job is one task calling `workers.job.execute`. One timing job at a tim
 device key `d` is a custom resource `timing_<d>` (capacity 1 for the host CPU; one per GPU on a GPU
 node) that each of its tasks holds, and a CUDA task also takes a whole GPU (`num_gpus=1`, never a
 fraction). A task whose process dies (a native abort in a compiler, say) is retried `retries` times by
-Ray, then becomes a `failed` Record naming the cause, and the rest goes on. Records are handed to the
-caller as they complete (`ray.wait`), so MLflow fills while the experiment runs.
+Ray, then becomes a `failed` Record naming the cause, and the rest goes on; a task on a node that dies is
+re-run by Ray on another node offering the same model. Records are handed to the caller as they complete
+(`ray.wait`), so MLflow fills while the experiment runs. On a cluster, nodes declare their GPU model
+(orchestrator.cluster); each record says where it ran (node, node_ip, node_id, node_gpu_model, gpu_index)
+and when it held its slot (tags started_at / ended_at, Unix seconds).
 
 A local instance binds every port to 127.0.0.1 with the dashboard off: `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`
 makes Ray 2.60 take the loopback address as the node address (its single-machine mode); without it the
@@ -19,48 +22,32 @@ import importlib
 import json
 import os
 import re
-import shutil
-import subprocess
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from orchestrator.cluster import (
+    LOCAL_MODE_ENV,
+    ClusterView,
+    check_devices,
+    is_loopback,
+    local_gpu_count,
+    resolve_address,
+    resource_for,
+    use_token_auth,
+)
 from orchestrator.config import ConfigError
 from workers.schema import Job, Record
 
 OnRecord = Callable[[Job, Record], None]
 Profile = tuple[str, dict[str, Any]]  # (tool, settings of conf/profile/<tool>.yaml without `tool`)
 PROFILE_FILE_TAG = "profile_file."  # tag prefix: path of a binary profiler file (see Recorder.log_child)
-LOCAL_MODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 MAX_CAUSE_CHARS = 500
-
-
-def resource_for(device: str) -> str:
-    """The custom Ray resource that serialises timing jobs on `device` (a catalog key)."""
-    return f"timing_{device}"
-
-
-def is_loopback(address: str) -> bool:
-    """True for a Ray address on this machine's loopback interface (127.x.x.x, localhost, ::1)."""
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    return host == "localhost" or host == "::1" or host.startswith("127.")
-
-
-def local_gpu_count() -> int:
-    """GPUs visible on this machine (CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`); 0 without a driver."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    if not shutil.which("nvidia-smi"):
-        return 0
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+WATCH_S = 5.0  # seconds between checks that every pending job still has a node of its model
+__all__ = ["LOCAL_MODE_ENV", "is_loopback", "local_gpu_count", "resource_for"]  # kept importable from here
 
 
 def execute_in_worker(
@@ -84,9 +71,15 @@ def execute_in_worker(
         importlib.import_module(module)
     from workers.job import execute
 
-    record = execute(job)
+    record = execute(job)  # with where it ran (node, gpu_index...) and when (tags started_at, ended_at)
     if profile and profile[0] != "none" and record.status == "ok" and "profile_status" not in record.tags:
         add_profile(job, record, profile, Path(profile_dir or "profiles"), modules)
+    stand_in = job.options.get("stand_in")
+    if stand_in:
+        record.params["stand_in_for"] = job.device.name
+        record.tags["stand_in"] = (
+            f"{stand_in}: {stand_in} kernels ran on a node declaring {job.device.name}; not GPU time"
+        )
     return record.to_json()
 
 
@@ -208,12 +201,17 @@ class RayDispatcher:
                     "join a cluster (cluster=ray), or export the jobs (dispatch=export)"
                 )
 
-    def connect(self, devices: dict[str, str]) -> None:
-        """Start or join Ray; `devices` maps each device key the jobs use to its kind (cpu|cuda)."""
+    def connect(self, devices: Mapping[str, str] | None = None) -> None:
+        """Start or join Ray; `devices` maps each device key the jobs use to the kind its jobs build for
+        (cpu|cuda). When given, the cluster is checked for them at once (see `check`)."""
+        if self.address is not None:
+            self.address = resolve_address(self.address)
         if self.address is None or is_loopback(self.address):
             # Before `import ray`: loopback only. A driver joining a cluster on 127.0.0.1 needs it too,
             # or it looks for a node at the machine's external address and waits forever.
             os.environ.setdefault(LOCAL_MODE_ENV, "0")
+        if self.address is not None:
+            use_token_auth()
         import ray
 
         self._ray = ray
@@ -223,11 +221,17 @@ class RayDispatcher:
             gpus = local_gpu_count()
             resources = {
                 resource_for(name): float(1 if kind == "cpu" else gpus)
-                for name, kind in devices.items()
+                for name, kind in (devices or {"cpu": "cpu"}).items()
                 if kind == "cpu" or gpus > 0
             }
+            # address="local": a new private instance, even when a Ray cluster is running on this machine
+            # (ray.init() without an address would join it).
             ray.init(
-                num_cpus=self.num_cpus or os.cpu_count() or 1, num_gpus=gpus, resources=resources, **common
+                address="local",
+                num_cpus=self.num_cpus or os.cpu_count() or 1,
+                num_gpus=gpus,
+                resources=resources,
+                **common,
             )
         else:
             try:
@@ -235,25 +239,31 @@ class RayDispatcher:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ConfigError(f"cannot connect to Ray at {self.address!r}: {first}") from None
-        self._check(devices)
+        if devices is not None:
+            self.check(devices)
 
-    def _check(self, devices: dict[str, str]) -> None:
-        offered = self._ray.cluster_resources()
-        for name, kind in devices.items():
-            missing = [r for r in (resource_for(name),) if offered.get(r, 0) < 1]
-            if kind == "cuda" and offered.get("GPU", 0) < 1:
-                missing.append("GPU")
-            if missing:
-                where = "this machine" if self.address is None else f"the Ray cluster at {self.address}"
-                hint = (
-                    "this machine has no GPU; export the jobs with dispatch=export and run them on one"
-                    if self.address is None
-                    else f"start one with ray start --resources='{{\"{resource_for(name)}\": 1}}'"
-                )
-                self.close()
-                raise ConfigError(
-                    f"no node of {where} offers device {name!r} (needs {', '.join(missing)}); {hint}"
-                )
+    @property
+    def where(self) -> str:
+        """`this machine` for a private instance, else `the Ray cluster at ADDRESS` (for messages)."""
+        return "this machine" if self.address is None else f"the Ray cluster at {self.address}"
+
+    def view(self) -> ClusterView:
+        """The connected cluster's alive nodes and what they declared."""
+        if self._ray is None:
+            raise RuntimeError("RayDispatcher.view() before connect()")
+        return ClusterView.from_ray(self._ray)
+
+    def check(self, devices: Mapping[str, str]) -> None:
+        """Fail in one line, leaving Ray, when no node offers one of `devices` (a request no node can
+        satisfy would otherwise wait forever): the line says what is missing and what the cluster has."""
+        try:
+            check_devices(self.view(), devices, self.where)
+        except ConfigError:
+            self.close()
+            raise
+
+    # Kept for callers of the #2 interface.
+    _check = check
 
     def close(self) -> None:
         """Cancel pending tasks and leave Ray (shutting down a local instance)."""
@@ -288,26 +298,53 @@ class RayDispatcher:
         )
 
     def run(self, jobs: Sequence[Job], on_record: OnRecord, progress: bool = True) -> list[Record]:
-        """Run every job; each Record goes to `on_record` as soon as it is back. Returns them all."""
+        """Run every job; each Record goes to `on_record` as soon as it is back. Returns them all.
+
+        Every WATCH_S seconds without a result, the pending jobs are checked against the alive nodes: a
+        job whose model no node offers any more (the last such node died) is cancelled and recorded
+        `failed` with that cause, instead of waiting forever. A job on a node that dies while others of
+        its model live is re-run there by Ray (max_retries).
+        """
         self._pending = {self._submit(job): job for job in jobs}
         records: list[Record] = []
         bar = JobProgress(len(jobs)) if progress else None
         if bar:
             bar.__enter__()
+
+        def deliver(job: Job, record: Record) -> None:
+            records.append(record)
+            if bar:
+                bar.advance(record)
+            on_record(job, record)
+
         try:
             while self._pending:
-                ready, _ = self._ray.wait(list(self._pending), num_returns=1)
+                ready, _ = self._ray.wait(list(self._pending), num_returns=1, timeout=WATCH_S)
                 for ref in ready:
                     job = self._pending.pop(ref)
-                    record = self._result(ref, job)
-                    records.append(record)
-                    if bar:
-                        bar.advance(record)
-                    on_record(job, record)
+                    deliver(job, self._result(ref, job))
+                if not ready:
+                    for job, record in self._stranded():
+                        deliver(job, record)
         finally:
             if bar:
                 bar.__exit__(None, None, None)
         return records
+
+    def _stranded(self) -> list[tuple[Job, Record]]:
+        """Cancel and fail the pending jobs whose device no alive node offers any more."""
+        kinds = {job.device.name: job.device.kind for job in self._pending.values()}
+        view = self.view()
+        gone = {name for name, kind in kinds.items() if view.lacking({name: kind})}
+        out = []
+        for ref, job in list(self._pending.items()):
+            if job.device.name in gone:
+                del self._pending[ref]
+                with contextlib.suppress(Exception):
+                    self._ray.cancel(ref, force=True)
+                cause = f"no alive node of {self.where} offers {job.device.name} any more (its nodes left)"
+                out.append((job, failed_record(job, cause)))
+        return out
 
     def _result(self, ref: Any, job: Job) -> Record:
         try:

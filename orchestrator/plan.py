@@ -12,7 +12,7 @@ import importlib
 import importlib.metadata
 import re
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -22,8 +22,10 @@ from kernels import registry
 from kernels.device import KINDS, DeviceSpec
 from kernels.layer import STRIDES, LayerShape, ShapeError
 from orchestrator.config import (
+    AUTO_DEVICES,
     REPO_ROOT,
     SCHEMAS,
+    STAND_INS,
     Config,
     ConfigError,
     DeviceConf,
@@ -133,6 +135,14 @@ def resolve_device(name: str, catalog: Mapping[str, Any]) -> DeviceSpec:
     return DeviceSpec(name=name, **entry)
 
 
+def stand_in_device(device: DeviceSpec, stand_in: str) -> DeviceSpec:
+    """The device a GPU model's job builds for when `stand_in` (cpu) replaces it: the host CPU of the node
+    that declares the model, measured there. The name stays the model's key (it picks the node and the
+    column of the cross-GPU table); kind and model say honestly what ran."""
+    model = f"host CPU standing in for {device.model}"
+    return DeviceSpec(name=device.name, kind=stand_in, model=model, peak_gflops=0.0, mem_gbps=0.0)
+
+
 def _tolerance(cfg: DictConfig, variant: str) -> float:
     """The variant's error bound: TF32 matrix units round operands to 10 mantissa bits (about 2e-4)."""
     tf32 = "tf32" in registry.get(variant).tags
@@ -189,6 +199,8 @@ def check(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be > 0, got {cfg[key]}")
     if cfg.retries < 0:
         raise ConfigError(f"retries must be >= 0, got {cfg.retries}")
+    if cfg.stand_in is not None and cfg.stand_in not in STAND_INS:
+        raise ConfigError(f"stand_in must be null or one of {', '.join(STAND_INS)}, got {cfg.stand_in!r}")
     t = cfg.timing
     if t.warmup < 0 or t.min_repeats < 1 or t.max_repeats < t.min_repeats or t.input_sets < 1:
         raise ConfigError(
@@ -198,8 +210,18 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError("timing: need 0 <= min_time_s <= max_time_s and stable_spread >= 0")
 
 
-def make_plan(cfg: DictConfig) -> list[Job]:
-    """Every job of the experiment, in order variant-major within each device; raises ConfigError."""
+def wants_auto_devices(cfg: DictConfig) -> bool:
+    """True when `devices` asks for the Ray cluster's GPU models (devices=[auto])."""
+    return AUTO_DEVICES in list(cfg.devices)
+
+
+def make_plan(cfg: DictConfig, devices: Sequence[str] | None = None) -> list[Job]:
+    """Every job of the experiment, in order variant-major within each device; raises ConfigError.
+
+    `devices` replaces cfg.devices: the driver passes the models it found in the cluster for
+    devices=[auto]. With stand_in=cpu, each GPU model's jobs build CPU kernels (see stand_in_device),
+    and the option enters the job key, so a stand-in never passes for the model's real measurement.
+    """
     check(cfg)
     load_variant_modules(cfg.extra_variant_modules)
     variant_names = _unique(cfg.variants, "variants")
@@ -211,20 +233,31 @@ def make_plan(cfg: DictConfig) -> list[Job]:
     shape_catalog = OmegaConf.to_container(cfg.shape_catalog, resolve=True)
     device_catalog = OmegaConf.to_container(cfg.device_catalog, resolve=True)
     shapes = [resolve_shape(s, shape_catalog, cfg.batch) for s in _unique(cfg.shapes, "shapes")]
-    devices = [resolve_device(d, device_catalog) for d in _unique(cfg.devices, "devices")]
+    names = _unique(cfg.devices if devices is None else devices, "devices")
+    if AUTO_DEVICES in names:
+        raise ConfigError(
+            "devices=[auto] takes the GPU models of a Ray cluster (cluster=ray) when jobs are dispatched; "
+            "for dispatch=export name them, e.g. devices=[rtx2060,rtx3070]"
+        )
+    devices = [resolve_device(d, device_catalog) for d in names]
     timing = TimingSpec(**OmegaConf.to_container(cfg.timing, resolve=True))
     options = {k: v for k, v in OmegaConf.to_container(cfg.options, resolve=True).items() if v is not None}
     pinned = versions()
+    stand_in = cfg.stand_in
+
+    def device_options(device: DeviceSpec) -> dict[str, Any]:
+        return {**options, "stand_in": stand_in} if stand_in and device.is_gpu else dict(options)
+
     return [
         Job(
             experiment=cfg.name,
             variant=variant,
             shape=shape,
-            device=device,
+            device=stand_in_device(device, stand_in) if stand_in and device.is_gpu else device,
             timing=timing,
             tolerance=_tolerance(cfg, variant),
             seed=int(cfg.seed),
-            options=dict(options),
+            options=device_options(device),
             versions=dict(pinned),
         )
         for device in devices

@@ -7,6 +7,11 @@ on a GPU node (`orchestrator.ingest`), so both paths give identical runs.
 Every run this module opens ends FINISHED, FAILED or KILLED: a child is created, filled and
 terminated in one call; the parent is ended by the context manager, KILLED on Ctrl-C, FAILED when an
 exception escapes, FINISHED otherwise (failed or wrong jobs are results, not a failure of the run).
+
+Nothing secret leaves through here: every param, tag and text artifact passes `scrub_*` first, which
+blanks values whose name looks like a secret (*TOKEN*, *SECRET*, *PASSWORD*, *KEY*, credentials...),
+credentials inside URIs (scheme://user:pass@host) and well-known token formats, wherever they appear.
+Binary profiler reports (`profile_file.*`) are uploaded as they are.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -28,6 +34,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from orchestrator.journal import RECORD_ID_TAG  # one journaled record = one child run
 from workers.schema import STATUSES, Job, Record
 
 ROLE_TAG = "dsconv.role"  # parent | child: lets the UI and ingest tell the two apart
@@ -37,6 +44,65 @@ MAX_PARAM_CHARS = 6000  # MLflow 3 limit on a param value
 MAX_TAG_CHARS = 8000  # MLflow 3 limit on a tag value
 BATCH = 100  # params and tags per log_batch call (MLflow's limit)
 _BAD_KEY = re.compile(r"[^/\w.\- ]")
+REDACTED = "[redacted]"
+SAFE_NAMES = frozenset({"job_key", RECORD_ID_TAG})  # our own names that merely contain `key`
+_SECRET_NAME = re.compile(r"token|secret|passw|pwd|credential|auth(?!or)|key|cookie|session_id", re.I)
+_URI_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/\s:@]+):([^/\s@]+)@")
+_URI_TOKEN = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/\s:@]{20,})@")  # https://<token>@host
+_TOKENS = re.compile(
+    r"\b(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|glpat-[\w\-]{20,}|hf_[A-Za-z0-9]{20,}"
+    r"|sk-[\w\-]{20,}|xox[abprs]-[\w\-]{10,}|AKIA[0-9A-Z]{16}|AIza[\w\-]{30,}"
+    r"|eyJ[\w\-]{8,}\.[\w\-]{8,}\.[\w\-]{8,})"
+)
+_BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/\-]{16,}=*")
+# In text: `NAME=value`, `NAME: value`, `"NAME": "value"` lines or `export NAME=value`, NAME secret-like.
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?im)^(\s*(?:export\s+)?[\"']?(?P<name>[\w.\-]*(?:token|secret|passw\w*|pwd|credential\w*|auth[_\-]?\w*"
+    r"|key)[\w.\-]*?)[\"']?\s*[:=]\s*)(\S.*)$"
+)
+
+
+def _blank_assignment(match: re.Match[str]) -> str:
+    name = match["name"]
+    if name in SAFE_NAMES or not _SECRET_NAME.search(name) or name.lower().startswith("author"):
+        return match[0]
+    return f"{match[1]}{REDACTED}"
+
+
+def is_secret_name(name: str) -> bool:
+    """True for a param or tag name that looks like it holds a secret (AWS_SECRET_ACCESS_KEY, HF_TOKEN...)."""
+    return name not in SAFE_NAMES and bool(_SECRET_NAME.search(name))
+
+
+def scrub_text(text: str) -> str:
+    """`text` with URI credentials, known token formats and secret-looking assignments blanked."""
+    text = _URI_PASSWORD.sub(rf"\1\2:{REDACTED}@", text)
+    text = _URI_TOKEN.sub(rf"\1{REDACTED}@", text)
+    text = _TOKENS.sub(REDACTED, text)
+    text = _BEARER.sub(rf"\1 {REDACTED}", text)
+    return _SECRET_ASSIGNMENT.sub(_blank_assignment, text)
+
+
+def scrub_mapping(items: Mapping[str, Any]) -> dict[str, str]:
+    """Params or tags as strings, secrets blanked: by name, and inside every value."""
+    return {k: REDACTED if is_secret_name(k) else scrub_text(str(v)) for k, v in items.items()}
+
+
+def scrub_record(record: Record) -> Record:
+    """A copy of `record` safe to write anywhere (journal, MLflow): see scrub_text and is_secret_name."""
+    return Record(
+        key=record.key,
+        params=scrub_mapping(record.params),
+        metrics=dict(record.metrics),
+        tags=scrub_mapping(record.tags),
+        artifacts={name: scrub_text(str(text)) for name, text in record.artifacts.items()},
+    )
+
+
+def status_counts(records: Iterable[Record]) -> dict[str, float]:
+    """Parent-run metrics counting jobs by status: jobs, jobs_ok, jobs_wrong, jobs_failed, jobs_skipped."""
+    counts = Counter(r.status for r in records)
+    return {"jobs": float(sum(counts.values())), **{f"jobs_{s}": float(counts[s]) for s in STATUSES}}
 
 
 def _key(name: str) -> str:
@@ -131,7 +197,7 @@ class Recorder:
         name = run_name or f"{self.experiment} {time.strftime('%Y-%m-%d %H:%M:%S')}"
         with deferred_interrupt():  # a run is never left RUNNING between create and the first log
             run = self.client.create_run(
-                self.experiment_id, run_name=name, tags={ROLE_TAG: "parent", **(tags or {})}
+                self.experiment_id, run_name=name, tags=scrub_mapping({ROLE_TAG: "parent", **(tags or {})})
             )
             self.parent_id = run.info.run_id
             try:
@@ -153,6 +219,19 @@ class Recorder:
                 self._log(run_id, metrics={**counts, **(metrics or {})})
             finally:
                 self.client.set_terminated(run_id, status=status)
+
+    def resume_parent(self, run_id: str) -> str | None:
+        """Adopt an existing parent run (the journal's, when syncing); returns its status, None if absent."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        if run.info.experiment_id != self.experiment_id:
+            return None
+        self.parent_id = run_id
+        return run.info.status
 
     def __enter__(self) -> Recorder:
         return self
@@ -178,6 +257,7 @@ class Recorder:
                 params.setdefault(k, v)
         tags = {
             **record.tags,
+            RECORD_ID_TAG: record.tags.get(RECORD_ID_TAG) or uuid.uuid4().hex,
             "status": record.status,
             "job_key": record.key,
             "mlflow.parentRunId": self.parent_id,
@@ -185,7 +265,7 @@ class Recorder:
             SOURCE_TAG: source,
         }
         name = ".".join(params.get(k, "?") for k in ("variant", "shape", "device"))
-        tags = {k: str(v)[:MAX_TAG_CHARS] for k, v in tags.items()}
+        tags = {k: v[:MAX_TAG_CHARS] for k, v in scrub_mapping(tags).items()}
         with deferred_interrupt():  # a child is logged whole: Ctrl-C takes effect after it
             run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
             run_id = run.info.run_id
@@ -200,7 +280,8 @@ class Recorder:
         return run_id
 
     def existing_keys(self) -> set[str]:
-        """Job keys that already have a child run in this experiment (ingest skips those)."""
+        """Job keys that already have a complete child run in this experiment (ingest and re-runs skip
+        those). A child left RUNNING (its writer died halfway) does not count."""
         keys: set[str] = set()
         token = None
         while True:
@@ -210,10 +291,34 @@ class Recorder:
                 max_results=1000,
                 page_token=token,
             )
-            keys.update(r.data.tags["job_key"] for r in page if "job_key" in r.data.tags)
+            complete = [r for r in page if r.info.status != "RUNNING"]
+            keys.update(r.data.tags["job_key"] for r in complete if "job_key" in r.data.tags)
             token = page.token
             if not token:
                 return keys
+
+    def find_record(self, record_id: str) -> tuple[list[str], list[str]]:
+        """(complete, half-written) child run ids carrying `record_id` in this experiment."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{RECORD_ID_TAG}` = '{record_id}'", max_results=100
+        )
+        done = [r.info.run_id for r in runs if r.info.status != "RUNNING"]
+        return done, [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+
+    def log_child_once(self, record: Record, job: Job | None = None, source: str = "ray") -> tuple[str, bool]:
+        """Log `record` unless a complete run of it (its record id) exists: (run id, logged now).
+
+        A half-written run of it (the server went away mid-write) is deleted first, so that each
+        journaled record ends as exactly one complete child run however often syncing is tried.
+        """
+        record_id = record.tags.get(RECORD_ID_TAG)
+        if record_id:
+            done, partial = self.find_record(record_id)
+            if done:
+                return done[0], False
+            for run_id in partial:
+                self.client.delete_run(run_id)
+        return self.log_child(record, job, source), True
 
     # --- writing ---------------------------------------------------------------------------------
     def _log(
@@ -224,7 +329,7 @@ class Recorder:
         artifacts: Mapping[str, str] | None = None,
     ) -> None:
         now = int(time.time() * 1000)
-        plist = [Param(_key(k), str(v)[:MAX_PARAM_CHARS]) for k, v in (params or {}).items()]
+        plist = [Param(_key(k), v[:MAX_PARAM_CHARS]) for k, v in scrub_mapping(params or {}).items()]
         mlist = [
             Metric(_key(k), float(v), now, 0)
             for k, v in (metrics or {}).items()
@@ -235,7 +340,7 @@ class Recorder:
         for chunk in _chunks(mlist, 1000):
             self.client.log_batch(run_id, metrics=chunk)
         for name, text in (artifacts or {}).items():
-            self.client.log_text(run_id, str(text), artifact_file=name)
+            self.client.log_text(run_id, scrub_text(str(text)), artifact_file=name)
 
     def _log_files(self, run_id: str, tags: Mapping[str, str]) -> None:
         """Upload binary files a record names in `profile_file.<name>` tags, when they are on this machine."""
@@ -243,8 +348,12 @@ class Recorder:
             if key.startswith(PROFILE_FILE_TAG) and Path(path).is_file():
                 self.client.log_artifact(run_id, path, artifact_path="profile")
 
+    def log_artifacts(self, run_id: str, artifacts: Mapping[str, str]) -> None:
+        """Log text artifacts (name -> content, secrets scrubbed) on a run, e.g. the parent's tables."""
+        self._log(run_id, artifacts=artifacts)
+
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         """Set tags on a run (values truncated to MLflow's limit)."""
-        tlist = [RunTag(k, str(v)[:MAX_TAG_CHARS]) for k, v in tags.items()]
+        tlist = [RunTag(k, v[:MAX_TAG_CHARS]) for k, v in scrub_mapping(tags).items()]
         for chunk in _chunks(tlist, BATCH):
             self.client.log_batch(run_id, tags=chunk)

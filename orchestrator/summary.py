@@ -8,6 +8,7 @@ a `wrong` one has no speed by design.
 
 from __future__ import annotations
 
+import io
 import math
 import sys
 from collections import defaultdict
@@ -112,7 +113,7 @@ def results_table(records: Sequence[Record], title: str) -> Table:
         status = r.status
         style = STATUS_STYLE.get(status, "")
         table.add_row(
-            where[0],
+            where[0] + (f" ({_stand_in(r)} stand-in)" if _stand_in(r) else ""),  # not GPU time
             where[1],
             r.params.get("variant", "?"),
             r.params.get("framework", "?"),
@@ -171,3 +172,89 @@ def print_summary(records: Sequence[Record], experiment: str, console: Console |
     for r in records:
         counts[r.status] += 1
     console.print("  ".join(f"{s}: {n}" for s, n in sorted(counts.items())))
+
+
+# --- across devices ---------------------------------------------------------------------------------
+def _stand_in(record: Record) -> str | None:
+    return record.params.get("option.stand_in") or record.params.get("stand_in")
+
+
+def cross_device(records: Sequence[Record]) -> tuple[list[str], dict[tuple[str, str], dict[str, Record]]]:
+    """(devices in order of appearance, (shape, variant) → device → its record) for a cross-device table;
+    rows and columns follow the order of `records` (the driver passes them in plan order)."""
+    devices: list[str] = []
+    cells: dict[tuple[str, str], dict[str, Record]] = {}
+    for r in records:
+        device = r.params.get("device", "?")
+        if device not in devices:
+            devices.append(device)
+        cells.setdefault((r.params.get("shape", "?"), r.params.get("variant", "?")), {})[device] = r
+    return devices, cells
+
+
+def _column(device: str, records: Sequence[Record]) -> str:
+    stand_ins = {_stand_in(r) for r in records if r.params.get("device") == device} - {None}
+    return f"{device} ms" + (f" ({'/'.join(sorted(stand_ins))} stand-in)" if stand_ins else "")  # type: ignore[arg-type]
+
+
+def _cell(record: Record | None) -> str:
+    if record is None:
+        return "-"
+    t = record.metrics.get("time_ms")
+    return f"{t:.4g}" if record.status == "ok" and t is not None else record.status
+
+
+def cross_device_table(records: Sequence[Record], title: str = "time on each device") -> Table | None:
+    """Per shape and variant, the median time on each device model (its status where not ok), and the
+    fastest model; None with fewer than two devices. Stand-in columns say so: they are not GPU times."""
+    devices, cells = cross_device(records)
+    if len(devices) < 2:
+        return None
+    table = Table(title=title, title_justify="left")
+    table.add_column("shape")
+    table.add_column("variant")
+    for device in devices:
+        table.add_column(_column(device, records), justify="right")
+    table.add_column("fastest")
+    last = None
+    for (shape, variant), by_device in cells.items():
+        if last is not None and shape != last:
+            table.add_section()
+        last = shape
+        ok = {
+            d: r.metrics["time_ms"]
+            for d, r in by_device.items()
+            if r.status == "ok" and "time_ms" in r.metrics
+        }
+        fastest = min(ok, key=ok.__getitem__) if ok else "-"
+        table.add_row(shape, variant, *(_cell(by_device.get(d)) for d in devices), fastest)
+    return table
+
+
+def cross_device_csv(records: Sequence[Record]) -> str:
+    """The cross-device table as CSV: shape, variant, then `<device>_ms` and `<device>_status` per device."""
+    devices, cells = cross_device(records)
+    lines = [",".join(["shape", "variant", *(f"{d}_{c}" for d in devices for c in ("ms", "status"))])]
+    for (shape, variant), by_device in cells.items():
+        row = [shape, variant]
+        for d in devices:
+            r = by_device.get(d)
+            t = r.metrics.get("time_ms") if r is not None and r.status == "ok" else None
+            row += ["" if t is None else f"{t:.6g}", r.status if r is not None else ""]
+        lines.append(",".join(row))
+    stand_ins = sorted({f"{r.params.get('device')}={_stand_in(r)}" for r in records if _stand_in(r)})
+    if stand_ins:
+        lines.append(
+            f"# stand-ins (CPU kernels on a node declaring the model, not GPU time): {' '.join(stand_ins)}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def cross_device_artifacts(records: Sequence[Record], experiment: str) -> dict[str, str]:
+    """The parent run's comparison artifacts (cross_device.txt, cross_device.csv); empty for one device."""
+    table = cross_device_table(records, f"{experiment}: time on each device (median ms)")
+    if table is None:
+        return {}
+    console = Console(record=True, width=WIDE, file=io.StringIO())
+    console.print(table)
+    return {"cross_device.txt": console.export_text(), "cross_device.csv": cross_device_csv(records)}

@@ -25,6 +25,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -320,3 +321,42 @@ def resolve_device(device: DeviceSpec) -> tuple[DeviceSpec, str]:
         ),
         "measured",
     )
+
+
+# --- where a job runs ---------------------------------------------------------------------------------
+def _node_ip() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "unknown"
+
+
+def placement(kind: str) -> dict[str, str]:
+    """Where a job of device kind `kind` (cpu|cuda) runs, as params: node (hostname), node_ip, node_id,
+    node_gpu_model, gpu_index, cuda_visible_devices.
+
+    In a Ray task: the Ray node's id, IP and declared `gpu_model` label, and the GPUs Ray assigned to the
+    task. Elsewhere (`python -m workers run`): node_id `none`, the model `none` (nothing declared) and
+    the first GPU CUDA_VISIBLE_DEVICES shows (the device the job uses). gpu_index is `none` on a CPU.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    facts = {
+        "node": socket.gethostname(),
+        "node_ip": _node_ip(),
+        "node_id": "none",
+        "node_gpu_model": "none",
+        "gpu_index": "none" if kind != "cuda" else (visible.split(",")[0].strip() if visible else "0"),
+        "cuda_visible_devices": visible if visible is not None else "unset",
+    }
+    ray = sys.modules.get("ray")  # only where Ray is already loaded: a Ray worker
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        ctx = ray.get_runtime_context()
+        model = (ctx.get_node_labels() or {}).get("gpu_model", "none")
+        facts.update(
+            node_ip=ray.util.get_node_ip_address(),
+            node_id=ctx.get_node_id(),
+            node_gpu_model=model if isinstance(model, str) else ",".join(model),
+        )
+        if kind == "cuda":
+            facts["gpu_index"] = ",".join(ctx.get_accelerator_ids().get("GPU", [])) or "none"
+    return facts

@@ -13,6 +13,7 @@ timing uses other fresh sets, so a variant cannot pass by caching a result for o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -98,10 +99,16 @@ def execute(job: Job) -> Record:
         record = base_record(job)
     except Exception as exc:  # host facts unreadable: still return a record
         return _fail(Record(key=job.key, tags={"job_key": job.key}), exc, "setup")
+    started = time.time()
     try:
-        return _execute(job, record)
+        record = _execute(job, record)
     except Exception as exc:  # a stage forgot to catch something: still a record, never a crash
-        return _fail(record, exc, "worker")
+        record = _fail(record, exc, "worker")
+    # Where and when it ran (Unix seconds): the cluster tests check that no two jobs overlap on a GPU.
+    record.tags.update(started_at=f"{started:.6f}", ended_at=f"{time.time():.6f}")
+    with contextlib.suppress(Exception):
+        record.params.update(hostinfo.placement(job.device.kind))
+    return record
 
 
 def _execute(job: Job, record: Record) -> Record:
