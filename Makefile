@@ -28,7 +28,7 @@ TRACKING ?= local
 NODE_ARGS = $(if $(GPU),--gpu $(GPU)) $(if $(GPUS),--gpus $(GPUS)) $(if $(BLOCK),--block)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test mlflow-ui mlflow-server ingest lint head worker ray-status sweep-all-gpus sync
+.PHONY: help install run test mlflow-ui mlflow-server ingest lint head worker ray-status sweep-all-gpus sync report
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -78,6 +78,9 @@ sweep-all-gpus: install ## The sweep on every GPU model of the cluster, compared
 
 sync: install ## Log into MLflow what the local journal holds and MLflow lacks [ARGS='--experiment sweep']
 	$(PY) -m orchestrator.sync $(ARGS)
+
+report: install ## Report an experiment from the embedded store into reports/<experiment>/ [EXPERIMENT=fusion_ablation]
+	$(PY) -m orchestrator.report --experiment $(EXPERIMENT) $(ARGS)
 
 ingest: install ## Log the committed results bundles (results/*/*/) into the embedded store
 	@shopt -s nullglob; bundles=(results/*/*/); \
