@@ -21,7 +21,6 @@ import contextlib
 import importlib
 import json
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,6 @@ from workers.schema import Job, Record
 
 OnRecord = Callable[[Job, Record], None]
 Profile = tuple[str, dict[str, Any]]  # (tool, settings of conf/profile/<tool>.yaml without `tool`)
-PROFILE_FILE_TAG = "profile_file."  # tag prefix: path of a binary profiler file (see Recorder.log_child)
 MAX_CAUSE_CHARS = 500
 WATCH_S = 5.0  # seconds between checks that every pending job still has a node of its model
 __all__ = ["LOCAL_MODE_ENV", "is_loopback", "local_gpu_count", "resource_for"]  # kept importable from here
@@ -73,7 +71,9 @@ def execute_in_worker(
 
     record = execute(job)  # with where it ran (node, gpu_index...) and when (tags started_at, ended_at)
     if profile and profile[0] != "none" and record.status == "ok" and "profile_status" not in record.tags:
-        add_profile(job, record, profile, Path(profile_dir or "profiles"), modules)
+        from workers.profiling import profile_into
+
+        profile_into(job, record, profile[0], profile[1], Path(profile_dir or "profiles"), modules)
     stand_in = job.options.get("stand_in")
     if stand_in:
         record.params["stand_in_for"] = job.device.name
@@ -81,25 +81,6 @@ def execute_in_worker(
             f"{stand_in}: {stand_in} kernels ran on a node declaring {job.device.name}; not GPU time"
         )
     return record.to_json()
-
-
-def add_profile(job: Job, record: Record, profile: Profile, root: Path, modules: Sequence[str]) -> None:
-    """Run the profiler pass over `job` and merge it into `record`: metrics, tags, text artifacts, and
-    a `profile_file.<name>` tag with the path of each binary file (the report), which the recorder
-    uploads when that path is on its machine."""
-    from workers.profiling import ProfileSettings, profile_job
-    from workers.profiling.settings import TEXT_SUFFIXES
-
-    tool, raw = profile
-    extra = [m for m in modules if m not in raw.get("variant_modules", [])]
-    settings = ProfileSettings.from_config(
-        {**raw, "variant_modules": [*raw.get("variant_modules", []), *extra]}
-    )
-    result = profile_job(job, tool, settings, root / re.sub(r"[^\w.\-]", "_", job.key))
-    result.apply_to(record)
-    for name, path in result.artifacts.items():
-        if not name.endswith(TEXT_SUFFIXES):
-            record.tags[f"{PROFILE_FILE_TAG}{name}"] = str(Path(path).resolve())
 
 
 def failed_record(job: Job, cause: str) -> Record:

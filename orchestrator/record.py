@@ -35,11 +35,11 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from orchestrator.journal import RECORD_ID_TAG  # one journaled record = one child run
+from workers.profiling import PROFILE_FILE_TAG  # a binary profiler file (.ncu-rep) the worker left at a path
 from workers.schema import STATUSES, Job, Record
 
 ROLE_TAG = "dsconv.role"  # parent | child: lets the UI and ingest tell the two apart
 SOURCE_TAG = "dsconv.source"  # ray | ingest
-PROFILE_FILE_TAG = "profile_file."  # a binary profiler file (.ncu-rep) the worker left at this path
 MAX_PARAM_CHARS = 6000  # MLflow 3 limit on a param value
 MAX_TAG_CHARS = 8000  # MLflow 3 limit on a tag value
 BATCH = 100  # params and tags per log_batch call (MLflow's limit)
