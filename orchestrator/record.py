@@ -138,17 +138,26 @@ def check_tracking(uri: str) -> None:
     raise ConfigError(f"MLflow tracking server {uri} is not healthy; pick tracking=local")
 
 
+_deferring = threading.local()
+
+
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C until the block is done, then raise it: for steps that must not stop halfway."""
-    if threading.current_thread() is not threading.main_thread():
+    """Hold Ctrl-C until the block is done, then raise it: for steps that must not stop halfway.
+
+    Blocks nest: an inner block inside an outer one defers to the outer, so a step made of several
+    atomic steps (log a child, then journal that it is logged) is atomic as a whole.
+    """
+    if threading.current_thread() is not threading.main_thread() or getattr(_deferring, "active", False):
         yield
         return
     caught: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    _deferring.active = True
     try:
         yield
     finally:
+        _deferring.active = False
         signal.signal(signal.SIGINT, previous)
     if caught:
         raise KeyboardInterrupt

@@ -109,12 +109,13 @@ class Delivery:
 
     def add(self, job: Job | None, record: Record) -> Record:
         """Scrub, journal (fsync), then log one finished job's record; returns the scrubbed record."""
-        from orchestrator.record import scrub_record
+        from orchestrator.record import deferred_interrupt, scrub_record
 
         record = scrub_record(record)
-        record_id = self.journal.record(record)
-        self.records.append(record)
-        self._pending[record_id] = (record, job)
+        with deferred_interrupt():  # journaled means counted and pending: Ctrl-C waits for all three
+            record_id = self.journal.record(record)
+            self.records.append(record)
+            self._pending[record_id] = (record, job)
         self.deliver()
         return record
 
@@ -127,23 +128,28 @@ class Delivery:
                 return
             self.online = True
             self.say(f"MLflow answers again: logging {len(self._pending)} journaled record(s)")
+        from orchestrator.record import deferred_interrupt
+
         for record_id, (record, job) in list(self._pending.items()):
-            try:
-                if self._interrupted_writes:
-                    run_id, _ = self.recorder.log_child_once(record, job)
-                else:
-                    run_id = self.recorder.log_child(record, job)
-            except Exception as exc:  # the store refused or is away: the journal keeps the record
-                self._interrupted_writes = True
-                if self.online:
-                    self.say(
-                        f"MLflow unreachable ({_first_line(exc)}): the sweep goes on; records are kept in "
-                        f"{self.journal.path} and logged when it answers again"
-                    )
-                self.online = False
-                return
-            self.journal.logged(record_id, run_id)
-            del self._pending[record_id]
+            # Logged, journaled as logged and no longer pending, or none of it: a Ctrl-C between the
+            # child run and the journal line would log the record twice when finish() delivers again.
+            with deferred_interrupt():
+                try:
+                    if self._interrupted_writes:
+                        run_id, _ = self.recorder.log_child_once(record, job)
+                    else:
+                        run_id = self.recorder.log_child(record, job)
+                except Exception as exc:  # the store refused or is away: the journal keeps the record
+                    self._interrupted_writes = True
+                    if self.online:
+                        self.say(
+                            f"MLflow unreachable ({_first_line(exc)}): the sweep goes on; records are kept "
+                            f"in {self.journal.path} and logged when it answers again"
+                        )
+                    self.online = False
+                    return
+                self.journal.logged(record_id, run_id)
+                del self._pending[record_id]
 
     def finish(
         self,

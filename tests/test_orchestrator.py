@@ -185,3 +185,36 @@ def test_summary_compares_best_halide_with_best_tensorflow(capsys: pytest.Captur
     print_summary(records, "unit")
     out = capsys.readouterr().out
     assert "4.00x" in out and "tf_separable" in out and "wrong" in out
+
+
+def test_ctrl_c_while_a_child_is_written_logs_it_once_and_counts_it(tmp_path: Path) -> None:
+    """A real SIGINT arriving while a child run is being written (the race CI once hit): the child
+    is finished, journaled as logged, and not logged a second time when the parent is ended KILLED."""
+    import signal
+
+    from orchestrator.journal import Journal
+    from orchestrator.sync import Delivery
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    recorder = Recorder(uri, "unit", str(tmp_path / "artifacts"))
+    journal = Journal.create(tmp_path / "journal", "unit", uri, str(tmp_path / "artifacts"))
+    set_terminated = recorder.client.set_terminated
+
+    def interrupted_set_terminated(run_id: str, status: str | None = None) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands while the child run is being finished
+        set_terminated(run_id, status=status)
+
+    with pytest.raises(KeyboardInterrupt), Delivery(recorder, journal, say=lambda _: None) as delivery:
+        parent = delivery.start({"experiment": "unit"})
+        recorder.client.set_terminated = interrupted_set_terminated  # type: ignore[method-assign]
+        try:
+            delivery.add(_job(), _record(_job(), "ok", 1.0))
+        finally:
+            recorder.client.set_terminated = set_terminated  # type: ignore[method-assign]
+        pytest.fail("the Ctrl-C held during the write was not raised after it")
+    client = MlflowClient(uri)
+    children = client.search_runs([recorder.experiment_id], filter_string="tags.`dsconv.role` = 'child'")
+    assert len(children) == 1 and children[0].info.status == "FINISHED"
+    assert client.get_run(parent).info.status == "KILLED"
+    assert client.get_run(parent).data.metrics["jobs"] == 1
+    assert delivery.waiting == 0
