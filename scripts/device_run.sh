@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run exported job lists on a GPU node that has no package registry, Ray or MLflow (issue #3).
 #   usage (on the node, repo root): scripts/device_run.sh OUT_DIR EXPORT_DIR... [-- WORKER_ARGS]
+#   e.g. scripts/device_run.sh $OUT export/h200/mobilenet_v1 -- --gpus all   (every GPU of the node at once)
 # Unpacks the Halide+Hydra bundle (../shared/device/make-bundle.sh → .devcache/gpu-bundle.tar.xz) when
 # Halide is not importable, runs `python -m workers run` on each export's jobs.json into
 # OUT_DIR/bundles/<experiment>, and packs the bundles into OUT_DIR/bundles.tgz for the trip back;
@@ -19,6 +20,6 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv 
 for e in "${exports[@]}"; do
   name=$(basename "$e")
   python3 -m workers run "$e/jobs.json" --out "$out/bundles/$name" "$@" > "$out/bundles/$name.log" 2>&1
-  echo "== $name: $(tail -n 2 "$out/bundles/$name.log" | head -n 1)"
+  echo "== $name: $(grep -E ' → |^wall ' "$out/bundles/$name.log" | tr '\n' ' ')"
 done
 tar -C "$out" -czf "$out/bundles.tgz" bundles && rm -rf "$out/bundles"

@@ -9,6 +9,7 @@ raises, a native abort, a hang.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from workers.schema import STATUSES, Job, Record, TimingSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = "DSCONV_WORKER_TEST_VARIANTS"
+TRACE = "DSCONV_WORKER_TEST_TRACE"  # where _test_traced notes its GPU and time
 CPU = DeviceSpec("cpu", "cpu", "host CPU", peak_gflops=0, mem_gbps=0)  # measured, as in the catalog
 RATED = DeviceSpec("cpu", "cpu", "host CPU", peak_gflops=100, mem_gbps=10)  # configured: nothing to measure
 FAST = TimingSpec(warmup=1, min_repeats=3, max_repeats=5, min_time_s=0, max_time_s=1)
@@ -73,6 +75,21 @@ class Hanging(NumpyReference):
         time.sleep(3600)
 
 
+def _traced(shape, device, options):
+    """Builds slowly (1.5 s) and notes which GPU its process was given, and when, in the trace file."""
+    start = time.time()
+    time.sleep(1.5)
+    line = {
+        "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "pid": os.getpid(),
+        "start": start,
+        "end": time.time(),
+    }
+    with open(os.environ[TRACE], "a") as f:
+        f.write(json.dumps(line) + "\n")
+    return NumpyReference(shape)
+
+
 def _raising(shape, device, options):
     raise RuntimeError("deliberate build failure\nsecond line that must not reach the tag")
 
@@ -84,6 +101,7 @@ TEST_VARIANTS = {
     "_test_abort": (lambda s, d, o: Aborting(s), ("cpu",)),
     "_test_hang": (lambda s, d, o: Hanging(s), ("cpu",)),
     "_test_cuda_only": (lambda s, d, o: NumpyReference(s), ("cuda",)),
+    "_test_traced": (_traced, ("cpu",)),
 }
 
 
@@ -258,6 +276,40 @@ def test_cli_survives_an_abort_and_a_hang_and_resumes(tmp_path) -> None:
     again = cli(*args, "--only", "numpy_ref")  # resume: nothing left to do
     assert again.returncode == 0 and "2 job(s) already in" in again.stdout
     assert len((out / bundle.RECORDS).read_text().splitlines()) == len(jobs)
+
+
+def test_cli_gpus_time_different_jobs_at_once_never_two_on_one_gpu(tmp_path, monkeypatch) -> None:
+    """`--gpus 0,1`: one child per GPU index (CUDA_VISIBLE_DEVICES set in it) takes jobs from one
+    queue. On this CPU machine the jobs are CPU jobs; what is checked is the pool: both workers ran
+    jobs, their jobs overlapped in time, one worker's jobs never did, and every job is recorded once."""
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv(TRACE, str(trace))
+    shapes = [LayerShape(f"s{i}", n=1, h=6, w=6, c=4, co=4) for i in range(6)]
+    jobs = [job("_test_traced", s, RATED) for s in shapes]
+    jobs_file = tmp_path / "jobs.json"
+    jobs_file.write_text(json.dumps([j.to_dict() for j in jobs]))
+    out = tmp_path / "bundle"
+    done = cli("run", str(jobs_file), "--out", str(out), "--import", __file__, "--gpus", "0,1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = bundle.read_bundle(out)
+    assert sorted(r.key for r in records) == sorted(j.key for j in jobs)
+    assert all(r.status == "ok" for r in records)
+    spans = [json.loads(line) for line in trace.read_text().splitlines()]  # builds: one per job
+    assert len(spans) == len(jobs)
+    by_gpu = {g: sorted((s["start"], s["end"]) for s in spans if s["gpu"] == g) for g in ("0", "1")}
+    assert by_gpu["0"] and by_gpu["1"] and len(by_gpu["0"]) + len(by_gpu["1"]) == len(jobs)
+    for intervals in by_gpu.values():  # one job at a time per GPU
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(intervals))
+    assert any(a[0] < b[1] and b[0] < a[1] for a in by_gpu["0"] for b in by_gpu["1"])  # at the same time
+    assert {s["pid"] for s in spans if s["gpu"] == "0"}.isdisjoint(
+        {s["pid"] for s in spans if s["gpu"] == "1"}
+    )
+    assert "on GPUs 0,1" in done.stdout and (out / "logs" / "worker-gpu1.log").is_file()
+
+    bad = cli("run", str(jobs_file), "--out", str(out), "--gpus", "0,zero")
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and "distinct GPU indices" in bad.stderr
+    bad = cli("run", str(jobs_file), "--out", str(out), "--gpus", "0,1", "--profile", "ncu")
+    assert bad.returncode == 2 and "one GPU at a time" in bad.stderr
 
 
 def test_cli_bad_input_is_one_line(tmp_path) -> None:

@@ -1,20 +1,31 @@
 """`python -m workers`: run a job list where the GPU is, without Ray or MLflow; print host facts.
 
-    python -m workers run JOBS.json --out DIR [--only SUBSTRING] [--rerun] [--import MODULE]...
+    python -m workers run JOBS.json --out DIR [--gpus all|0,1] [--only SUBSTRING] [--rerun] [--import M]...
     python -m workers info [--measure]
 
 `run` executes each job of JOBS.json (a list of `Job.to_dict()`, or `{"jobs": [...]}`) in order, in a
 long-lived child process that is replaced when a job crashes it, appends each Record to
 DIR/records.jsonl (artifacts under DIR/artifacts/<key>/) as soon as it is done, and skips keys
 already there, so an interrupted run resumes. `orchestrator.ingest DIR` logs the bundle into MLflow.
+
+With `--gpus`, one child per GPU (its CUDA_VISIBLE_DEVICES set to that GPU alone) takes the next job
+from a shared queue, so the GPUs of one machine time different jobs at the same time, never two on
+one GPU; each record names its GPU (param gpu_index). This is the machine-local form of what Ray does
+across machines (orchestrator.dispatch), for a node that has no Ray.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import queue
+import shutil
+import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +92,12 @@ class _Progress:
         if self._bar is not None:
             self._bar.stop()
 
-    def starting(self, job: Job) -> None:
+    def starting(self, job: Job, where: str = "") -> None:
+        at = f" on GPU {where}" if where else ""
         if self._bar is not None:
-            self._bar.update(self._task, description=f"{job.variant} · {job.shape.name}")
+            self._bar.update(self._task, description=f"{job.variant} · {job.shape.name}{at}")
         else:
-            print(f"[{self.done + 1}/{self.total}] {job.variant} {job.shape.name} ...", flush=True)
+            print(f"[{self.done + 1}/{self.total}] {job.variant} {job.shape.name}{at} ...", flush=True)
 
     def finished(self, record: Record) -> None:
         self.done += 1
@@ -138,11 +150,90 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
     return settings
 
 
+def machine_gpus() -> list[str]:
+    """Indices of this machine's GPUs, from `nvidia-smi -L` (empty when it is missing or sees none)."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
+
+
+def parse_gpus(spec: str, present: Sequence[str]) -> list[str]:
+    """`--gpus` into GPU indices: `all` (every GPU in `present`) or distinct indices such as `0,1`."""
+    shown = ", ".join(present) if present else "none found by nvidia-smi"
+    if spec == "all":
+        if not present:
+            raise CliError("--gpus all: this machine has no GPU that nvidia-smi lists")
+        return list(present)
+    gpus = [g.strip() for g in spec.split(",")]
+    if not all(g.isdigit() for g in gpus) or len(set(gpus)) != len(gpus):
+        raise CliError(
+            f"--gpus wants `all` or distinct GPU indices like 0,1, got {spec!r} (GPUs here: {shown})"
+        )
+    missing = [g for g in gpus if present and g not in present]
+    if missing:
+        raise CliError(f"--gpus {spec}: no GPU {', '.join(missing)} on this machine (GPUs here: {shown})")
+    return gpus
+
+
+def run_pool(
+    todo: Sequence[Job],
+    runners: Sequence[tuple[str, ChildRunner]],
+    finish: Callable[[Job, Record], None],
+    progress: _Progress,
+) -> None:
+    """Run `todo` on the runners at once, each taking the next job from one queue, in job order;
+    `finish(job, record)` is called under a lock as each job ends. On Ctrl-C no job starts, and a
+    running job whose child is killed as the runners close is not recorded (a resume runs it again)."""
+    jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
+    for job in todo:
+        jobs.put(job)
+    lock, stop = threading.Lock(), threading.Event()
+    failures: list[BaseException] = []
+
+    def work(where: str, runner: ChildRunner) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    job = jobs.get_nowait()
+                except queue.Empty:
+                    return
+                with lock:
+                    progress.starting(job, where)
+                record = runner.run(job)
+                if stop.is_set() and record.status == "failed":
+                    return  # its child was killed by the Ctrl-C, not by the job
+                with lock:
+                    finish(job, record)
+        except BaseException as exc:  # a runner that cannot start: stop the others, report it
+            failures.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=work, args=r, name=f"gpu-{r[0]}", daemon=True) for r in runners]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(0.2)
+    except KeyboardInterrupt:
+        stop.set()  # no new job starts; the children of running ones are killed as the process exits
+        raise
+    if failures:
+        raise failures[0]
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute the job list into the bundle directory; returns the exit code."""
     jobs = load_jobs(args.jobs)
     if args.only:
         jobs = [j for j in jobs if args.only in j.key]
+    gpus = parse_gpus(args.gpus, machine_gpus()) if args.gpus else []
+    if len(gpus) > 1 and args.profile != "none":
+        raise CliError("--profile runs on one GPU at a time: give --gpus a single index, or leave it out")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -155,26 +246,48 @@ def run(args: argparse.Namespace) -> int:
         print(f"{skipped} job(s) already in {out / bundle.RECORDS}: skipped (use --rerun to run them again)")
     records: list[Record] = []
     profile_raw = parse_settings(args.profile_settings)
+
+    def finish(job: Job, record: Record) -> None:
+        if args.profile != "none":
+            profile_into(job, record, args.profile, profile_raw, out / "profiles", args.imports)
+        bundle.append_record(out, record)
+        records.append(record)
+        progress.finished(record)
+
+    started = time.monotonic()
     if todo:
         (out / "logs").mkdir(exist_ok=True)
-        runner = ChildRunner(args.imports, out / "logs" / "worker.log", args.job_timeout)
+        logs = out / "logs"
+        runners = [
+            (
+                g,
+                ChildRunner(
+                    args.imports, logs / f"worker-gpu{g}.log", args.job_timeout, {"CUDA_VISIBLE_DEVICES": g}
+                ),
+            )
+            for g in gpus
+        ] or [("", ChildRunner(args.imports, logs / "worker.log", args.job_timeout))]
         try:
-            with runner, _Progress(len(todo)) as progress:
-                for job in todo:
-                    progress.starting(job)
-                    record = runner.run(job)
-                    if args.profile != "none":
-                        profile_into(job, record, args.profile, profile_raw, out / "profiles", args.imports)
-                    bundle.append_record(out, record)
-                    records.append(record)
-                    progress.finished(record)
+            with contextlib.ExitStack() as stack, _Progress(len(todo)) as progress:
+                for _, runner in runners:
+                    stack.enter_context(runner)
+                run_pool(todo, runners, finish, progress)
         except ChildStartError as exc:
             raise CliError(str(exc)) from None
+    wall_s = time.monotonic() - started
     print_table(records)
     counts = {s: sum(r.status == s for r in records) for s in ("ok", "wrong", "failed", "skipped")}
     print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" → {out / bundle.RECORDS}")
     if todo:
-        print(f"the worker's output (compilers, frameworks, crashes): {out / 'logs' / 'worker.log'}")
+        busy_s = sum(
+            float(r.tags["ended_at"]) - float(r.tags["started_at"]) for r in records if "ended_at" in r.tags
+        )
+        where = f"on GPUs {','.join(gpus)}" if gpus else "in one worker"
+        overlap = busy_s / max(wall_s, 1e-9)
+        print(
+            f"wall {wall_s:.1f} s for {busy_s:.1f} s of jobs {where} ({overlap:.2f} jobs running on average)"
+        )
+        print(f"the worker's output (compilers, frameworks, crashes): {out / 'logs'}")
     return 0
 
 
@@ -208,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument("--out", type=Path, required=True, help="bundle directory (created; resumed)")
     p_run.add_argument("--only", metavar="SUBSTRING", help="run only jobs whose key contains this")
     p_run.add_argument("--rerun", action="store_true", help="run jobs already recorded in the bundle")
+    p_run.add_argument(
+        "--gpus", metavar="all|0,1,...",
+        help="time on these GPUs at once, one worker per GPU pulling from one queue (default: one worker)",
+    )  # fmt: skip
     p_run.add_argument(
         "--import", dest="imports", action="append", default=[], metavar="MODULE",
         help="import this module (dotted name or .py path) in the worker first, e.g. extra variants",

@@ -52,8 +52,12 @@ def import_extra(spec: str) -> None:
         importlib.import_module(spec)
 
 
-def _child_main(conn: Connection, imports: list[str], log_path: str | None) -> None:
-    """The child: redirect output to the log, import extras, then execute jobs until told to stop."""
+def _child_main(
+    conn: Connection, imports: list[str], log_path: str | None, env: dict[str, str] | None = None
+) -> None:
+    """The child: set its environment (before anything can touch CUDA, so CUDA_VISIBLE_DEVICES picks
+    its GPU), redirect output to the log, import extras, then execute jobs until told to stop."""
+    os.environ.update(env or {})
     if log_path:
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.dup2(fd, 1)
@@ -103,9 +107,14 @@ class ChildRunner:
     """Executes jobs one at a time in a child process, starting a new one after a crash or timeout."""
 
     def __init__(
-        self, imports: list[str] | None = None, log_path: Path | None = None, job_timeout_s: float = 0
+        self,
+        imports: list[str] | None = None,
+        log_path: Path | None = None,
+        job_timeout_s: float = 0,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.imports = list(imports or [])
+        self.env = dict(env or {})  # set in the child first: CUDA_VISIBLE_DEVICES pins it to a GPU
         self.log_path = Path(log_path) if log_path else None
         self.job_timeout_s = job_timeout_s
         self._ctx = multiprocessing.get_context("spawn")
@@ -123,7 +132,7 @@ class ChildRunner:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=_child_main,
-            args=(child, self.imports, str(self.log_path) if self.log_path else None),
+            args=(child, self.imports, str(self.log_path) if self.log_path else None, self.env),
             name="workers-child",
             daemon=True,
         )
