@@ -3,7 +3,9 @@
 A bundle is what `python -m workers run` writes where the GPU is (no Ray, no MLflow there):
 records.jsonl plus artifacts. Ingesting logs it exactly as if its jobs had run through Ray (the same
 Recorder: one parent run for the bundle, a child run per record), and idempotently: a record whose
-job key already has a child run in the experiment is skipped, so ingesting twice adds nothing.
+measurement (job key and start time) already has a child run in the experiment is skipped, so
+ingesting twice adds nothing, while a second measurement of the same job (on another GPU of the node,
+or a re-run) is kept beside the first.
 
 The MLflow store is the one of `conf/tracking/<name>.yaml` (local by default, which honours
 MLFLOW_TRACKING_URI), or `--tracking-uri`.
@@ -73,8 +75,8 @@ def ingest(
     check_tracking(tracking_uri)
 
     recorder = Recorder(tracking_uri, name, artifact_root)
-    present = recorder.existing_keys()
-    new = [r for r in records if r.key not in present]
+    present = recorder.existing_measurements()
+    new = [r for r in records if (r.key, r.tags.get("started_at", "")) not in present]
     if not new:
         print(f"{bundle}: all {len(records)} records already in experiment {name!r}; nothing logged")
         return 0, len(records)

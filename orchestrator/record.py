@@ -288,10 +288,8 @@ class Recorder:
             self.counts[record.status] += 1
         return run_id
 
-    def existing_keys(self) -> set[str]:
-        """Job keys that already have a complete child run in this experiment (ingest and re-runs skip
-        those). A child left RUNNING (its writer died halfway) does not count."""
-        keys: set[str] = set()
+    def _complete_children(self) -> Iterator[Any]:
+        """Every child run of this experiment that is not RUNNING (a writer that died halfway)."""
         token = None
         while True:
             page = self.client.search_runs(
@@ -300,11 +298,23 @@ class Recorder:
                 max_results=1000,
                 page_token=token,
             )
-            complete = [r for r in page if r.info.status != "RUNNING"]
-            keys.update(r.data.tags["job_key"] for r in complete if "job_key" in r.data.tags)
+            yield from (r for r in page if r.info.status != "RUNNING")
             token = page.token
             if not token:
-                return keys
+                return
+
+    def existing_keys(self) -> set[str]:
+        """Job keys that already have a complete child run in this experiment (re-runs skip those)."""
+        return {r.data.tags["job_key"] for r in self._complete_children() if "job_key" in r.data.tags}
+
+    def existing_measurements(self) -> set[tuple[str, str]]:
+        """(job key, started_at) of every complete child run: one measurement each, so an ingest skips
+        a record already logged but keeps a second measurement of the same job (another GPU, a re-run)."""
+        return {
+            (r.data.tags["job_key"], r.data.tags.get("started_at", ""))
+            for r in self._complete_children()
+            if "job_key" in r.data.tags
+        }
 
     def find_record(self, record_id: str) -> tuple[list[str], list[str]]:
         """(complete, half-written) child run ids carrying `record_id` in this experiment."""

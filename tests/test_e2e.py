@@ -169,6 +169,16 @@ def test_export_then_workers_run_then_ingest_twice_adds_runs_once(
     volatile = {"dsconv.source", "mlflow.runName"}
     assert set(ingested.data.tags) - volatile == set(ray_run.data.tags) - volatile
 
+    # The same jobs measured again (another GPU of the node, a re-run) are new measurements: kept.
+    again = tmp_path / "bundle_again"
+    _run(
+        [sys.executable, "-m", "workers", "run", str(export / "jobs.json"), "--out", str(again)], cwd=tmp_path
+    )
+    assert "logged 2 records" in _run([*ingest[:3], str(again), *ingest[4:]], cwd=tmp_path).stdout
+    assert "nothing logged" in _run([*ingest[:3], str(again), *ingest[4:]], cwd=tmp_path).stdout
+    _, parents, children = _runs(tmp_path, "smoke_ingested")
+    assert len(parents) == 2 and len(children) == 4 and len({c.data.tags["job_key"] for c in children}) == 2
+
 
 LOOPBACK_CHECK = """
 import json, os, re, subprocess

@@ -285,3 +285,67 @@ def test_the_newest_run_of_a_measurement_wins() -> None:
                            run_id="opt", start_time=0.5)  # fmt: skip
     ds = dataset_from_rows("x", [new, old, other])
     assert {r["run_id"] for r in ds.rows} == {"new", "opt"} and ds.superseded == 1
+
+
+# --- several GPUs of one node (orchestrator.report.gpus) ---------------------------------------------
+def _gpu_row(key: str, gpu: str, start: float, end: float, time_ms: float, source: str, spread: float = 0.01):
+    return {
+        "job_key": key, "variant": key.split(".")[0], "framework": "halide", "shape": "s", "shape_key": "s",
+        "device": "h200", "device_key": "h200", "node": "n1", "gpu_index": gpu, "status": "ok",
+        "started_at": str(start), "ended_at": str(end), "time_ms": time_ms, "time_spread": spread,
+        "source": source,
+    }  # fmt: skip
+
+
+def test_gpu_concurrency_and_agreement_are_computed_from_the_spans_and_times() -> None:
+    from orchestrator.report import gpus
+
+    sweep = [
+        _gpu_row("a.s.h200", "0", 0, 4, 1.00, "sweep"),
+        _gpu_row("b.s.h200", "1", 0, 3, 2.00, "sweep"),
+        _gpu_row("c.s.h200", "0", 4, 6, 3.00, "sweep"),
+        _gpu_row("d.s.h200", "1", 3, 6, 4.00, "sweep"),
+    ]
+    rerun = [
+        _gpu_row("a.s.h200", "1", 10, 11, 1.10, "rerun"),  # across GPUs: 10% apart, spreads 1%
+        _gpu_row("c.s.h200", "0", 11, 12, 3.003, "rerun"),  # same GPU: 0.1% apart, within spread
+    ]
+    [c_sweep, c_rerun] = gpus.concurrency(sweep + rerun)
+    assert c_sweep["gpus"] == "n1:0,n1:1" and c_sweep["jobs_per_gpu"] == "n1:0=2,n1:1=2"
+    assert c_sweep["wall_s"] == 6 and c_sweep["jobs_s"] == 12 and c_sweep["jobs_running_mean"] == 2
+    assert c_sweep["jobs_running_max"] == 2 and c_sweep["same_gpu_overlaps"] == 0
+    assert c_rerun["jobs_running_mean"] == 1 and c_rerun["jobs_running_max"] == 1
+    assert (
+        gpus.concurrency([*sweep, _gpu_row("e.s.h200", "0", 1, 2, 1.0, "sweep")])[0]["same_gpu_overlaps"] == 1
+    )
+
+    pairs = {p["job_key"]: p for p in gpus.agreement(sweep + rerun)}
+    assert set(pairs) == {"a.s.h200", "c.s.h200"}
+    assert pairs["a.s.h200"]["kind"] == "across GPUs" and math.isclose(pairs["a.s.h200"]["rel_diff"], 0.10)
+    assert pairs["c.s.h200"]["kind"] == "same GPU, re-run" and math.isclose(
+        pairs["c.s.h200"]["rel_diff"], 0.001
+    )
+    summary = {(s["kind"], s["framework"]): s for s in gpus.agreement_summary(list(pairs.values()))}
+    assert summary[("across GPUs", "all")]["within_spread"] == 0
+    assert summary[("same GPU, re-run", "halide")]["within_spread"] == 1
+    assert gpus.used_several_gpus(sweep) and not gpus.used_several_gpus(sweep[::2])
+
+
+def test_the_committed_two_gpu_run_reports_both_gpus_at_once(tmp_path: Path) -> None:
+    """results/h200x2 (issue #7): the sweep ran on both GPUs at once, never two jobs on one GPU, and
+    the report says so, with the across-GPU agreement, from the bundles alone."""
+    bundles = [ROOT / "results" / "h200x2" / b for b in ("mobilenet_v1", "agree_gpu0", "agree_gpu1")]
+    if not all((b / "records.jsonl").is_file() for b in bundles):
+        pytest.skip("results/h200x2 is not in this checkout")
+    _run(
+        [sys.executable, "-m", "orchestrator.report", "--bundle", *map(str, bundles), "--out", str(tmp_path)],
+        ROOT,
+    )
+    text = (tmp_path / "findings.md").read_text()
+    assert "## Several GPUs of one machine" in text and "| across GPUs | halide |" in text
+    rows = list(csv.DictReader((tmp_path / "gpus_concurrency.csv").open()))
+    sweep = next(r for r in rows if r["run"].endswith("mobilenet_v1"))
+    assert sweep["gpus"].count(",") == 1 and float(sweep["jobs_running_mean"]) > 1.5
+    assert all(r["same_gpu_overlaps"] == "0" for r in rows)
+    keys = [r.key for r in read_bundle(bundles[0])]
+    assert len(keys) == len(set(keys)) == 230  # every job of the sweep recorded once

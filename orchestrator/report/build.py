@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from orchestrator.report import analysis, figures
+from orchestrator.report import analysis, figures, gpus
 from orchestrator.report.findings import Inputs, findings_text
 from orchestrator.report.load import Dataset, device_facts
 
@@ -21,7 +21,7 @@ FUSION_FIRST = (
 )
 # What a report writes (and removes from its folder before writing, so nothing stale lingers)
 OWNED = ("findings.md", "records.csv", "speedups.csv", "fusion.csv", "ncu.csv", "roofline_*.png",
-         "fusion_*.png", "speedups_*.png")  # fmt: skip
+         "fusion_*.png", "speedups_*.png", "gpus_concurrency.csv", "gpus_agreement.csv")  # fmt: skip
 NCU_FIRST = ("device", "shape", "variant", "framework", "time_ms")
 
 
@@ -41,6 +41,12 @@ def build_report(dataset: Dataset, out: Path, command: str) -> list[Path]:
     written.append(analysis.write_csv(out / "fusion.csv", fusion, FUSION_FIRST))
     if ncu:
         written.append(analysis.write_csv(out / "ncu.csv", ncu, NCU_FIRST))
+    if gpus.used_several_gpus(dataset.all_rows):
+        concurrency, pairs = gpus.concurrency(dataset.all_rows), gpus.agreement(dataset.all_rows)
+        written.append(
+            analysis.write_csv(out / "gpus_concurrency.csv", concurrency, ("run", "device", "gpus"))
+        )
+        written.append(analysis.write_csv(out / "gpus_agreement.csv", pairs, ("kind", "variant", "shape")))
     drawn: dict[str, dict[str, Path]] = {}
     for device in analysis.devices(rows):
         model = device_facts(rows, device)["model"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.report import analysis
+from orchestrator.report import analysis, gpus
 from orchestrator.report.load import (
     BASELINE_LABELS,
     BASELINES,
@@ -134,10 +134,122 @@ def findings_text(inp: Inputs) -> str:
         _question2(inp),
         _question3(inp),
         _question4(inp),
+        _across_devices(ds.rows),
+        _gpus_section(inp.dataset.all_rows),
     ]
     if inp.files:
         parts.append("## Files\n\n" + "\n".join(f"- `{f}`" for f in inp.files))
     return "\n\n".join(p.strip() for p in parts if p) + "\n"
+
+
+def _across_devices(rows: Sequence[Row]) -> str:
+    """Per shape and variant, the time on each GPU model the rows hold and the ratio to the first."""
+    gpu_devices = [d for d in analysis.devices(rows) if device_facts(rows, d)["kind"] == "cuda"]
+    if len(gpu_devices) < 2:
+        return ""
+    cells: dict[tuple[str, str], dict[str, float]] = {}
+    for r in ok_rows(rows):
+        if r["device_key"] in gpu_devices:
+            cells.setdefault((r["shape_key"], r["variant"]), {})[r["device_key"]] = float(r["time_ms"])
+    first, others = gpu_devices[0], gpu_devices[1:]
+    table = []
+    for (shape, variant), times in sorted(cells.items()):
+        ratios = [times[d] / times[first] if d in times and first in times else None for d in others]
+        table.append(
+            [shape, variant, *(ft(times.get(d)) for d in gpu_devices), *(_num(x, ".2f") for x in ratios)]
+        )
+    return (
+        "## Across GPU models\n\n"
+        f"Time of each ok job on each GPU model, and its ratio to `{first}` (below 1: faster there).\n\n"
+        + md_table(["shape", "variant", *gpu_devices, *(f"{d} / {first}" for d in others)], table)
+    )
+
+
+def _run_label(run: str) -> str:
+    """A parent run id's first 8 characters; a bundle path's last two parts."""
+    if "/" in run:
+        return "/".join(Path(run).parts[-2:])
+    return short(run)
+
+
+def _gpus_section(rows: Sequence[Row]) -> str:
+    """Several GPUs of one node: did they work at once, one job each, and do they agree (gpus.py)."""
+    if not gpus.used_several_gpus(rows):
+        return ""
+    runs = gpus.concurrency(rows)
+    parts = [
+        "## Several GPUs of one machine",
+        "Each record names the node and GPU it ran on (`node`, `gpu_index`) and when it started and ended. "
+        "Per run: the wall time from its first job's start to its last job's end against the sum of its "
+        "jobs' times (their ratio is the number of jobs running on average), the most jobs running at "
+        "once, and job pairs that overlapped on one GPU (`gpus_concurrency.csv`).",
+        md_table(
+            [
+                "run",
+                "device",
+                "jobs per GPU",
+                "wall",
+                "sum of jobs",
+                "running on average",
+                "most at once",
+                "overlaps on one GPU",
+            ],
+            [
+                [
+                    _run_label(c["run"]),
+                    c["device"],
+                    c["jobs_per_gpu"],
+                    f"{c['wall_s']:.1f} s",
+                    f"{c['jobs_s']:.1f} s",
+                    _num(c["jobs_running_mean"], ".2f"),
+                    c["jobs_running_max"],
+                    c["same_gpu_overlaps"],
+                ]
+                for c in runs
+            ],
+        ),
+    ]
+    pairs = gpus.agreement(rows)
+    summary = gpus.agreement_summary(pairs)
+    if not summary:
+        parts.append("No job was measured on more than one GPU, so the GPUs' agreement cannot be judged.")
+        return "\n\n".join(parts)
+    parts.append(
+        "The same job (one job key: variant, shape, device model, options and versions) measured more than "
+        "once: each pair of `ok` medians, from two different GPUs or from one GPU twice (a re-run, the "
+        "noise the first kind is judged by). Difference = slower / faster - 1; *within spread* counts pairs "
+        "whose difference is no larger than the larger of their two interquartile spreads "
+        "(`gpus_agreement.csv` lists every pair)."
+    )
+    parts.append(
+        md_table(
+            ["pairs", "framework", "n", "median diff", "90th pct", "largest", "within spread"],
+            [
+                [
+                    s["kind"],
+                    s["framework"],
+                    s["pairs"],
+                    fp(100 * s["median_diff"]),
+                    fp(100 * s["p90_diff"]),
+                    fp(100 * s["max_diff"]),
+                    f"{s['within_spread']} of {s['pairs']}",
+                ]
+                for s in summary
+            ],
+        )
+    )
+    across = sorted((p for p in pairs if p["kind"] == gpus.KINDS[0]), key=lambda p: -p["rel_diff"])[:3]
+    if across:
+        parts.append(
+            "Largest differences across GPUs: "
+            + "; ".join(
+                f"{p['variant']} on {p['shape']}, {ft(p['time_a_ms'])} ({p['gpu_a']}) against "
+                f"{ft(p['time_b_ms'])} ({p['gpu_b']})"
+                for p in across
+            )
+            + "."
+        )
+    return "\n\n".join(parts)
 
 
 def _source_line(inp: Inputs, device: str) -> str:

@@ -196,6 +196,7 @@ class Dataset:
     bundles: list[str] = field(default_factory=list)
     superseded: int = 0  # older runs of the same measurement left out
     log_to: str | None = None  # parent run that receives the report as artifacts
+    all_rows: list[Row] = field(default_factory=list)  # before the newest-per-measurement rule (gpus.py)
 
 
 def finish_rows(rows: Sequence[Row]) -> tuple[list[Row], int]:
@@ -364,6 +365,7 @@ def load_mlflow(tracking_uri: str, experiment: str | None = None, run_id: str | 
         )
         for r in children
     ]
+    every = rows
     rows, superseded = finish_rows(rows)
     used = defaultdict(int)
     for r in rows:
@@ -393,7 +395,7 @@ def load_mlflow(tracking_uri: str, experiment: str | None = None, run_id: str | 
         )
     log_to = run_id or (parents[0].run_id if len(parents) == 1 else None)
     origin = f"MLflow store `{tracking_uri}`"
-    return Dataset(exp.name, rows, origin, selection, parents, [], superseded, log_to)
+    return Dataset(exp.name, rows, origin, selection, parents, [], superseded, log_to, every)
 
 
 def load_bundles(bundles: Sequence[Path], experiment: str | None = None) -> list[Dataset]:
@@ -421,9 +423,8 @@ def load_bundles(bundles: Sequence[Path], experiment: str | None = None) -> list
             "every record of the bundle(s); a later line or bundle replaces an earlier one of the same "
             "measurement (variant, shape, device, options)"
         )
-        out.append(
-            Dataset(name, kept, "results bundle(s), read directly", selection, [], used, superseded, None)
-        )
+        origin = "results bundle(s), read directly"
+        out.append(Dataset(name, kept, origin, selection, [], used, superseded, None, rows))
     return out
 
 
@@ -431,5 +432,6 @@ def dataset_from_rows(
     experiment: str, rows: Sequence[Row], origin: str = "rows given by the caller"
 ) -> Dataset:
     """A Dataset of rows already made (tests, notebooks): devices and shapes named, newest kept."""
-    kept, superseded = finish_rows(list(rows))
-    return Dataset(experiment, kept, origin, "the rows given", [], [], superseded, None)
+    every = list(rows)
+    kept, superseded = finish_rows(every)
+    return Dataset(experiment, kept, origin, "the rows given", [], [], superseded, None, every)
