@@ -106,6 +106,7 @@ class CudnnBuilt:
         self.gpu = self.device.type == "cuda"
         self.format = torch.channels_last if spec.layout == "cl" else torch.contiguous_format
         self.kernel_filter: str | None = KERNEL_FILTER if self.gpu else None
+        self.build_params: Mapping[str, str] = {}
         if self.gpu:
             name = torch.cuda.get_device_name(self.device).replace(" ", "_")
             backend = f"cudnn-{torch.backends.cudnn.version()}-{name}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ class NumpyReference:
     """`kernels.layer.reference` behind the Built protocol; runs on the host, synchronously."""
 
     kernel_filter: str | None = None  # no GPU kernels
+    build_params: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, shape: LayerShape) -> None:
         self.shape = shape

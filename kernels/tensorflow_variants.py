@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 from typing import Any
 
 import numpy as np
@@ -143,6 +143,7 @@ class TfBuilt:
     """A traced (and for XLA compiled) `tf.function` of the layer, pinned to one device."""
 
     kernel_filter: str | None = None  # every GPU kernel of a run is the layer's (TF, Eigen, cuDNN, cuBLAS)
+    build_params: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, spec: TfSpec, shape: LayerShape, device: DeviceSpec) -> None:
         tf = import_tensorflow()

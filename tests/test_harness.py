@@ -197,7 +197,7 @@ def test_cupti_kernel_time_on_gpu() -> None:
     import torch
 
     class TorchMatmul:
-        compile_s, target, artifacts, kernel_filter = 0.0, "torch-cuda", {}, None
+        compile_s, target, artifacts, kernel_filter, build_params = 0.0, "torch-cuda", {}, None, {}
 
         def place(self, inputs):
             return torch.randn(2048, 2048, device="cuda")

@@ -335,17 +335,31 @@ def test_the_committed_two_gpu_run_reports_both_gpus_at_once(tmp_path: Path) -> 
     """results/h200x2 (issue #7): the sweep ran on both GPUs at once, never two jobs on one GPU, and
     the report says so, with the across-GPU agreement, from the bundles alone."""
     bundles = [ROOT / "results" / "h200x2" / b for b in ("mobilenet_v1", "agree_gpu0", "agree_gpu1")]
-    if not all((b / "records.jsonl").is_file() for b in bundles):
-        pytest.skip("results/h200x2 is not in this checkout")
-    _run(
-        [sys.executable, "-m", "orchestrator.report", "--bundle", *map(str, bundles), "--out", str(tmp_path)],
-        ROOT,
-    )
+    h100 = ROOT / "results" / "h100" / "mobilenet_v1"
+    if not all((b / "records.jsonl").is_file() for b in [*bundles, h100]):
+        pytest.skip("results/h200x2 or results/h100 is not in this checkout")
+    args = ["--bundle", str(h100), *map(str, bundles), "--out", str(tmp_path)]
+    _run([sys.executable, "-m", "orchestrator.report", *args], ROOT)
     text = (tmp_path / "findings.md").read_text()
     assert "## Several GPUs of one machine" in text and "| across GPUs | halide |" in text
+    assert "## Across GPU models" in text and "| shape | variant | h100 | h200 | h200 / h100 |" in text
     rows = list(csv.DictReader((tmp_path / "gpus_concurrency.csv").open()))
     sweep = next(r for r in rows if r["run"].endswith("mobilenet_v1"))
     assert sweep["gpus"].count(",") == 1 and float(sweep["jobs_running_mean"]) > 1.5
     assert all(r["same_gpu_overlaps"] == "0" for r in rows)
     keys = [r.key for r in read_bundle(bundles[0])]
     assert len(keys) == len(set(keys)) == 230  # every job of the sweep recorded once
+
+
+def test_across_gpu_models_marks_a_tuned_schedule_that_came_from_the_heuristic() -> None:
+    from orchestrator.report.findings import _across_devices
+
+    shape = APP.as_params()
+    rows = []
+    for device, t, source in (("h100", 1.0, "db"), ("h200", 2.0, "heuristic")):
+        params = {"variant": "halide_tuned", "framework": "halide", **shape, "device": device,
+                  "device_kind": "cuda", "peak_gflops": "50000", "mem_gbps": "3000",
+                  "schedule_source": source}  # fmt: skip
+        rows.append(row_from_parts(params, {"time_ms": t}, {"status": "ok"}, run_id=device))
+    text = _across_devices(dataset_from_rows("x", rows).rows)
+    assert "| app | halide_tuned | 1 ms | 2 ms (h) | 2.00 |" in text and "used the family's heuristic" in text

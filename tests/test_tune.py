@@ -120,6 +120,7 @@ def test_tuned_serves_the_db_entry_else_the_heuristic(tmp_path: Path) -> None:
 
     built = registry.get("halide_tuned").build(shape, CPU, options)
     info = json.loads(built.artifacts["build.json"])
+    assert built.build_params == {"schedule_source": "db"}  # a param of the record: db or heuristic
     assert info["source"] == "db" and json.loads(built.artifacts["tuned.json"])["params"] == family.as_dict(
         params
     )
@@ -128,6 +129,7 @@ def test_tuned_serves_the_db_entry_else_the_heuristic(tmp_path: Path) -> None:
     fallback = registry.get("halide_tuned").build(other, CPU, options)
     info = json.loads(fallback.artifacts["build.json"])
     assert info["source"] == "heuristic" and "no entry" in info["reason"]
+    assert fallback.build_params == {"schedule_source": "heuristic"}
     assert json.loads(fallback.artifacts["tuned.json"])["params"] == family.as_dict(
         family.heuristic(other, CPU)
     )

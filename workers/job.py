@@ -150,6 +150,7 @@ def _execute(job: Job, record: Record) -> Record:
     record.params["target"] = str(built.target)
     if built.kernel_filter:
         record.params["kernel_filter"] = built.kernel_filter
+    record.params.update({str(k): str(v) for k, v in built.build_params.items()})
     record.artifacts.update({str(k): str(v) for k, v in built.artifacts.items()})
 
     # --- verify ---

@@ -170,4 +170,5 @@ def build(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any]) -> 
     )
     built.artifacts["build.json"] = json.dumps(info, indent=1)
     built.artifacts["tuned.json"] = json.dumps(choice.as_dict(), indent=1, sort_keys=True)
+    built.build_params["schedule_source"] = choice.source  # db | heuristic: compare like with like
     return built

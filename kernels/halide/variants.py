@@ -245,6 +245,7 @@ class CpuBuilt:
         self.compile_s = compile_s
         self.target = target
         self.artifacts = artifacts
+        self.build_params: dict[str, str] = {}
 
     def place(self, inputs: LayerInputs) -> Placed:
         import halide as hl
@@ -293,6 +294,7 @@ class CudaBuilt:
         self.target = target.to_string()
         self.artifacts = artifacts
         self.kernel_filter = KERNEL_FILTER
+        self.build_params: dict[str, str] = {}
         self.max_registers = max_registers
         self._loaded = False
         self._last: Placed | None = None

@@ -148,19 +148,27 @@ def _across_devices(rows: Sequence[Row]) -> str:
     if len(gpu_devices) < 2:
         return ""
     cells: dict[tuple[str, str], dict[str, float]] = {}
+    heuristic: set[tuple[str, str, str]] = set()  # halide_tuned cells served by the heuristic, not the db
     for r in ok_rows(rows):
         if r["device_key"] in gpu_devices:
             cells.setdefault((r["shape_key"], r["variant"]), {})[r["device_key"]] = float(r["time_ms"])
+            if r.get("schedule_source") == "heuristic":
+                heuristic.add((r["shape_key"], r["variant"], r["device_key"]))
     first, others = gpu_devices[0], gpu_devices[1:]
     table = []
     for (shape, variant), times in sorted(cells.items()):
         ratios = [times[d] / times[first] if d in times and first in times else None for d in others]
-        table.append(
-            [shape, variant, *(ft(times.get(d)) for d in gpu_devices), *(_num(x, ".2f") for x in ratios)]
-        )
+        shown = [ft(times.get(d)) + (" (h)" if (shape, variant, d) in heuristic else "") for d in gpu_devices]
+        table.append([shape, variant, *shown, *(_num(x, ".2f") for x in ratios)])
+    note = (
+        " (h): `halide_tuned` found no tuning-database entry for that GPU model and used the family's "
+        "heuristic, so its ratio compares two different schedules."
+        if heuristic
+        else ""
+    )
     return (
         "## Across GPU models\n\n"
-        f"Time of each ok job on each GPU model, and its ratio to `{first}` (below 1: faster there).\n\n"
+        f"Time of each ok job on each GPU model and its ratio to `{first}` (below 1: faster).{note}\n\n"
         + md_table(["shape", "variant", *gpu_devices, *(f"{d} / {first}" for d in others)], table)
     )
 
