@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from kernels.device import DeviceSpec
+from kernels.halide.tiling import BlockExtents
 from kernels.layer import KERNEL, LayerShape
 
 CPU_DW_AT = ("root", "tile", "cblock", "inline")
@@ -75,7 +76,7 @@ class CpuParams:
 
 
 @dataclass(frozen=True)
-class GpuParams:
+class GpuParams(BlockExtents):
     """A CUDA schedule of the family: thread blocks of `threads_co` x `threads_x` x `threads_y` threads,
     each accumulating `lanes` output channels (one vector) by `tx` x `ty` pixels in registers, `k` input
     channels per unrolled reduction step; the depthwise at `dw_at`; the block's padded input
@@ -95,22 +96,6 @@ class GpuParams:
     max_registers: int = 64
 
     kind = "cuda"
-
-    @property
-    def threads(self) -> int:
-        return self.threads_co * self.threads_x * self.threads_y
-
-    @property
-    def block_co(self) -> int:
-        return self.lanes * self.threads_co
-
-    @property
-    def block_x(self) -> int:
-        return self.tx * self.threads_x
-
-    @property
-    def block_y(self) -> int:
-        return self.ty * self.threads_y
 
 
 Params = CpuParams | GpuParams

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import halide as hl
 
 from kernels.halide.algorithm import Layer
+from kernels.halide.tiling import BlockExtents
 
 # Bytes of shared memory a block may use for its depthwise tile (under the 48 KiB static limit).
 _SHARED_BYTES = 32 * 1024
@@ -113,7 +114,7 @@ def schedule_app(L: Layer, target: hl.Target) -> dict[str, object]:
 
 
 @dataclass(frozen=True)
-class ThreadTile:
+class ThreadTile(BlockExtents):
     """The ablation schedules' tiling, in the manner of Halide's `apps/cuda_mat_mul`: each thread
     accumulates `lanes` output channels (one vector) by `tx` x `ty` pixels in registers, with
     the weights and depthwise values of each reduction step staged in registers; no shared memory
@@ -125,18 +126,6 @@ class ThreadTile:
     threads_co: int
     threads_x: int
     threads_y: int
-
-    @property
-    def block_co(self) -> int:
-        return self.lanes * self.threads_co
-
-    @property
-    def block_x(self) -> int:
-        return self.tx * self.threads_x
-
-    @property
-    def block_y(self) -> int:
-        return self.ty * self.threads_y
 
 
 def _waste(extent: int, tile: int) -> float:

@@ -1,0 +1,33 @@
+"""Block extents of a register-tiled CUDA schedule, without importing Halide (the search family's
+parameters are read where Halide is not installed: the driver plans and records tuning jobs)."""
+
+from __future__ import annotations
+
+
+class BlockExtents:
+    """What a thread block covers, for a tiling whose thread owns `lanes` output channels by `tx` x `ty`
+    pixels, in blocks of `threads_co` x `threads_x` x `threads_y` threads: the base of
+    schedules_gpu.ThreadTile and of the search family's GpuParams, so both derive the same extents."""
+
+    lanes: int
+    tx: int
+    ty: int
+    threads_co: int
+    threads_x: int
+    threads_y: int
+
+    @property
+    def threads(self) -> int:
+        return self.threads_co * self.threads_x * self.threads_y
+
+    @property
+    def block_co(self) -> int:
+        return self.lanes * self.threads_co
+
+    @property
+    def block_x(self) -> int:
+        return self.tx * self.threads_x
+
+    @property
+    def block_y(self) -> int:
+        return self.ty * self.threads_y
