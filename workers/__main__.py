@@ -20,8 +20,6 @@ import argparse
 import contextlib
 import json
 import queue
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -150,23 +148,12 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
     return settings
 
 
-def machine_gpus() -> list[str]:
-    """Indices of this machine's GPUs, from `nvidia-smi -L` (empty when it is missing or sees none)."""
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
-
-
 def parse_gpus(spec: str, present: Sequence[str]) -> list[str]:
     """`--gpus` into GPU indices: `all` (every GPU in `present`) or distinct indices such as `0,1`."""
-    shown = ", ".join(present) if present else "none found by nvidia-smi"
+    shown = ", ".join(present) if present else "none found"
     if spec == "all":
         if not present:
-            raise CliError("--gpus all: this machine has no GPU that nvidia-smi lists")
+            raise CliError("--gpus all: this machine has no GPU (nvidia-smi and torch see none)")
         return list(present)
     gpus = [g.strip() for g in spec.split(",")]
     if not all(g.isdigit() for g in gpus) or len(set(gpus)) != len(gpus):
@@ -231,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = load_jobs(args.jobs)
     if args.only:
         jobs = [j for j in jobs if args.only in j.key]
-    gpus = parse_gpus(args.gpus, machine_gpus()) if args.gpus else []
+    gpus = parse_gpus(args.gpus, hostinfo.gpu_indices()) if args.gpus else []
     if len(gpus) > 1 and args.profile != "none":
         raise CliError("--profile runs on one GPU at a time: give --gpus a single index, or leave it out")
     out: Path = args.out
@@ -256,8 +243,8 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     if todo:
-        (out / "logs").mkdir(exist_ok=True)
         logs = out / "logs"
+        logs.mkdir(exist_ok=True)
         runners = [
             (
                 g,

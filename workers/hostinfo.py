@@ -72,6 +72,11 @@ def library_version(name: str) -> str:
         return NOT_INSTALLED
 
 
+def gpu_indices() -> list[str]:
+    """Indices of this machine's GPUs (`0`, `1`, ...), as many as `gpu_count` says; empty without one."""
+    return [str(i) for i in range(int(_gpu_facts().get("gpu_count", 0)))]
+
+
 def _gpu_facts() -> dict[str, str]:
     """GPU model and driver from nvidia-smi, else from torch where an NVIDIA driver is loaded; empty
     without a GPU."""

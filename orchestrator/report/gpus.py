@@ -61,19 +61,19 @@ def concurrency(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """Per run (parent run or bundle) and device that used a GPU: the GPUs, jobs, wall time from the
     first job's start to the last one's end, the jobs' summed time, their ratio (jobs running on
     average), the most at once, and job pairs that overlapped on one GPU."""
-    groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[tuple[str, tuple[float, float]]]] = defaultdict(list)
     for r in rows:
-        if _gpu(r) and _span(r):
-            groups[(run_of(r), str(r.get("device_key", r.get("device", "?"))))].append(r)
+        gpu, span = _gpu(r), _span(r)
+        if gpu and span:
+            groups[(run_of(r), str(r.get("device_key", r.get("device", "?"))))].append((gpu, span))
     table = []
     for (run, device), members in groups.items():
-        spans = [_span(r) for r in members]
-        spans_ok = [s for s in spans if s is not None]
+        spans = [span for _, span in members]
         per_gpu: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        for r in members:
-            per_gpu[_gpu(r) or "?"].append(_span(r))  # type: ignore[arg-type]
-        wall = max(e for _, e in spans_ok) - min(s for s, _ in spans_ok)
-        busy = sum(e - s for s, e in spans_ok)
+        for gpu, span in members:
+            per_gpu[gpu].append(span)
+        wall = max(e for _, e in spans) - min(s for s, _ in spans)
+        busy = sum(e - s for s, e in spans)
         table.append(
             {
                 "run": run,
@@ -84,7 +84,7 @@ def concurrency(rows: Sequence[Row]) -> list[dict[str, Any]]:
                 "wall_s": wall,
                 "jobs_s": busy,
                 "jobs_running_mean": busy / wall if wall > 0 else None,
-                "jobs_running_max": _peak(spans_ok),
+                "jobs_running_max": _peak(spans),
                 "same_gpu_overlaps": sum(_overlapping_pairs(v) for v in per_gpu.values()),
             }
         )
