@@ -189,12 +189,16 @@ class FamilySearch:
     """`random` and `evolve` over the family's space for one (shape, device)."""
 
     def __init__(self, shape: LayerShape, device: DeviceSpec, t: TuneConf, rng: random.Random) -> None:
-        from kernels.halide import family
+        from kernels.halide import family, tuned
 
         self.family, self.shape, self.device, self.t, self.rng = family, shape, device, t, rng
         self.seeds = (
             family.seeds(shape, device) if t.strategy == "evolve" else [family.heuristic(shape, device)]
         )
+        if t.strategy == "evolve":  # a search goes on from the best schedule found so far
+            known = tuned.choose(shape, device, {"tuning_db": t.db} if t.db else None)
+            if known.source == "db" and known.params not in self.seeds:
+                self.seeds.insert(1, known.params)
 
     def _candidate(self, params: Any, baseline: bool = False) -> Candidate:
         return Candidate.make("halide_family", {"params": self.family.as_dict(params)}, baseline)

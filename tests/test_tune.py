@@ -85,6 +85,40 @@ def test_mutations_and_fits_stay_valid() -> None:
             assert family.check(family.fit(other, shape, device), shape, device) is None
 
 
+def test_model_seeds_are_valid_distinct_tiles_that_the_traffic_model_prefers() -> None:
+    shape = LayerShape("b14", n=32, h=14, w=14, c=512, co=512)
+    seeds = family.model_seeds(shape, H100)
+    assert len(seeds) == family.GPU_MODEL_SEEDS
+    assert all(family.check(p, shape, H100) is None for p in seeds)
+    assert len({(p.dw_at, p.lanes, p.tx, p.ty) for p in seeds}) == len(seeds)
+    assert sum(p.max_registers == 255 for p in seeds) == family.GPU_MODEL_SEEDS // 2
+    # The schedule the first H100 search kept for this block (one warp of 128 channels by 7 pixels)
+    # re-reads its weight panel for every 7 pixels; every seed asks less of the caches.
+    first = family.GpuParams("root", 4, 7, 1, 32, 1, 1, 8, "global", False, 64)
+    assert all(family.traffic(p, shape).cost < family.traffic(first, shape).cost / 4 for p in seeds)
+    assert family.model_seeds(shape, CPU) == []
+    assert set(seeds) <= set(family.seeds(shape, H100))
+
+
+def test_more_accumulators_only_with_the_whole_register_file() -> None:
+    shape = LayerShape("b14", n=32, h=14, w=14, c=512, co=512)
+    wide = {"dw_at": "root", "lanes": 4, "tx": 7, "ty": 4, "threads_co": 16, "threads_x": 2, "threads_y": 2}
+    assert family.from_options({**wide, "max_registers": 255}, shape, H100).lanes == 4
+    with pytest.raises(family.ParamsError, match="112 accumulators exceed 64 at max_registers=128"):
+        family.from_options({**wide, "max_registers": 128}, shape, H100)
+
+
+def test_an_evolve_search_starts_from_the_database_entry(tmp_path: Path) -> None:
+    shape = LayerShape("b14", n=32, h=14, w=14, c=512, co=512)
+    best = family.GpuParams("root", 4, 7, 2, 16, 2, 4, 8, "global", False, 128)
+    db = tmp_path / "db.json"
+    assert tuned.store(db, tuned.entry_key(shape, H100), {"params": family.as_dict(best), "time_ms": 0.1})
+    search = tune.FamilySearch(shape, H100, tune.TuneConf(db=str(db)), random.Random(0))
+    assert search.seeds[0] == family.heuristic(shape, H100) and search.seeds[1] == best
+    plain = tune.FamilySearch(shape, H100, tune.TuneConf(db=str(tmp_path / "none.json")), random.Random(0))
+    assert best not in plain.seeds
+
+
 def test_bad_params_name_the_valid_choices() -> None:
     shape = AWKWARD[0]
     with pytest.raises(family.ParamsError, match="valid parameters: dw_at, lanes"):

@@ -47,7 +47,9 @@ MAX_REGISTERS = (64, 128, 255)  # HL_CUDA_JIT_MAX_REGISTERS; 64 is Halide's defa
 GPU_MAX_THREADS = 1024  # threads per block
 GPU_REGISTERS_PER_BLOCK = 65536  # 32-bit registers of one SM, all a block may take (sm_50 .. sm_90)
 GPU_SHARED_BYTES = 48 * 1024  # static shared memory per block without an opt-in
-GPU_MAX_ACCUMULATORS = 64  # fp32 accumulators a thread may keep in registers
+GPU_MAX_ACCUMULATORS = 64  # fp32 accumulators a thread may keep in registers (128 with the whole file)
+GPU_MODEL_SEEDS = 12  # register tiles from the traffic model that seed a search
+L2_TO_L1_BANDWIDTH = 5  # how many times scarcer L2 bandwidth is than the L1 of all SMs (H100: ~30/5.5 TB/s)
 CPU_MAX_VECTORS = 4
 
 
@@ -237,8 +239,11 @@ def check(params: Params, shape: LayerShape, device: DeviceSpec) -> str | None:
         return f"{p.threads} threads per block: fewer than a warp"
     if p.threads * p.max_registers > GPU_REGISTERS_PER_BLOCK:
         return f"{p.threads} threads x {p.max_registers} registers exceed {GPU_REGISTERS_PER_BLOCK} per block"
-    if p.lanes * p.tx * p.ty > GPU_MAX_ACCUMULATORS:
-        return f"lanes x tx x ty = {p.lanes * p.tx * p.ty} accumulators exceed {GPU_MAX_ACCUMULATORS}"
+    if p.lanes * p.tx * p.ty > accumulator_cap(p.max_registers):
+        return (
+            f"lanes x tx x ty = {p.lanes * p.tx * p.ty} accumulators exceed "
+            f"{accumulator_cap(p.max_registers)} at max_registers={p.max_registers}"
+        )
     demand = register_demand(p, s)
     if demand > 2 * p.max_registers + 64:
         return f"about {demand} registers a thread needed, far above the cap of {p.max_registers}"
@@ -248,6 +253,13 @@ def check(params: Params, shape: LayerShape, device: DeviceSpec) -> str | None:
     if smem > GPU_SHARED_BYTES:
         return f"{smem} bytes of shared memory per block exceed {GPU_SHARED_BYTES}"
     return None
+
+
+def accumulator_cap(max_registers: int) -> int:
+    """The fp32 accumulators a thread may keep: 64, or 128 when it may use the whole register file
+    (255). `ptxas -v` (sm_90) fits most 128-accumulator tiles of the MobileNet blocks without spilling;
+    a few spill some dozen bytes, and the measurement judges those."""
+    return 2 * GPU_MAX_ACCUMULATORS if max_registers >= 255 else GPU_MAX_ACCUMULATORS
 
 
 def register_demand(p: GpuParams, s: LayerShape) -> int:
@@ -570,10 +582,99 @@ def named(shape: LayerShape, device: DeviceSpec) -> dict[str, Params]:
     return out
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """What a GPU schedule with the depthwise read from memory (`root`, `block`) asks of the caches per
+    reduction step, by a simple count, in bytes per lane-FMA: `l1`, the L1/shared wavefronts of one
+    warp (its weight vectors, one 32-byte sector per distinct pixel per `k` channels); `l2`, what a
+    block fetches (its weight panel and depthwise tile). An SM moves 128 bytes of L1 and issues 128
+    FMAs a clock, so above about 0.5 the loads bind; L2 has about a fifth of the L1 bandwidth of all SMs
+    together (H100: about 5.5 against 30 TB/s). Used to rank register tiles for seeding, never reported
+    as a measurement."""
+
+    l1: float
+    l2: float
+
+    @property
+    def cost(self) -> float:
+        """Bytes per lane-FMA of the cache that binds, in L1 bytes."""
+        return max(self.l1, L2_TO_L1_BANDWIDTH * self.l2)
+
+
+def traffic(p: GpuParams, shape: LayerShape) -> Traffic:
+    """`Traffic` of `p` on `shape` (threads are laid out with `threads_co` fastest, as `_apply_gpu` does)."""
+    warp_co = min(32, p.threads_co)
+    warp_px = max(1, min(32 // warp_co, p.threads_x * p.threads_y)) * p.tx * p.ty
+    weights = 32 * math.ceil(4 * warp_co * p.lanes / 32)
+    depthwise = warp_px * 32 / min(4, p.k)
+    fmas = warp_co * p.lanes * warp_px
+    block_co, block_px = p.block_co, p.block_x * p.block_y
+    return Traffic(l1=(weights + depthwise) / fmas, l2=4 * (block_co + block_px) / (block_co * block_px))
+
+
+def _tail_waste(p: GpuParams, s: LayerShape) -> float:
+    """Work done per useful work: tiles never exceed an extent, so a tail tile recomputes."""
+
+    def waste(extent: int, tile: int) -> float:
+        return math.ceil(extent / tile) * tile / extent
+
+    return waste(s.co, p.block_co) * waste(s.wo, p.block_x) * waste(s.ho, p.block_y)
+
+
+def model_seeds(shape: LayerShape, device: DeviceSpec, count: int = GPU_MODEL_SEEDS) -> list[GpuParams]:
+    """The `count` register tiles the `traffic` model ranks best for `shape` on a GPU: the depthwise at
+    `root` or `block`, 64-256 threads a block, at least 16 accumulators a thread (fewer only where the
+    output is smaller), a block for every SM; ranked by `Traffic.cost` times tail waste, one per
+    (dw_at, lanes, tx, ty) so that the seeds differ in their register tile; half of them within 128
+    registers a thread, half with 64-128 accumulators and the whole register file."""
+    if not device.is_gpu:
+        return []
+    s = shape
+    values = space(s, device)
+    pow2 = (1, 2, 4, 8, 16, 32)
+    k = max(v for v in values["k"] if v <= 8)
+    ranked: list[tuple[float, GpuParams]] = []
+    for dw_at in ("root", "block"):
+        for lanes in values["lanes"]:
+            for tx in values["tx"]:
+                for ty in values["ty"]:
+                    acc = lanes * tx * ty
+                    if acc < min(16, lanes * s.wo * s.ho):
+                        continue
+                    regs = 128 if acc <= GPU_MAX_ACCUMULATORS else 255
+                    for tco in (v for v in pow2 if v in values["threads_co"]):
+                        for txx in (v for v in pow2 if v in values["threads_x"]):
+                            for tyy in (v for v in pow2 if v in values["threads_y"]):
+                                p = GpuParams(dw_at, lanes, tx, ty, tco, txx, tyy, k, "global", False, regs)
+                                if not 64 <= p.threads <= 256 or check(p, s, device) is not None:
+                                    continue
+                                blocks = (
+                                    math.ceil(s.co / p.block_co)
+                                    * math.ceil(s.wo / p.block_x)
+                                    * math.ceil(s.ho / p.block_y)
+                                    * s.n
+                                )
+                                if blocks < max(1, device.sm_count):
+                                    continue
+                                ranked.append((traffic(p, s).cost * _tail_waste(p, s), p))
+    ranked.sort(key=lambda r: (r[0], -r[1].threads, r[1].dw_at))
+    # The model sees no latency: half the seeds keep a thread within 128 registers (more warps a
+    # block's SM can hold), half use the whole register file (more work a warp has in flight).
+    out: list[GpuParams] = []
+    for whole_file, quota in ((False, count - count // 2), (True, count // 2)):
+        tiles: set[tuple[str, int, int, int]] = set()
+        for _, p in ranked:
+            tile = (p.dw_at, p.lanes, p.tx, p.ty)
+            if (p.max_registers == 255) == whole_file and tile not in tiles and len(tiles) < quota:
+                tiles.add(tile)
+                out.append(canonical(p, s))
+    return out
+
+
 def seeds(shape: LayerShape, device: DeviceSpec) -> list[Params]:
-    """Structured starting points: the heuristic, the named manual schedules' parameters (`named`), then
-    the heuristic's tiles with the depthwise at every other level (the fusion ablation), each valid,
-    without duplicates."""
+    """Structured starting points: the heuristic, the named manual schedules' parameters (`named`), the
+    heuristic's tiles with the depthwise at every other level (the fusion ablation), then on a GPU the
+    traffic model's register tiles (`model_seeds`); each valid, without duplicates."""
     base = heuristic(shape, device)
     out: list[Params] = [base]
     for q in named(shape, device).values():
@@ -581,6 +682,9 @@ def seeds(shape: LayerShape, device: DeviceSpec) -> list[Params]:
             out.append(q)
     for dw_at in CPU_DW_AT if not device.is_gpu else GPU_DW_AT:
         q = fit(dataclasses.replace(base, dw_at=dw_at), shape, device)
+        if q not in out:
+            out.append(q)
+    for q in model_seeds(shape, device):
         if q not in out:
             out.append(q)
     return out
