@@ -1,0 +1,99 @@
+"""How Halide 21 compiles a shared-memory tiled GEMM of the layer's pointwise (issue #6, question 2).
+
+A fast fp32 GEMM keeps each thread's accumulators in registers while the block stages one chunk of the
+reduction at a time (weights and depthwise values) in shared memory. In Halide that needs the
+accumulator Func computed at the block level, with the reduction-chunk loop outside the thread loops.
+These tests compile such a schedule for CUDA (PTX, no GPU needed) and check what Halide 21 makes of it:
+
+- stored in registers, every thread gets a private copy of the whole block's accumulator tile, in local
+  memory (here whenever the staging copies are laid over other threads than the tile; through the
+  family's build path it happened with matching threads too: `allocate pointwise.0[float32 * 14336] in
+  Register`, a 57344-byte local depot at 14x14x512, and on the H100 such kernels failed to launch,
+  CUDA_ERROR_OUT_OF_MEMORY, or ran 5.6-68 ms: `tuning/README.md`);
+- stored in shared memory, the accumulators are loaded and stored again for every reduction step.
+
+So the family keeps the accumulators at thread level, with the whole reduction inside the thread, and
+stages shared memory only for the whole reduction (`dw_at=block`, `weights=shared`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import halide as hl
+
+from kernels.device import DeviceSpec
+from kernels.halide import algorithm, variants
+from kernels.layer import LayerShape
+
+H100 = DeviceSpec("h100", "cuda", "NVIDIA H100", 60000.0, 3350.0, sm_count=132, cuda_capability=90)
+SHAPE = LayerShape("b14", n=1, h=14, w=14, c=512, co=512)
+BLOCK = (64, 14, 2)  # co x px x py a block
+THREAD = (4, 7, 1)  # co (one vector) x px x py a thread
+CHUNK = 8  # reduction steps staged at a time
+
+
+def _output_kernel(L: algorithm.Layer, tmp: Path) -> str:
+    """PTX of the output kernel of the scheduled layer `L`."""
+    path = tmp / "layer.stmt"
+    L.output.compile_to_lowered_stmt(
+        str(path), L.arguments, hl.StmtOutputFormat.Text, variants.cuda_target(H100)
+    )
+    text = path.read_text(errors="replace")
+    start = text.index(".entry _kernel_output")
+    return text[start : text.index("// -- End function", start)]
+
+
+def _staged_gemm_ptx(accumulators: hl.MemoryType, tmp: Path, staging_threads: int | None = None) -> str:
+    """PTX of the output kernel with the pointwise accumulators at block level in `accumulators`, the
+    reduction split into CHUNK-channel steps outside the thread loops, and each step's weights and
+    depthwise values staged in shared memory by the tile's threads (or by `staging_threads` threads)."""
+    L = algorithm.define(SHAPE)
+    c, x, y, n = L.c, L.x, L.y, L.n
+    o, pw = L.output, L.pointwise
+    ci, xi, yi, cii, xii, yii = (hl.Var(v) for v in ("ci", "xi", "yi", "cii", "xii", "yii"))
+    o.tile([c, x, y], [ci, xi, yi], list(BLOCK)).tile([ci, xi, yi], [cii, xii, yii], list(THREAD))
+    o.reorder(cii, xii, yii, ci, xi, yi, c, x, y, n).fuse(y, n, n).gpu_blocks(c, x, n)
+    o.gpu_threads(ci, xi, yi).vectorize(cii).unroll(xii).unroll(yii)
+    pw.compute_at(o, c).store_in(accumulators)
+    pw.tile([c, x, y], [ci, xi, yi], list(THREAD)).reorder(ci, xi, yi, c, x, y).gpu_threads(c, x, y)
+    pw.vectorize(ci).unroll(xi).unroll(yi)
+    ro, ri = hl.RVar("ro"), hl.RVar("ri")
+    u = pw.update().split(L.rc.x, ro, ri, CHUNK).tile([c, x, y], [ci, xi, yi], list(THREAD))
+    u.reorder(ci, xi, yi, ri, c, x, y, ro).gpu_threads(c, x, y).vectorize(ci).unroll(xi).unroll(yi).unroll(ri)
+    threads = [b // t for b, t in zip(BLOCK, THREAD, strict=True)]
+    L.depthwise.compute_root().gpu_tile(c, x, ci, xi, 32, 7, hl.TailStrategy.GuardWithIf)
+    for staged, prefix in ((L.pointwise_filter.in_(), "w"), (L.depthwise.in_(), "d")):
+        staged.compute_at(pw, ro).store_in(hl.MemoryType.GPUShared)
+        args = staged.args()
+        fused = args[0]
+        for i, v in enumerate(args[1:]):
+            nxt = hl.Var(f"{prefix}f{i}")
+            staged.fuse(fused, v, nxt)
+            fused = nxt
+        to, ti, t0, t1, t2, t12 = (hl.Var(prefix + v) for v in ("to", "ti", "t0", "t1", "t2", "t12"))
+        if staging_threads:
+            staged.split(fused, to, ti, staging_threads, hl.TailStrategy.GuardWithIf).gpu_threads(ti)
+            continue
+        staged.split(fused, to, ti, threads[0] * threads[1] * threads[2], hl.TailStrategy.GuardWithIf)
+        staged.split(ti, t12, t0, threads[0]).split(t12, t2, t1, threads[1])
+        staged.reorder(t0, t1, t2, to).gpu_threads(t0, t1, t2)
+    return _output_kernel(L, tmp)
+
+
+def test_block_level_register_accumulators_staged_by_other_threads_are_copied_per_thread(
+    tmp_path: Path,
+) -> None:
+    ptx = _staged_gemm_ptx(hl.MemoryType.Register, tmp_path, staging_threads=128)
+    depot = re.search(r"\.local \.align \d+ \.b8\s+__local_depot\d+\[(\d+)\]", ptx)
+    tile_bytes = 4 * BLOCK[0] * BLOCK[1] * BLOCK[2]
+    assert depot and int(depot.group(1)) >= tile_bytes, depot
+    assert "st.local" in ptx
+
+
+def test_block_level_shared_accumulators_are_stored_again_every_reduction_step(tmp_path: Path) -> None:
+    ptx = _staged_gemm_ptx(hl.MemoryType.GPUShared, tmp_path)
+    assert "__local_depot" not in ptx
+    vector_stores = len(re.findall(r"st\.shared\.v4", ptx))
+    assert vector_stores >= CHUNK * THREAD[1] * THREAD[2], vector_stores  # one per pixel, every step
