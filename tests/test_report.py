@@ -344,7 +344,7 @@ def test_the_committed_two_gpu_run_reports_both_gpus_at_once(tmp_path: Path) -> 
     assert "## Several GPUs of one machine" in text and "| across GPUs | halide |" in text
     assert "## Across GPU models" in text and "| shape | variant | h100 | h200 | h200 / h100 |" in text
     rows = list(csv.DictReader((tmp_path / "gpus_concurrency.csv").open()))
-    sweep = next(r for r in rows if r["run"].endswith("mobilenet_v1"))
+    sweep = next(r for r in rows if r["run"].endswith("h200x2/mobilenet_v1"))
     assert sweep["gpus"].count(",") == 1 and float(sweep["jobs_running_mean"]) > 1.5
     assert all(r["same_gpu_overlaps"] == "0" for r in rows)
     keys = [r.key for r in read_bundle(bundles[0])]
