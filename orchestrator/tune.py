@@ -196,7 +196,7 @@ class FamilySearch:
             family.seeds(shape, device) if t.strategy == "evolve" else [family.heuristic(shape, device)]
         )
         if t.strategy == "evolve":  # a search goes on from the best schedule found so far
-            known = tuned.choose(shape, device, {"tuning_db": t.db} if t.db else None)
+            known = tuned.choose(shape, device, {"tuning_db": str(db_path(t))})
             if known.source == "db" and known.params not in self.seeds:
                 self.seeds.insert(1, known.params)
 
@@ -684,13 +684,20 @@ def plan_pairs(cfg: DictConfig, t: TuneConf) -> list[PairResult]:
     return pairs
 
 
+def db_path(t: TuneConf) -> Path:
+    """The tuning database a search starts from and writes to: tune.db, else the repository's."""
+    from kernels.halide import tuned
+
+    return Path(t.db).expanduser() if t.db else tuned.DEFAULT_DB
+
+
 def write_db(pairs: Sequence[PairResult], t: TuneConf, command: str) -> list[str]:
     """Store each pair's winner in the tuning database (per tune.db_mode); returns the keys written."""
     from kernels.halide import tuned
 
     if t.db_mode == "none":
         return []
-    path = Path(t.db).expanduser() if t.db else tuned.DEFAULT_DB
+    path = db_path(t)
     written = []
     for pair in pairs:
         entry = db_entry(pair, t, command)

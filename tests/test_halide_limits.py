@@ -24,7 +24,7 @@ from pathlib import Path
 import halide as hl
 
 from kernels.device import DeviceSpec
-from kernels.halide import algorithm, variants
+from kernels.halide import algorithm, family, variants
 from kernels.layer import LayerShape
 
 H100 = DeviceSpec("h100", "cuda", "NVIDIA H100", 60000.0, 3350.0, sm_count=132, cuda_capability=90)
@@ -62,23 +62,16 @@ def _staged_gemm_ptx(accumulators: hl.MemoryType, tmp: Path, staging_threads: in
     ro, ri = hl.RVar("ro"), hl.RVar("ri")
     u = pw.update().split(L.rc.x, ro, ri, CHUNK).tile([c, x, y], [ci, xi, yi], list(THREAD))
     u.reorder(ci, xi, yi, ri, c, x, y, ro).gpu_threads(c, x, y).vectorize(ci).unroll(xi).unroll(yi).unroll(ri)
+    lanes, tx, ty = THREAD
     threads = [b // t for b, t in zip(BLOCK, THREAD, strict=True)]
+    # The copies go over the tile's own threads, as the family lays a block-level stage, or over others.
+    copiers = family.GpuParams("root", lanes, tx, ty, *threads)
+    if staging_threads:
+        copiers = family.GpuParams("root", lanes, tx, ty, staging_threads, 1, 1)
     L.depthwise.compute_root().gpu_tile(c, x, ci, xi, 32, 7, hl.TailStrategy.GuardWithIf)
     for staged, prefix in ((L.pointwise_filter.in_(), "w"), (L.depthwise.in_(), "d")):
         staged.compute_at(pw, ro).store_in(hl.MemoryType.GPUShared)
-        args = staged.args()
-        fused = args[0]
-        for i, v in enumerate(args[1:]):
-            nxt = hl.Var(f"{prefix}f{i}")
-            staged.fuse(fused, v, nxt)
-            fused = nxt
-        to, ti, t0, t1, t2, t12 = (hl.Var(prefix + v) for v in ("to", "ti", "t0", "t1", "t2", "t12"))
-        if staging_threads:
-            staged.split(fused, to, ti, staging_threads, hl.TailStrategy.GuardWithIf).gpu_threads(ti)
-            continue
-        staged.split(fused, to, ti, threads[0] * threads[1] * threads[2], hl.TailStrategy.GuardWithIf)
-        staged.split(ti, t12, t0, threads[0]).split(t12, t2, t1, threads[1])
-        staged.reorder(t0, t1, t2, to).gpu_threads(t0, t1, t2)
+        family._threads_over(staged, list(staged.args()), copiers, prefix)
     return _output_kernel(L, tmp)
 
 

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from kernels.device import DeviceSpec
-from kernels.halide.tiling import BlockExtents
+from kernels.halide.tiling import BlockExtents, tail_waste
 from kernels.layer import KERNEL, LayerShape
 
 CPU_DW_AT = ("root", "tile", "cblock", "inline")
@@ -613,12 +613,8 @@ def traffic(p: GpuParams, shape: LayerShape) -> Traffic:
 
 
 def _tail_waste(p: GpuParams, s: LayerShape) -> float:
-    """Work done per useful work: tiles never exceed an extent, so a tail tile recomputes."""
-
-    def waste(extent: int, tile: int) -> float:
-        return math.ceil(extent / tile) * tile / extent
-
-    return waste(s.co, p.block_co) * waste(s.wo, p.block_x) * waste(s.ho, p.block_y)
+    """Work done per useful work of `p`'s blocks over the whole output."""
+    return tail_waste(s.co, p.block_co) * tail_waste(s.wo, p.block_x) * tail_waste(s.ho, p.block_y)
 
 
 def model_seeds(shape: LayerShape, device: DeviceSpec, count: int = GPU_MODEL_SEEDS) -> list[GpuParams]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import halide as hl
 
 from kernels.halide.algorithm import Layer
+from kernels.halide.tiling import tail_waste
 
 # Accumulators the pointwise micro-kernel may keep in registers: 24 of 32 zmm leave room for the
 # weight vectors (28 spilled on AVX-512), 12 of 16 ymm on AVX2.
@@ -82,11 +83,6 @@ def host_threads() -> int:
     return int(env) if env.isdigit() and int(env) > 0 else os.cpu_count() or 1
 
 
-def _waste(extent: int, tile: int) -> float:
-    """Work done over work needed when `extent` is covered by tiles of `tile` shifted inwards."""
-    return math.ceil(extent / tile) * tile / extent
-
-
 def micro_tile(L: Layer, target: hl.Target) -> MicroTile:
     """The pointwise register tile for this shape: enough accumulators to hide FMA latency, few loads
     per FMA, and little work wasted on tails (tiles are shifted inwards, so a tail redoes pixels)."""
@@ -100,9 +96,8 @@ def micro_tile(L: Layer, target: hl.Target) -> MicroTile:
                 acc = vectors * tx * ty
                 # Cycles per channel step at 2 FMAs and 2 loads a cycle, 4 cycles of FMA latency.
                 cycles = max(acc / 2, (vectors + tx * ty) / 2, 4.0)
-                score = (
-                    acc / (2 * cycles) / (_waste(s.co, lanes * vectors) * _waste(s.wo, tx) * _waste(s.ho, ty))
-                )
+                waste = tail_waste(s.co, lanes * vectors) * tail_waste(s.wo, tx) * tail_waste(s.ho, ty)
+                score = acc / (2 * cycles) / waste
                 score *= 1 + 0.01 * acc - 0.001 * ty  # ties: bigger tiles, then rows of pixels
                 if score > best_score:
                     best, best_score = MicroTile(lanes, vectors, tx, ty), score
@@ -121,7 +116,7 @@ def plan_blocks(L: Layer, t: MicroTile, threads: int, depthwise_in_task: bool) -
         if rows > by_bytes and rows != t.ty:
             break
         blocks = s.n * math.ceil(s.ho / rows)
-        pixel_waste = math.ceil(s.ho / rows) * rows / s.ho
+        pixel_waste = tail_waste(s.ho, rows)
         for chunks in range(1, co_tiles + 1):
             tasks = blocks * chunks
             co_share = s.co / chunks

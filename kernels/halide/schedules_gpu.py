@@ -19,14 +19,13 @@ Kernels are named after the Func that owns their block loops: `_kernel_output_..
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import halide as hl
 
 from kernels.halide.algorithm import Layer
-from kernels.halide.tiling import BlockExtents
+from kernels.halide.tiling import BlockExtents, tail_waste
 
 # Bytes of shared memory a block may use for its depthwise tile (under the 48 KiB static limit).
 _SHARED_BYTES = 32 * 1024
@@ -128,10 +127,6 @@ class ThreadTile(BlockExtents):
     threads_y: int
 
 
-def _waste(extent: int, tile: int) -> float:
-    return math.ceil(extent / tile) * tile / extent
-
-
 def thread_tile(
     L: Layer, max_block_co: int, max_block_pixels: int, pixels: int = 8, threads: int = 64
 ) -> ThreadTile:
@@ -145,7 +140,7 @@ def thread_tile(
     best, best_score = (1, 1), 0.0
     for tx in range(1, min(px, s.wo) + 1):
         ty = max(1, min(px // tx, s.ho))
-        score = tx * ty / (_waste(s.wo, tx) * _waste(s.ho, ty)) - 0.01 * ty
+        score = tx * ty / (tail_waste(s.wo, tx) * tail_waste(s.ho, ty)) - 0.01 * ty
         if score > best_score:
             best, best_score = (tx, ty), score
     tx, ty = best

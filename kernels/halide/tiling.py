@@ -3,6 +3,14 @@ parameters are read where Halide is not installed: the driver plans and records 
 
 from __future__ import annotations
 
+import math
+
+
+def tail_waste(extent: int, tile: int) -> float:
+    """Work done per useful work along one axis: tiles never exceed an extent, so the tail tile
+    shifts inwards and recomputes what its neighbour already did."""
+    return math.ceil(extent / tile) * tile / extent
+
 
 class BlockExtents:
     """What a thread block covers, for a tiling whose thread owns `lanes` output channels by `tx` x `ty`
