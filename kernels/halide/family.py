@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from kernels.device import DeviceSpec
-from kernels.halide.tiling import BlockExtents, tail_waste
+from kernels.halide.tiling import PTX_VECTOR, BlockExtents, tail_waste
 from kernels.layer import KERNEL, LayerShape
 
 CPU_DW_AT = ("root", "tile", "cblock", "inline")
@@ -50,6 +50,7 @@ GPU_SHARED_BYTES = 48 * 1024  # static shared memory per block without an opt-in
 GPU_MAX_ACCUMULATORS = 64  # fp32 accumulators a thread may keep in registers (128 with the whole file)
 GPU_MODEL_SEEDS = 12  # register tiles from the traffic model that seed a search
 L2_TO_L1_BANDWIDTH = 5  # how many times scarcer L2 bandwidth is than the L1 of all SMs (H100: ~30/5.5 TB/s)
+LSU_TO_L1 = 2  # Traffic.lsu binds at 0.25 load instructions a FMA, Traffic.l1 at about 0.5 bytes a lane-FMA
 CPU_MAX_VECTORS = 4
 
 
@@ -584,21 +585,24 @@ def named(shape: LayerShape, device: DeviceSpec) -> dict[str, Params]:
 
 @dataclass(frozen=True)
 class Traffic:
-    """What a GPU schedule with the depthwise read from memory (`root`, `block`) asks of the caches per
-    reduction step, by a simple count, in bytes per lane-FMA: `l1`, the L1/shared wavefronts of one
-    warp (its weight vectors, one 32-byte sector per distinct pixel per `k` channels); `l2`, what a
-    block fetches (its weight panel and depthwise tile). An SM moves 128 bytes of L1 and issues 128
-    FMAs a clock, so above about 0.5 the loads bind; L2 has about a fifth of the L1 bandwidth of all SMs
-    together (H100: about 5.5 against 30 TB/s). Used to rank register tiles for seeding, never reported
-    as a measurement."""
+    """What a GPU schedule with the depthwise read from memory (`root`, `block`) asks of the SM's memory
+    path per reduction step, by a simple count: `l1`, the L1/shared bytes per lane-FMA of one warp (its
+    weight vectors, one 32-byte sector per distinct pixel per `k` channels); `l2`, the bytes per
+    lane-FMA a block fetches (its weight panel and depthwise tile); `lsu`, the load instructions per
+    FMA instruction of a thread (its weights and depthwise values in .v4 pieces). An SM moves 128 bytes
+    of L1 and issues 128 lane-FMAs a clock, so above about 0.5 bytes the loads bind; L2 has about a fifth
+    of the L1 bandwidth of all SMs together (H100: about 5.5 against 30 TB/s); the LSU issues one warp
+    load a clock against four FMAs, so above 0.25 it binds. Used to rank register tiles for seeding,
+    never reported as a measurement."""
 
     l1: float
     l2: float
+    lsu: float = 0.0
 
     @property
     def cost(self) -> float:
-        """Bytes per lane-FMA of the cache that binds, in L1 bytes."""
-        return max(self.l1, L2_TO_L1_BANDWIDTH * self.l2)
+        """Load of the part of the memory path that binds, in L1 bytes per lane-FMA."""
+        return max(self.l1, L2_TO_L1_BANDWIDTH * self.l2, LSU_TO_L1 * self.lsu)
 
 
 def traffic(p: GpuParams, shape: LayerShape) -> Traffic:
@@ -609,7 +613,12 @@ def traffic(p: GpuParams, shape: LayerShape) -> Traffic:
     depthwise = warp_px * 32 / min(4, p.k)
     fmas = warp_co * p.lanes * warp_px
     block_co, block_px = p.block_co, p.block_x * p.block_y
-    return Traffic(l1=(weights + depthwise) / fmas, l2=4 * (block_co + block_px) / (block_co * block_px))
+    loads = math.ceil(p.lanes / PTX_VECTOR) + p.tx * p.ty / min(PTX_VECTOR, p.k)  # a thread's, per channel
+    return Traffic(
+        l1=(weights + depthwise) / fmas,
+        l2=4 * (block_co + block_px) / (block_co * block_px),
+        lsu=loads / (p.lanes * p.tx * p.ty),
+    )
 
 
 def _tail_waste(p: GpuParams, s: LayerShape) -> float:
@@ -751,6 +760,8 @@ def _threads_over(f: Any, dims: list[Any], p: GpuParams, prefix: str) -> None:
 def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
     import halide as hl
 
+    from kernels.halide import schedules_gpu as gpu
+
     s = L.shape
     c, x, y, n = L.c, L.x, L.y, L.n
     o = L.output
@@ -759,7 +770,7 @@ def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
     o.tile([c, x, y], [ci, xi, yi], [p.block_co, p.block_x, p.block_y])
     o.tile([ci, xi, yi], [cii, xii, yii], [p.lanes, p.tx, p.ty])
     o.gpu_threads(ci, xi, yi).fuse(y, n, n).gpu_blocks(c, x, n)
-    o.vectorize(cii).unroll(xii).unroll(yii)
+    gpu.vector_access(o, cii, p.lanes).unroll(xii).unroll(yii)
 
     # Everything a thread keeps to itself is stored in registers, explicitly: a thread-level allocation
     # whose size Halide 21 cannot prove constant would otherwise go to a global buffer striped over the
@@ -774,7 +785,7 @@ def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
     # The weights of each reduction step in registers, loaded as vectors; from a shared panel if staged.
     regs = L.pointwise_filter.in_().in_() if p.weights == "shared" else L.pointwise_filter.in_()
     wc, wr = regs.args()
-    regs.compute_at(pw, ro).store_in(reg).vectorize(wc).unroll(wr)
+    gpu.vector_access(regs.compute_at(pw, ro).store_in(reg), wc, p.lanes).unroll(wr)
     if p.weights == "shared":
         panel = L.pointwise_filter.in_()
         pc, pr = panel.args()
@@ -793,9 +804,10 @@ def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
         d.compute_root().split(c, dco, dci, min(32, s.c), hl.TailStrategy.GuardWithIf)
         d.split(x, dxo, dxi, min(8, s.wo), hl.TailStrategy.GuardWithIf)
         d.reorder(dci, dxi, dco, dxo, y, n).fuse(y, n, y).gpu_blocks(dco, dxo, y).gpu_threads(dci, dxi)
-        d.in_().compute_at(pw, ro).store_in(reg).vectorize(c).unroll(x).unroll(y)
+        gpu.vector_access(d.in_().compute_at(pw, ro).store_in(reg), c, p.k).unroll(x).unroll(y)
     elif p.dw_at == "block":
-        d.in_().compute_at(pw, ro).store_in(reg).vectorize(c).unroll(x).unroll(y)  # a step's values
+        staged = d.in_().compute_at(pw, ro).store_in(reg)  # a step's values
+        gpu.vector_access(staged, c, p.k).unroll(x).unroll(y)
         d.compute_at(o, c).store_in(hl.MemoryType.GPUShared)
         _threads_over(d, [c, x, y, n], p, "d")
         if p.stage_input:

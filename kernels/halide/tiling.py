@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import math
 
+# The widest dense load or store a CUDA schedule asks for, in fp32 lanes: one PTX ld/st .v4.
+PTX_VECTOR = 4
+
 
 def tail_waste(extent: int, tile: int) -> float:
     """Work done per useful work along one axis: tiles never exceed an extent, so the tail tile
