@@ -757,10 +757,20 @@ def _threads_over(f: Any, dims: list[Any], p: GpuParams, prefix: str) -> None:
     f.reorder(t0, t1, t2, to).gpu_threads(t0, t1, t2)
 
 
+def _vector_access(f: Any, v: Any, extent: int) -> Any:
+    """Vectorise Func `f` over `v` (of `extent` fp32 lanes) in pieces of at most PTX_VECTOR lanes,
+    unrolled, so that each piece is one .v4 load or store. Halide 21's PTX backend splits a wider dense
+    vector into .v2 pieces or scalars, multiplying the load/store instructions that share the SM's
+    one-a-clock LSU issue with four FMAs a clock (`tests/test_halide_limits.py`). The named schedules
+    of `schedules_gpu` keep plain vectors: at the JIT's default cap of 64 registers ptxas hoists the
+    wider loads and spills (248 bytes a thread for `unfused` at 32x112x112x32->64; 2.0x slower on the
+    H100, `results/README.md`), while the family's caps are searched."""
+    f.vectorize(v, min(PTX_VECTOR, extent))
+    return f.unroll(v) if extent > PTX_VECTOR else f
+
+
 def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
     import halide as hl
-
-    from kernels.halide import schedules_gpu as gpu
 
     s = L.shape
     c, x, y, n = L.c, L.x, L.y, L.n
@@ -770,7 +780,7 @@ def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
     o.tile([c, x, y], [ci, xi, yi], [p.block_co, p.block_x, p.block_y])
     o.tile([ci, xi, yi], [cii, xii, yii], [p.lanes, p.tx, p.ty])
     o.gpu_threads(ci, xi, yi).fuse(y, n, n).gpu_blocks(c, x, n)
-    gpu.vector_access(o, cii, p.lanes).unroll(xii).unroll(yii)
+    _vector_access(o, cii, p.lanes).unroll(xii).unroll(yii)
 
     # Everything a thread keeps to itself is stored in registers, explicitly: a thread-level allocation
     # whose size Halide 21 cannot prove constant would otherwise go to a global buffer striped over the
@@ -785,7 +795,7 @@ def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
     # The weights of each reduction step in registers, loaded as vectors; from a shared panel if staged.
     regs = L.pointwise_filter.in_().in_() if p.weights == "shared" else L.pointwise_filter.in_()
     wc, wr = regs.args()
-    gpu.vector_access(regs.compute_at(pw, ro).store_in(reg), wc, p.lanes).unroll(wr)
+    _vector_access(regs.compute_at(pw, ro).store_in(reg), wc, p.lanes).unroll(wr)
     if p.weights == "shared":
         panel = L.pointwise_filter.in_()
         pc, pr = panel.args()
@@ -804,10 +814,10 @@ def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
         d.compute_root().split(c, dco, dci, min(32, s.c), hl.TailStrategy.GuardWithIf)
         d.split(x, dxo, dxi, min(8, s.wo), hl.TailStrategy.GuardWithIf)
         d.reorder(dci, dxi, dco, dxo, y, n).fuse(y, n, y).gpu_blocks(dco, dxo, y).gpu_threads(dci, dxi)
-        gpu.vector_access(d.in_().compute_at(pw, ro).store_in(reg), c, p.k).unroll(x).unroll(y)
+        _vector_access(d.in_().compute_at(pw, ro).store_in(reg), c, p.k).unroll(x).unroll(y)
     elif p.dw_at == "block":
         staged = d.in_().compute_at(pw, ro).store_in(reg)  # a step's values
-        gpu.vector_access(staged, c, p.k).unroll(x).unroll(y)
+        _vector_access(staged, c, p.k).unroll(x).unroll(y)
         d.compute_at(o, c).store_in(hl.MemoryType.GPUShared)
         _threads_over(d, [c, x, y, n], p, "d")
         if p.stage_input:

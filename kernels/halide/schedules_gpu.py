@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import halide as hl
 
 from kernels.halide.algorithm import Layer
-from kernels.halide.tiling import PTX_VECTOR, BlockExtents, tail_waste
+from kernels.halide.tiling import BlockExtents, tail_waste
 
 # Bytes of shared memory a block may use for its depthwise tile (under the 48 KiB static limit).
 _SHARED_BYTES = 32 * 1024
@@ -151,15 +151,6 @@ def thread_tile(
     return ThreadTile(lanes, tx, ty, threads_co, threads_x, threads_y)
 
 
-def vector_access(f: hl.Func, v: hl.Var, extent: int) -> hl.Func:
-    """Vectorise `f` over `v` (of `extent` fp32 lanes) in pieces of at most PTX_VECTOR lanes, unrolled:
-    each piece is one .v4 load or store. Halide 21's PTX backend splits a wider dense vector into .v2
-    pieces or scalars, multiplying the load/store instructions that share the SM's one-a-clock LSU
-    issue with four FMAs a clock (`tests/test_halide_limits.py`)."""
-    f.vectorize(v, min(PTX_VECTOR, extent))
-    return f.unroll(v) if extent > PTX_VECTOR else f
-
-
 def _gemm_output(L: Layer, t: ThreadTile) -> tuple[hl.Var, hl.RVar, int]:
     """Tile the output into blocks and per-thread register tiles and compute the pointwise there,
     `r` channels per reduction step with the step's weights loaded as vectors into registers.
@@ -171,7 +162,7 @@ def _gemm_output(L: Layer, t: ThreadTile) -> tuple[hl.Var, hl.RVar, int]:
     o.tile([c, x, y], [ci, xi, yi], [t.block_co, t.block_x, t.block_y])
     o.tile([ci, xi, yi], [cii, xii, yii], [t.lanes, t.tx, t.ty])
     o.gpu_threads(ci, xi, yi).fuse(y, n, n).gpu_blocks(c, x, n)
-    vector_access(o, cii, t.lanes).unroll(xii).unroll(yii)
+    o.vectorize(cii).unroll(xii).unroll(yii)
 
     r = _reduction_unroll(L.shape.c, 8)
     ro, ri = hl.RVar("ro"), hl.RVar("ri")
@@ -181,14 +172,14 @@ def _gemm_output(L: Layer, t: ThreadTile) -> tuple[hl.Var, hl.RVar, int]:
     u.split(L.rc.x, ro, ri, r).reorder(c, x, y, ri, ro).unroll(ri)
     weights = L.pointwise_filter.in_()
     wc, wr = weights.args()
-    vector_access(weights.compute_at(p, ro), wc, t.lanes).unroll(wr)
+    weights.compute_at(p, ro).vectorize(wc).unroll(wr)
     return c, ro, r
 
 
-def _stage_depthwise(L: Layer, ro: hl.RVar, r: int) -> None:
+def _stage_depthwise(L: Layer, ro: hl.RVar) -> None:
     """Load each reduction step's depthwise values (r channels x the thread's pixels) into registers."""
     staged = L.depthwise.in_()
-    vector_access(staged.compute_at(L.pointwise, ro), L.c, r).unroll(L.x).unroll(L.y)
+    staged.compute_at(L.pointwise, ro).vectorize(L.c).unroll(L.x).unroll(L.y)
 
 
 def schedule_unfused(L: Layer, target: hl.Target) -> dict[str, object]:
@@ -203,7 +194,7 @@ def schedule_unfused(L: Layer, target: hl.Target) -> dict[str, object]:
     d.reorder(ci, xi, co_, xo, y, n).fuse(y, n, y).gpu_blocks(co_, xo, y).gpu_threads(ci, xi)
     t = thread_tile(L, max_block_co=64, max_block_pixels=1 << 20)
     _, ro, r = _gemm_output(L, t)
-    _stage_depthwise(L, ro, r)
+    _stage_depthwise(L, ro)
     return {"tile": t, "reduction_step": r}
 
 
@@ -214,7 +205,7 @@ def schedule_fused_tile(L: Layer, target: hl.Target) -> dict[str, object]:
     c, x, y = L.c, L.x, L.y
     t = thread_tile(L, max_block_co=128, max_block_pixels=max(1, _SHARED_BYTES // (4 * s.c)))
     block, ro, r = _gemm_output(L, t)
-    _stage_depthwise(L, ro, r)
+    _stage_depthwise(L, ro)
     threads = t.threads_co * t.threads_x * t.threads_y
     dco, dci = hl.Var("sco"), hl.Var("sci")
     d = L.depthwise
