@@ -12,13 +12,16 @@ import io
 import math
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from rich.console import Console
 from rich.table import Table
 
 from workers.schema import Record
+
+T = TypeVar("T")
 
 WIDE = 150  # columns of the tables when stdout is not a terminal (a log file, a pipe)
 BASELINES = ("tensorflow", "cudnn")  # frameworks Halide is compared against, in column order
@@ -179,17 +182,31 @@ def _stand_in(record: Record) -> str | None:
     return record.params.get("option.stand_in") or record.params.get("stand_in")
 
 
-def cross_device(records: Sequence[Record]) -> tuple[list[str], dict[tuple[str, str], dict[str, Record]]]:
-    """(devices in order of appearance, (shape, variant) → device → its record) for a cross-device table;
-    rows and columns follow the order of `records` (the driver passes them in plan order)."""
+def by_shape_variant_device(
+    items: Iterable[T], key: Callable[[T], tuple[str, str, str]]
+) -> tuple[list[str], dict[tuple[str, str], dict[str, T]]]:
+    """(devices in order of appearance, (shape, variant) → device → item), `key` giving an item's
+    (shape, variant, device); a later item replaces an earlier one of the same cell. The grouping of
+    every cross-device table: the driver's, over Records (`cross_device`), and the report's, over its
+    rows (`report.findings`)."""
     devices: list[str] = []
-    cells: dict[tuple[str, str], dict[str, Record]] = {}
-    for r in records:
-        device = r.params.get("device", "?")
+    cells: dict[tuple[str, str], dict[str, T]] = {}
+    for item in items:
+        shape, variant, device = key(item)
         if device not in devices:
             devices.append(device)
-        cells.setdefault((r.params.get("shape", "?"), r.params.get("variant", "?")), {})[device] = r
+        cells.setdefault((shape, variant), {})[device] = item
     return devices, cells
+
+
+def cross_device(records: Sequence[Record]) -> tuple[list[str], dict[tuple[str, str], dict[str, Record]]]:
+    """`by_shape_variant_device` of Records; rows and columns follow the order of `records` (the driver
+    passes them in plan order)."""
+
+    def key(r: Record) -> tuple[str, str, str]:
+        return r.params.get("shape", "?"), r.params.get("variant", "?"), r.params.get("device", "?")
+
+    return by_shape_variant_device(records, key)
 
 
 def _column(device: str, records: Sequence[Record]) -> str:

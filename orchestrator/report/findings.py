@@ -26,6 +26,7 @@ from orchestrator.report.load import (
     device_facts,
     ok_rows,
 )
+from orchestrator.summary import by_shape_variant_device
 
 FRAMEWORK_LABELS = {"halide": "Halide", "tensorflow": "TensorFlow", "cudnn": "cuDNN"}
 LIMITER_PCT = 60.0  # reading rule of question 2: a unit at or above this % of its peak is the limiter
@@ -147,16 +148,18 @@ def _across_devices(rows: Sequence[Row]) -> str:
     gpu_devices = [d for d in analysis.devices(rows) if device_facts(rows, d)["kind"] == "cuda"]
     if len(gpu_devices) < 2:
         return ""
-    cells: dict[tuple[str, str], dict[str, float]] = {}
-    heuristic: set[tuple[str, str, str]] = set()  # halide_tuned cells served by the heuristic, not the db
-    for r in ok_rows(rows):
-        if r["device_key"] in gpu_devices:
-            cells.setdefault((r["shape_key"], r["variant"]), {})[r["device_key"]] = float(r["time_ms"])
-            if r.get("schedule_source") == "heuristic":
-                heuristic.add((r["shape_key"], r["variant"], r["device_key"]))
+    gpu_rows = [r for r in ok_rows(rows) if r["device_key"] in gpu_devices]
+    _, cells = by_shape_variant_device(gpu_rows, lambda r: (r["shape_key"], r["variant"], r["device_key"]))
+    # halide_tuned cells that any of their rows says were served by the family's heuristic, not the db
+    heuristic = {
+        (r["shape_key"], r["variant"], r["device_key"])
+        for r in gpu_rows
+        if r.get("schedule_source") == "heuristic"
+    }
     first, others = gpu_devices[0], gpu_devices[1:]
     table = []
-    for (shape, variant), times in sorted(cells.items()):
+    for (shape, variant), by_device in sorted(cells.items()):
+        times = {d: float(r["time_ms"]) for d, r in by_device.items()}
         ratios = [times[d] / times[first] if d in times and first in times else None for d in others]
         shown = [ft(times.get(d)) + (" (h)" if (shape, variant, d) in heuristic else "") for d in gpu_devices]
         table.append([shape, variant, *shown, *(_num(x, ".2f") for x in ratios)])
