@@ -14,6 +14,11 @@ These tests compile such a schedule for CUDA (PTX, no GPU needed) and check what
 
 So the family keeps the accumulators at thread level, with the whole reduction inside the thread, and
 stages shared memory only for the whole reduction (`dw_at=block`, `weights=shared`).
+
+A second limit is in the PTX backend's vector width: a dense vector of 8 fp32 lanes is not emitted as two
+.v4 accesses but as .v2 pieces or scalars, multiplying the load instructions of the pointwise reduction
+(the SM issues one load a clock against four FMAs). The family therefore vectorises in pieces of
+`PTX_VECTOR` lanes (`family._vector_access`), and these tests check both the limit and the remedy.
 """
 
 from __future__ import annotations
@@ -90,3 +95,40 @@ def test_block_level_shared_accumulators_are_stored_again_every_reduction_step(t
     assert "__local_depot" not in ptx
     vector_stores = len(re.findall(r"st\.shared\.v4", ptx))
     assert vector_stores >= CHUNK * THREAD[1] * THREAD[2], vector_stores  # one per pixel, every step
+
+
+def _vector_copy_ptx(width: int, tmp: Path) -> str:
+    """PTX of a GPU copy (times two) of 1024 floats, `width` lanes a thread, as one dense vector."""
+    inp = hl.ImageParam(hl.Float(32), 1, "inp")
+    inp.dim(0).set_bounds(0, 1024)
+    x, xo, xi, t = hl.Var("x"), hl.Var("xo"), hl.Var("xi"), hl.Var("t")
+    f = hl.Func("f")
+    f[x] = inp[x] * 2.0
+    f.output_buffer().dim(0).set_bounds(0, 1024)
+    f.split(x, xo, xi, width).split(xo, xo, t, 32).gpu_blocks(xo).gpu_threads(t).vectorize(xi)
+    path = tmp / f"copy{width}.ptx"
+    f.compile_to(
+        {hl.OutputFileType.device_code: str(path)}, [hl.Argument(inp)], "f", variants.cuda_target(H100)
+    )
+    return path.read_text()
+
+
+def test_an_eight_lane_vector_is_not_one_pair_of_v4_accesses_but_four_lanes_are(tmp_path: Path) -> None:
+    four, eight = _vector_copy_ptx(4, tmp_path), _vector_copy_ptx(8, tmp_path)
+    assert "ld.global.nc.v4.b32" in four and "st.global.v4.b32" in four
+    assert ".v4." not in eight  # 8 lanes: .v2 pieces or scalars (Halide 21)
+
+
+def test_the_family_loads_and_stores_in_v4_pieces(tmp_path: Path) -> None:
+    shape = LayerShape("b14", n=32, h=14, w=14, c=512, co=512)
+    params = {"dw_at": "root", "lanes": 8, "tx": 7, "ty": 1, "k": 8, "max_registers": 255}
+    p = family.from_options({**params, "threads_co": 16, "threads_x": 2, "threads_y": 8}, shape, H100)
+    ptx = variants.lower_for(variants.FAMILY, shape, H100, family.build_options(p, {}))["kernels.ptx"]
+    kernel = ptx[ptx.index(".entry _kernel_output") :]
+    loop = kernel[kernel.index("Inner Loop Header") : kernel.index("bra", kernel.index("Inner Loop Header"))]
+    loads = re.findall(r"\tld\.global\.nc\.([a-z0-9.]+)", loop)
+    # Per reduction step of 8 channels: 2 weight vectors a channel, 2 depthwise vectors a pixel.
+    assert loads and set(loads) == {"v4.b32"}, sorted(set(loads))
+    assert len(loads) == 8 * 2 + 7 * 2
+    stores = re.findall(r"\tst\.global\.([a-z0-9.]+)", kernel)
+    assert set(stores) == {"v4.b32"} and len(stores) == 7 * 2
