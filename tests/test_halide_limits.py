@@ -119,10 +119,10 @@ def test_an_eight_lane_vector_is_not_one_pair_of_v4_accesses_but_four_lanes_are(
     assert ".v4." not in eight  # 8 lanes: .v2 pieces or scalars (Halide 21)
 
 
-def test_the_family_loads_and_stores_in_v4_pieces(tmp_path: Path) -> None:
+def test_the_family_loads_and_stores_in_v4_pieces() -> None:
     shape = LayerShape("b14", n=32, h=14, w=14, c=512, co=512)
-    params = {"dw_at": "root", "lanes": 8, "tx": 7, "ty": 1, "k": 8, "max_registers": 255}
-    p = family.from_options({**params, "threads_co": 16, "threads_x": 2, "threads_y": 8}, shape, H100)
+    p = family.GpuParams("root", 8, 7, 1, 16, 2, 8, 8, "global", False, 255)
+    assert family.check(p, shape, H100) is None
     ptx = variants.lower_for(variants.FAMILY, shape, H100, family.build_options(p, {}))["kernels.ptx"]
     kernel = ptx[ptx.index(".entry _kernel_output") :]
     loop = kernel[kernel.index("Inner Loop Header") : kernel.index("bra", kernel.index("Inner Loop Header"))]

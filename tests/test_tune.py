@@ -260,10 +260,6 @@ def test_bad_tune_input_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert "schedules cuda only" in capsys.readouterr().err
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-x", "-q"]))
-
-
 def test_the_traffic_model_counts_load_instructions_per_fma() -> None:
     shape = LayerShape("b14", n=32, h=14, w=14, c=512, co=512)
     # One output channel a thread: a scalar weight load a channel and a depthwise .v4 per 4 pixels feed
@@ -272,3 +268,7 @@ def test_the_traffic_model_counts_load_instructions_per_fma() -> None:
     wide = family.GpuParams("root", 8, 7, 2, 16, 2, 4, 8, "global", False, 255)
     assert family.traffic(narrow, shape).lsu > 0.25 > 4 * family.traffic(wide, shape).lsu
     assert family.traffic(narrow, shape).cost >= family.LSU_TO_L1 * family.traffic(narrow, shape).lsu
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-x", "-q"]))

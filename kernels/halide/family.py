@@ -610,7 +610,7 @@ def traffic(p: GpuParams, shape: LayerShape) -> Traffic:
     warp_co = min(32, p.threads_co)
     warp_px = max(1, min(32 // warp_co, p.threads_x * p.threads_y)) * p.tx * p.ty
     weights = 32 * math.ceil(4 * warp_co * p.lanes / 32)
-    depthwise = warp_px * 32 / min(4, p.k)
+    depthwise = warp_px * 32 / min(PTX_VECTOR, p.k)
     fmas = warp_co * p.lanes * warp_px
     block_co, block_px = p.block_co, p.block_x * p.block_y
     loads = math.ceil(p.lanes / PTX_VECTOR) + p.tx * p.ty / min(PTX_VECTOR, p.k)  # a thread's, per channel
