@@ -15,6 +15,12 @@ These tests compile such a schedule for CUDA (PTX, no GPU needed) and check what
 So the family keeps the accumulators at thread level, with the whole reduction inside the thread, and
 stages shared memory only for the whole reduction (`dw_at=block`, `weights=shared`).
 
+The warp is the one level above the thread where Halide 21 does keep a tile in registers: a register
+allocation computed at a warp, outside its `gpu_lanes` loop, is striped over the lanes (as in the
+`gpu_lanes` schedules of Halide's `conv_layer` app). The family's `gemm=warp` layout uses that, and
+shuffles each chunk's depthwise values between lanes; moved out to a block of several warps, the same
+tile is again copied per thread.
+
 A second limit is in the PTX backend's vector width: a dense vector of 8 fp32 lanes is not emitted as two
 .v4 accesses but as .v2 pieces or scalars, multiplying the load instructions of the pointwise reduction
 (the SM issues one load a clock against four FMAs). The family therefore vectorises in pieces of
@@ -132,3 +138,34 @@ def test_the_family_loads_and_stores_in_v4_pieces() -> None:
     assert len(loads) == 8 * 2 + 7 * 2
     stores = re.findall(r"\tst\.global\.([a-z0-9.]+)", kernel)
     assert set(stores) == {"v4.b32"} and len(stores) == 7 * 2
+
+
+WARP_TILE = family.GpuParams("root", 8, 7, 1, 32, 1, 2, 4, "global", False, 128, "warp")  # 2 warps
+
+
+def _warp_gemm_ptx(tmp: Path, accumulators_at_block: bool = False) -> str:
+    """PTX of the output kernel of the family's `gemm` = warp schedule of WARP_TILE on SHAPE, with the
+    accumulators at the warp (as the family computes them) or moved out to the block."""
+    L = algorithm.define(SHAPE)
+    family.apply(WARP_TILE, L, variants.cuda_target(H100))
+    if accumulators_at_block:
+        L.pointwise.compute_at(L.output, L.c)  # the block loop: outside both warps
+    return _output_kernel(L, tmp)
+
+
+def test_warp_striped_accumulators_stay_in_registers_at_the_warp_but_not_at_the_block(
+    tmp_path: Path,
+) -> None:
+    p = WARP_TILE
+    assert family.check(p, SHAPE, H100) is None
+    at_warp = _warp_gemm_ptx(tmp_path)
+    assert "__local_depot" not in at_warp
+    # Each unrolled step broadcasts one depthwise value a pixel from lane to lane; .v4 stores.
+    assert len(re.findall(r"shfl\.sync\.idx\.b32", at_warp)) == p.tx * p.ty * p.k
+    stores = re.findall(r"\tst\.global\.([a-z0-9.]+)", at_warp)
+    assert set(stores) == {"v4.b32"} and len(stores) == p.lanes // 4 * p.tx * p.ty
+    # At the block, each thread holds a copy of every warp's accumulators, in local memory.
+    at_block = _warp_gemm_ptx(tmp_path, accumulators_at_block=True)
+    depot = re.search(r"__local_depot\d+\[(\d+)\]", at_block)
+    warps = p.threads_x * p.threads_y
+    assert depot and int(depot.group(1)) == 4 * warps * p.lanes * p.tx * p.ty  # a lane's tile per warp

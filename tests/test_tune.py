@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import requires_gpu
 
 from kernels import registry
 from kernels.device import DeviceSpec
@@ -268,6 +269,87 @@ def test_the_traffic_model_counts_load_instructions_per_fma() -> None:
     wide = family.GpuParams("root", 8, 7, 2, 16, 2, 4, 8, "global", False, 255)
     assert family.traffic(narrow, shape).lsu > 0.25 > 4 * family.traffic(wide, shape).lsu
     assert family.traffic(narrow, shape).cost >= family.LSU_TO_L1 * family.traffic(narrow, shape).lsu
+
+
+def test_warp_tiles_are_searched_with_their_own_rules() -> None:
+    """`gemm` = warp (a warp's lanes over output channels, the depthwise shuffled between lanes): the
+    seeds, mutations and errors of the search cover it; earlier parameter sets keep their digests."""
+    shape = LayerShape("b14", n=32, h=14, w=14, c=512, co=512)
+    warp = family.model_seeds(shape, H100, family.GPU_WARP_SEEDS, gemm="warp")
+    assert len(warp) == family.GPU_WARP_SEEDS and set(warp) <= set(family.seeds(shape, H100))
+    assert all(p.gemm == "warp" and p.threads_co == family.WARP for p in warp)
+    assert all(family.check(p, shape, H100) is None for p in warp)
+    rng = random.Random(2)
+    params = warp[0]
+    for _ in range(30):
+        params = family.mutate(params, shape, H100, rng, steps=2)
+        assert family.check(params, shape, H100) is None
+    # A step's depthwise values arrive by one shfl a pixel: counted as load instructions.
+    p = family.GpuParams("root", 8, 7, 1, 32, 1, 4, 8, "global", False, 128, "warp")
+    assert family.traffic(p, shape).lsu == pytest.approx((2 + 7 + 7 / 32) / 56)
+    # Asking for warp brings the warp's 32 channel lanes; what it cannot do is named in one line.
+    assert family.from_options({"gemm": "warp", "dw_at": "root"}, shape, H100).threads_co == family.WARP
+    with pytest.raises(family.ParamsError, match="dw_at must be root or block, got 'cblock'"):
+        family.from_options({"gemm": "warp", "dw_at": "cblock"}, shape, H100)
+    with pytest.raises(family.ParamsError, match="weights must be global"):
+        family.from_options({"gemm": "warp", "dw_at": "root", "weights": "shared"}, shape, H100)
+    with pytest.raises(family.ParamsError, match="c = 24 is not a multiple of 32"):
+        family.from_options({"gemm": "warp", "dw_at": "root"}, AWKWARD[0], H100)
+    with pytest.raises(family.ParamsError, match=r"gemm must be one of \['thread', 'warp'\]"):
+        family.from_options({"gemm": "block"}, shape, H100)
+    # `gemm` is recorded only where it is not the default: the parameter sets of the earlier searches
+    # (tuning/db.json) keep their digests, and so their job keys.
+    thread = family.GpuParams("root", 8, 7, 1, 16, 2, 8, 16, "global", False, 128)
+    assert "gemm" not in family.as_dict(thread) and family.as_dict(p)["gemm"] == "warp"
+    assert family.digest(thread) == "a9a3968541"  # its digest before `gemm` existed
+
+
+# gemm=warp on shapes whose tiles leave tails (co, x and y not multiples of the block; stride 2; no bias
+# or ReLU): the depthwise in its own kernel, or in shared memory with the input staged.
+WARP_CASES = (
+    (LayerShape("warp_s1", n=2, h=9, w=11, c=64, co=80), {"dw_at": "root", "lanes": 1, "tx": 3, "ty": 2}),
+    (
+        LayerShape("warp_s1", n=2, h=9, w=11, c=64, co=80),
+        {"dw_at": "block", "lanes": 2, "tx": 2, "ty": 3, "threads_y": 2, "k": 8, "stage_input": True},
+    ),
+    (
+        LayerShape("warp_s2", n=1, h=13, w=10, c=96, co=64, stride=2, relu=False, bias=False),
+        {"dw_at": "root", "lanes": 2, "tx": 5, "ty": 1, "threads_x": 1, "threads_y": 2, "k": 16},
+    ),
+)
+WARP_BASE = {
+    "gemm": "warp",
+    "threads_x": 2,
+    "threads_y": 1,
+    "k": 4,
+    "stage_input": False,
+    "max_registers": 128,
+}
+
+
+@pytest.mark.parametrize("case", WARP_CASES, ids=lambda c: f"{c[0].name}-{c[1]['dw_at']}")
+def test_warp_tiles_with_tails_compile_for_cuda(case: tuple[LayerShape, dict[str, object]]) -> None:
+    shape, given = case
+    params = family.from_options({**WARP_BASE, **given}, shape, H100)
+    artifacts = variants.lower_for("family", shape, H100, family.build_options(params, {}))
+    assert "shfl.sync" in artifacts["kernels.ptx"] and "__local_depot" not in artifacts["kernels.ptx"]
+
+
+@requires_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", WARP_CASES, ids=lambda c: f"{c[0].name}-{c[1]['dw_at']}")
+def test_warp_tiles_with_tails_match_the_reference_on_a_gpu(
+    case: tuple[LayerShape, dict[str, object]],
+) -> None:
+    import torch
+
+    shape, given = case
+    major, minor = torch.cuda.get_device_capability()
+    props = torch.cuda.get_device_properties(0)
+    device = DeviceSpec("gpu", "cuda", props.name, 1.0, 1.0, props.multi_processor_count, 10 * major + minor)
+    params = family.from_options({**WARP_BASE, **given}, shape, device)
+    built = registry.get("halide_family").build(shape, device, family.build_options(params, {}))
+    assert _error(built, shape) < TOLERANCE
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ The parameters, as the issue lists them:
   around it (`row_tiles` and `chunks` on the CPU; `threads_co` x `threads_x` x `threads_y` on the GPU);
 - vector width (`lanes`), unrolling (`dw_unroll` on the CPU; the reduction step `k`, fully unrolled,
   on the GPU), rows per parallel task (CPU), thread mapping, shared-memory staging of the input
-  (`stage_input`) and of the pointwise weights (`weights`), and the register cap (`max_registers`).
+  (`stage_input`) and of the pointwise weights (`weights`), and the register cap (`max_registers`);
+- the pointwise's layout over the threads (`gemm`): a register tile per thread, or a tile striped over a
+  warp's lanes with the depthwise values passed between lanes (`shfl`), as Halide's `gpu_lanes` apps do.
 
 The CPU code reuses the pointwise micro-kernel of `schedules_cpu` (so `dw_at` = root / tile / cblock
 with that module's own choices reproduces its `unfused` / `fused_tile` / `fused_cblock`); the GPU code
@@ -43,12 +45,15 @@ from kernels.layer import KERNEL, LayerShape
 CPU_DW_AT = ("root", "tile", "cblock", "inline")
 GPU_DW_AT = ("root", "block", "cblock", "inline")
 GPU_WEIGHTS = ("global", "shared")  # pointwise weights: through the caches, or a panel in shared memory
+GPU_GEMM = ("thread", "warp")  # the pointwise's register tile: a thread's own, or striped over a warp's lanes
+WARP = 32  # lanes of a warp: the output channels a `warp` tile lays over them, the channels of its chunk
 MAX_REGISTERS = (64, 128, 255)  # HL_CUDA_JIT_MAX_REGISTERS; 64 is Halide's default
 GPU_MAX_THREADS = 1024  # threads per block
 GPU_REGISTERS_PER_BLOCK = 65536  # 32-bit registers of one SM, all a block may take (sm_50 .. sm_90)
 GPU_SHARED_BYTES = 48 * 1024  # static shared memory per block without an opt-in
 GPU_MAX_ACCUMULATORS = 64  # fp32 accumulators a thread may keep in registers (128 with the whole file)
 GPU_MODEL_SEEDS = 12  # register tiles from the traffic model that seed a search
+GPU_WARP_SEEDS = 6  # ... and warp-striped tiles (gemm=warp) besides
 L2_TO_L1_BANDWIDTH = 5  # how many times scarcer L2 bandwidth is than the L1 of all SMs (H100: ~30/5.5 TB/s)
 LSU_TO_L1 = 2  # Traffic.lsu binds at 0.25 load instructions a FMA, Traffic.l1 at about 0.5 bytes a lane-FMA
 CPU_MAX_VECTORS = 4
@@ -84,7 +89,15 @@ class GpuParams(BlockExtents):
     each accumulating `lanes` output channels (one vector) by `tx` x `ty` pixels in registers, `k` input
     channels per unrolled reduction step; the depthwise at `dw_at`; the block's padded input
     (`stage_input`, block only) and weight panel (`weights` = shared) staged in shared memory; the
-    register cap per thread `max_registers`."""
+    register cap per thread `max_registers`.
+
+    `gemm` = warp lays the pointwise over warps instead (in the manner of the `gpu_lanes` schedules of
+    Halide's `conv_layer` and older `cuda_mat_mul` apps): a warp's 32 lanes hold `lanes` output channels
+    each (co = 32 x lanes a warp, `threads_co` is 32) by `tx` x `ty` pixels, the blocks' warps
+    `threads_x` x `threads_y` tile the pixels; the reduction runs in chunks of 32 input channels, each
+    lane loading one channel of the chunk's depthwise values with one coalesced load a pixel, and each
+    step broadcasting them from lane to lane (`shfl`) instead of loading them again; `k` steps of a chunk
+    are unrolled together."""
 
     dw_at: str = "block"
     lanes: int = 4
@@ -97,6 +110,7 @@ class GpuParams(BlockExtents):
     weights: str = "global"
     stage_input: bool = False
     max_registers: int = 64
+    gemm: str = "thread"
 
     kind = "cuda"
 
@@ -110,8 +124,13 @@ def params_class(device: DeviceSpec) -> type[CpuParams] | type[GpuParams]:
 
 
 def as_dict(params: Params) -> dict[str, Any]:
-    """The parameters as plain JSON-friendly data (what Job options, the cache key and the db hold)."""
-    return asdict(params)
+    """The parameters as plain JSON-friendly data (what Job options, the cache key and the db hold).
+    `gemm` is left out at its default, `thread`: it came after the first searches, and so the parameter
+    sets they recorded keep their digests and job keys."""
+    out = asdict(params)
+    if out.get("gemm") == "thread":
+        del out["gemm"]
+    return out
 
 
 def digest(params: Params) -> str:
@@ -171,6 +190,7 @@ def space(shape: LayerShape, device: DeviceSpec) -> dict[str, tuple[Any, ...]]:
             "weights": GPU_WEIGHTS,
             "stage_input": (False, True),
             "max_registers": MAX_REGISTERS,
+            "gemm": GPU_GEMM,
         }
     natural, _ = _cpu_vector()
     lanes = sorted({min(v, s.co) for v in (natural, max(1, natural // 2))})
@@ -229,6 +249,10 @@ def check(params: Params, shape: LayerShape, device: DeviceSpec) -> str | None:
             return f"chunks = {p.chunks} exceeds the {math.ceil(s.co / (p.lanes * p.vectors))} co tiles"
         return None
     p = params
+    if p.gemm == "warp":
+        reason = _check_warp(p, s)
+        if reason:
+            return reason
     if p.block_co > s.co or p.block_x > s.wo or p.block_y > s.ho:
         return (
             f"block tile {p.block_co}x{p.block_x}x{p.block_y} (co x px x py) exceeds the output "
@@ -256,6 +280,19 @@ def check(params: Params, shape: LayerShape, device: DeviceSpec) -> str | None:
     return None
 
 
+def _check_warp(p: GpuParams, s: LayerShape) -> str | None:
+    """Why `p` (gemm = warp) cannot be laid out over warps for `s`, or None."""
+    if p.threads_co != WARP:
+        return f"gemm=warp lays output channels over a warp's lanes: threads_co must be {WARP}"
+    if s.c % WARP:
+        return f"gemm=warp reduces in chunks of {WARP} channels: c = {s.c} is not a multiple of {WARP}"
+    if p.dw_at not in ("root", "block"):
+        return f"gemm=warp reads the depthwise from memory: dw_at must be root or block, got {p.dw_at!r}"
+    if p.weights != "global":
+        return f"gemm=warp loads its weights through the caches: weights must be global, got {p.weights!r}"
+    return None
+
+
 def accumulator_cap(max_registers: int) -> int:
     """The fp32 accumulators a thread may keep: 64, or 128 when it may use the whole register file
     (255). `ptxas -v` (sm_90) fits most 128-accumulator tiles of the MobileNet blocks without spilling;
@@ -268,6 +305,8 @@ def register_demand(p: GpuParams, s: LayerShape) -> int:
     step's weights and depthwise values (computed from (tx s + 2) x (ty s + 2) input taps a channel
     when the thread computes the depthwise itself). Used only to reject hopeless spillers."""
     accumulators = p.lanes * p.tx * p.ty
+    if p.gemm == "warp":  # the chunk's depthwise values (one a pixel) and the unrolled steps' weights
+        return accumulators + p.tx * p.ty + p.k * p.lanes
     if p.dw_at in ("cblock", "inline"):
         taps = (p.tx * s.stride + 2) * (p.ty * s.stride + 2)
         return accumulators + p.k * (p.lanes + taps)
@@ -291,7 +330,8 @@ def canonical(params: Params, shape: LayerShape) -> Params:
         return dataclasses.replace(p, row_tiles=row_tiles, kc=kc, dw_unroll=dw_unroll)
     p = params
     stage_input = p.stage_input if p.dw_at == "block" else False
-    return dataclasses.replace(p, stage_input=stage_input)
+    threads_co = WARP if p.gemm == "warp" else p.threads_co  # a warp's lanes, whatever was asked
+    return dataclasses.replace(p, stage_input=stage_input, threads_co=threads_co)
 
 
 def from_options(value: Any, shape: LayerShape, device: DeviceSpec, base: Params | None = None) -> Params:
@@ -313,7 +353,10 @@ def from_options(value: Any, shape: LayerShape, device: DeviceSpec, base: Params
                 f"unknown {device.kind} schedule parameter {unknown[0]!r}; "
                 f"valid parameters: {', '.join(fields)}"
             )
-        params = dataclasses.replace(base, **dict(value))
+        given = dict(value)
+        if given.get("gemm") == "warp":  # a warp's lanes lay out its channels: threads_co goes with it
+            given.setdefault("threads_co", WARP)
+        params = dataclasses.replace(base, **given)
     reason = check(params, shape, device)
     if reason:
         raise ParamsError(f"invalid {device.kind} schedule for {shape.label}: {reason}")
@@ -426,7 +469,7 @@ def fit(params: Params, shape: LayerShape, device: DeviceSpec) -> Params:
     txx = min(_nearest(p.threads_x, values["threads_x"]), most_x)
     tyy = min(_nearest(p.threads_y, values["threads_y"]), most_y)
     k = _nearest(p.k, values["k"])
-    q = GpuParams(p.dw_at, lanes, tx, ty, tco, txx, tyy, k, p.weights, p.stage_input, p.max_registers)
+    q = GpuParams(p.dw_at, lanes, tx, ty, tco, txx, tyy, k, p.weights, p.stage_input, p.max_registers, p.gemm)
     q = canonical(q, s)
     # Repair what still fails, in an order that keeps the tile's shape as far as possible.
     for _ in range(64):
@@ -440,6 +483,10 @@ def fit(params: Params, shape: LayerShape, device: DeviceSpec) -> Params:
 def _repair(q: GpuParams, s: LayerShape, device: DeviceSpec, reason: str) -> GpuParams:
     """One step towards validity for the failed constraint named in `reason`."""
     r = dataclasses.replace
+    if reason.startswith("gemm=warp"):
+        return r(q, gemm="thread")
+    if q.gemm == "warp" and "block tile" in reason and q.block_co > s.co:
+        return r(q, lanes=q.lanes // 2) if q.lanes > 1 else r(q, gemm="thread")
     if "registers exceed" in reason:
         return r(q, max_registers=64) if q.max_registers > 64 else r(q, threads_y=max(1, q.threads_y // 2))
     if "threads per block exceed" in reason:
@@ -506,9 +553,9 @@ def sample(shape: LayerShape, device: DeviceSpec, rng: random.Random, tries: int
     values = space(shape, device)
     cls = params_class(device)
     for _ in range(tries):
-        params = cls(**{name: rng.choice(valid) for name, valid in values.items()})
+        params = canonical(cls(**{name: rng.choice(valid) for name, valid in values.items()}), shape)
         if check(params, shape, device) is None:
-            return canonical(params, shape)
+            return params
     return fit(cls(**{name: rng.choice(valid) for name, valid in values.items()}), shape, device)
 
 
@@ -606,19 +653,24 @@ class Traffic:
 
 
 def traffic(p: GpuParams, shape: LayerShape) -> Traffic:
-    """`Traffic` of `p` on `shape` (threads are laid out with `threads_co` fastest, as `_apply_gpu` does)."""
+    """`Traffic` of `p` on `shape` (threads are laid out with `threads_co` fastest, as `_apply_gpu` does).
+    For `gemm` = warp a step's depthwise values come from other lanes (`shfl`, counted as load
+    instructions: they issue on the same memory pipe), and a warp loads a chunk's once, coalesced."""
+    block_co, block_px = p.block_co, p.block_x * p.block_y
+    l2 = 4 * (block_co + block_px) / (block_co * block_px)
+    if p.gemm == "warp":
+        px = p.tx * p.ty
+        fmas = WARP * p.lanes * px
+        l1 = (WARP * 4 * p.lanes + 4 * px) / fmas
+        loads = math.ceil(p.lanes / PTX_VECTOR) + px + px / WARP  # a lane's, per channel
+        return Traffic(l1=l1, l2=l2, lsu=loads / (p.lanes * px))
     warp_co = min(32, p.threads_co)
     warp_px = max(1, min(32 // warp_co, p.threads_x * p.threads_y)) * p.tx * p.ty
     weights = 32 * math.ceil(4 * warp_co * p.lanes / 32)
     depthwise = warp_px * 32 / min(PTX_VECTOR, p.k)
     fmas = warp_co * p.lanes * warp_px
-    block_co, block_px = p.block_co, p.block_x * p.block_y
     loads = math.ceil(p.lanes / PTX_VECTOR) + p.tx * p.ty / min(PTX_VECTOR, p.k)  # a thread's, per channel
-    return Traffic(
-        l1=(weights + depthwise) / fmas,
-        l2=4 * (block_co + block_px) / (block_co * block_px),
-        lsu=loads / (p.lanes * p.tx * p.ty),
-    )
+    return Traffic(l1=(weights + depthwise) / fmas, l2=l2, lsu=loads / (p.lanes * p.tx * p.ty))
 
 
 def _tail_waste(p: GpuParams, s: LayerShape) -> float:
@@ -626,11 +678,13 @@ def _tail_waste(p: GpuParams, s: LayerShape) -> float:
     return tail_waste(s.co, p.block_co) * tail_waste(s.wo, p.block_x) * tail_waste(s.ho, p.block_y)
 
 
-def model_seeds(shape: LayerShape, device: DeviceSpec, count: int = GPU_MODEL_SEEDS) -> list[GpuParams]:
-    """The `count` register tiles the `traffic` model ranks best for `shape` on a GPU: the depthwise at
-    `root` or `block`, 64-256 threads a block, at least 16 accumulators a thread (fewer only where the
-    output is smaller), a block for every SM; ranked by `Traffic.cost` times tail waste, one per
-    (dw_at, lanes, tx, ty) so that the seeds differ in their register tile; half of them within 128
+def model_seeds(
+    shape: LayerShape, device: DeviceSpec, count: int = GPU_MODEL_SEEDS, gemm: str = "thread"
+) -> list[GpuParams]:
+    """The `count` register tiles of `gemm` the `traffic` model ranks best for `shape` on a GPU: the
+    depthwise at `root` or `block`, 64-256 threads a block, at least 16 accumulators a thread (fewer only
+    where the output is smaller), a block for every SM; ranked by `Traffic.cost` times tail waste, one
+    per (dw_at, lanes, tx, ty) so that the seeds differ in their register tile; half of them within 128
     registers a thread, half with 64-128 accumulators and the whole register file."""
     if not device.is_gpu:
         return []
@@ -638,6 +692,7 @@ def model_seeds(shape: LayerShape, device: DeviceSpec, count: int = GPU_MODEL_SE
     values = space(s, device)
     pow2 = (1, 2, 4, 8, 16, 32)
     k = max(v for v in values["k"] if v <= 8)
+    co_threads = (WARP,) if gemm == "warp" else tuple(v for v in pow2 if v in values["threads_co"])
     ranked: list[tuple[float, GpuParams]] = []
     for dw_at in ("root", "block"):
         for lanes in values["lanes"]:
@@ -647,10 +702,12 @@ def model_seeds(shape: LayerShape, device: DeviceSpec, count: int = GPU_MODEL_SE
                     if acc < min(16, lanes * s.wo * s.ho):
                         continue
                     regs = 128 if acc <= GPU_MAX_ACCUMULATORS else 255
-                    for tco in (v for v in pow2 if v in values["threads_co"]):
+                    for tco in co_threads:
                         for txx in (v for v in pow2 if v in values["threads_x"]):
                             for tyy in (v for v in pow2 if v in values["threads_y"]):
-                                p = GpuParams(dw_at, lanes, tx, ty, tco, txx, tyy, k, "global", False, regs)
+                                p = GpuParams(
+                                    dw_at, lanes, tx, ty, tco, txx, tyy, k, "global", False, regs, gemm
+                                )
                                 if not 64 <= p.threads <= 256 or check(p, s, device) is not None:
                                     continue
                                 blocks = (
@@ -679,7 +736,8 @@ def model_seeds(shape: LayerShape, device: DeviceSpec, count: int = GPU_MODEL_SE
 def seeds(shape: LayerShape, device: DeviceSpec) -> list[Params]:
     """Structured starting points: the heuristic, the named manual schedules' parameters (`named`), the
     heuristic's tiles with the depthwise at every other level (the fusion ablation), then on a GPU the
-    traffic model's register tiles (`model_seeds`); each valid, without duplicates."""
+    traffic model's register tiles of both `gemm` layouts (`model_seeds`); each valid, without
+    duplicates."""
     base = heuristic(shape, device)
     out: list[Params] = [base]
     for q in named(shape, device).values():
@@ -689,7 +747,7 @@ def seeds(shape: LayerShape, device: DeviceSpec) -> list[Params]:
         q = fit(dataclasses.replace(base, dw_at=dw_at), shape, device)
         if q not in out:
             out.append(q)
-    for q in model_seeds(shape, device):
+    for q in [*model_seeds(shape, device), *model_seeds(shape, device, GPU_WARP_SEEDS, gemm="warp")]:
         if q not in out:
             out.append(q)
     return out
@@ -775,6 +833,44 @@ def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
     s = L.shape
     c, x, y, n = L.c, L.x, L.y, L.n
     o = L.output
+    read_depthwise = _warp_pointwise(p, L) if p.gemm == "warp" else _thread_pointwise(p, L)
+
+    d = L.depthwise
+    decisions: dict[str, object] = {
+        "params": as_dict(p),
+        "block": [p.block_co, p.block_x, p.block_y],
+        "threads": p.threads,
+        "shared_bytes": shared_bytes(p, s),
+    }
+    if p.dw_at == "root":
+        dco, dci, dxo, dxi = hl.Var("dco"), hl.Var("dci"), hl.Var("dxo"), hl.Var("dxi")
+        d.compute_root().split(c, dco, dci, min(32, s.c), hl.TailStrategy.GuardWithIf)
+        d.split(x, dxo, dxi, min(8, s.wo), hl.TailStrategy.GuardWithIf)
+        d.reorder(dci, dxi, dco, dxo, y, n).fuse(y, n, y).gpu_blocks(dco, dxo, y).gpu_threads(dci, dxi)
+        read_depthwise(d.in_())
+    elif p.dw_at == "block":
+        read_depthwise(d.in_())
+        d.compute_at(o, c).store_in(hl.MemoryType.GPUShared)
+        _threads_over(d, [c, x, y, n], p, "d")
+        if p.stage_input:
+            pad = L.padded
+            pad.compute_at(o, c).store_in(hl.MemoryType.GPUShared)
+            pcv, pxv, pyv, pnv = pad.args()
+            _threads_over(pad, [pcv, pxv, pyv, pnv], p, "i")
+    # cblock: `_thread_pointwise` computes it inside the reduction; inline: each thread recomputes the
+    # depthwise of its pixels inside its reduction.
+    return decisions
+
+
+def _thread_pointwise(p: GpuParams, L: Any) -> Any:
+    """Schedule the output and the pointwise of `gemm` = thread: each thread a register tile of `lanes`
+    channels by `tx` x `ty` pixels, the reduction in unrolled steps of `k` channels (`ro`); returns how a
+    wrapper of the depthwise is read: `k` channels of the thread's pixels a step, into registers (for
+    `cblock` it computes the depthwise there itself)."""
+    import halide as hl
+
+    c, x, y, n = L.c, L.x, L.y, L.n
+    o = L.output
     ci, xi, yi = hl.Var("ci"), hl.Var("xi"), hl.Var("yi")
     cii, xii, yii = hl.Var("cii"), hl.Var("xii"), hl.Var("yii")
     o.tile([c, x, y], [ci, xi, yi], [p.block_co, p.block_x, p.block_y])
@@ -801,34 +897,64 @@ def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
         pc, pr = panel.args()
         panel.compute_at(o, c).store_in(hl.MemoryType.GPUShared)
         _threads_over(panel, [pc, pr], p, "w")
+    if p.dw_at == "cblock":
+        L.depthwise.compute_at(pw, ro).store_in(reg).bound_extent(c, p.k).vectorize(c).unroll(x).unroll(y)
 
-    d = L.depthwise
-    decisions: dict[str, object] = {
-        "params": asdict(p),
-        "block": [p.block_co, p.block_x, p.block_y],
-        "threads": p.threads,
-        "shared_bytes": shared_bytes(p, s),
-    }
-    if p.dw_at == "root":
-        dco, dci, dxo, dxi = hl.Var("dco"), hl.Var("dci"), hl.Var("dxo"), hl.Var("dxi")
-        d.compute_root().split(c, dco, dci, min(32, s.c), hl.TailStrategy.GuardWithIf)
-        d.split(x, dxo, dxi, min(8, s.wo), hl.TailStrategy.GuardWithIf)
-        d.reorder(dci, dxi, dco, dxo, y, n).fuse(y, n, y).gpu_blocks(dco, dxo, y).gpu_threads(dci, dxi)
-        _vector_access(d.in_().compute_at(pw, ro).store_in(reg), c, p.k).unroll(x).unroll(y)
-    elif p.dw_at == "block":
-        staged = d.in_().compute_at(pw, ro).store_in(reg)  # a step's values
+    def read(staged: Any) -> None:
+        staged.compute_at(pw, ro).store_in(reg)
         _vector_access(staged, c, p.k).unroll(x).unroll(y)
-        d.compute_at(o, c).store_in(hl.MemoryType.GPUShared)
-        _threads_over(d, [c, x, y, n], p, "d")
-        if p.stage_input:
-            pad = L.padded
-            pad.compute_at(o, c).store_in(hl.MemoryType.GPUShared)
-            pcv, pxv, pyv, pnv = pad.args()
-            _threads_over(pad, [pcv, pxv, pyv, pnv], p, "i")
-    elif p.dw_at == "cblock":
-        d.compute_at(pw, ro).store_in(reg).bound_extent(c, p.k).vectorize(c).unroll(x).unroll(y)
-    # inline: each thread recomputes the depthwise of its pixels inside its reduction.
-    return decisions
+
+    return read
+
+
+def _warp_pointwise(p: GpuParams, L: Any) -> Any:
+    """Schedule the output and the pointwise of `gemm` = warp: lane l of a warp holds output channels
+    32 v + l of each `PTX_VECTOR`-wide vector v (so that its stores are .v4 and a warp's are coalesced)
+    by `tx` x `ty` pixels; the block's warps tile the pixels. The accumulators are computed at the warp
+    (outside its lane loop), where Halide 21 stripes a register allocation over the lanes; at the block
+    it gives each thread a copy of the block's tile (`tests/test_halide_limits.py`). Returns how a
+    wrapper of the depthwise is read: a chunk of 32 channels of the warp's pixels, one channel a lane,
+    from which each step's value reaches every lane by `shfl`."""
+    import halide as hl
+
+    c, x, y, n = L.c, L.x, L.y, L.n
+    o, pw = L.output, L.pointwise
+    vec = min(PTX_VECTOR, p.lanes)
+    reg = hl.MemoryType.Register
+    ci, xi, yi, wx, wy = (hl.Var(v) for v in ("ci", "xi", "yi", "wx", "wy"))
+    cio, cii, xii, yii = (hl.Var(v) for v in ("cio", "cii", "xii", "yii"))
+    o.tile([c, x, y], [ci, xi, yi], [p.block_co, p.block_x, p.block_y])
+    o.split(xi, wx, xii, p.tx).split(yi, wy, yii, p.ty)
+    if vec > 1:
+        o.vectorize(ci, vec)
+    o.split(ci, cio, cii, WARP).reorder(cio, xii, yii, cii, wx, wy, c, x, y, n)
+    o.unroll(cio).unroll(xii).unroll(yii).fuse(y, n, n).gpu_blocks(c, x, n).gpu_threads(wx, wy).gpu_lanes(cii)
+
+    pco, pci = hl.Var("pco"), hl.Var("pci")
+    rxo, rxi, rxk = hl.RVar("rxo"), hl.RVar("rxi"), hl.RVar("rxk")
+    pw.compute_at(o, wx).store_in(reg)
+    for stage in (pw, pw.update()):
+        stage.split(c, pco, pci, WARP * vec, hl.TailStrategy.RoundUp).unroll(pci, vec).gpu_lanes(pci)
+        stage.unroll(pco).unroll(x).unroll(y)
+    u = pw.update().split(L.rc.x, rxo, rxi, WARP).split(rxi, rxi, rxk, p.k)
+    u.reorder(pci, pco, x, y, rxk, rxi, rxo).unroll(rxk)
+
+    # Each step's weights: a vector of the lane's channels, straight from the caches into registers.
+    w = L.pointwise_filter.in_()
+    wc, wr = w.args()
+    wo, wl = hl.Var("wo"), hl.Var("wl")
+    w.compute_at(pw, rxk).store_in(reg)
+    if vec > 1:
+        w.vectorize(wc, vec)
+    w.split(wc, wo, wl, WARP).gpu_lanes(wl).unroll(wo).unroll(wr)
+
+    def read(staged: Any) -> None:
+        sc, sx, sy, sn = staged.args()
+        so, sl = hl.Var("so"), hl.Var("sl")
+        staged.compute_at(pw, rxo).store_in(reg).split(sc, so, sl, WARP).gpu_lanes(sl)
+        staged.unroll(so).unroll(sx).unroll(sy).unroll(sn)
+
+    return read
 
 
 # --- the variant -----------------------------------------------------------------------------------
