@@ -983,4 +983,6 @@ def build(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any]) -> 
     built.artifacts["params.json"] = json.dumps(
         {"kind": params.kind, "params": as_dict(params)}, indent=1, sort_keys=True
     )
+    if isinstance(params, GpuParams):  # the pointwise's layout, a param to filter and label runs by
+        built.build_params["gemm"] = params.gemm
     return built

@@ -178,6 +178,7 @@ def ncu_table(rows: Sequence[Row]) -> list[dict[str, Any]]:
             "variant": r["variant"],
             "framework": r["framework"],
             "time_ms": r["time_ms"],
+            "gemm": r.get("gemm"),  # a Halide family schedule's pointwise layout (thread | warp)
         }
         for column, metric in NCU_COLUMNS:
             entry[column] = r.get(metric)

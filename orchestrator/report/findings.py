@@ -566,6 +566,11 @@ def _longest(e: Mapping[str, Any]) -> str:
     return f"`{_clip(e['longest_kernel'], 60)}` ({fp(100 * e['longest_kernel_share'])})"
 
 
+def _variant(e: Mapping[str, Any]) -> str:
+    """The variant of a profiled record, with the pointwise layout of a family schedule where recorded."""
+    return f"`{e['variant']}`" + (f" (gemm={e['gemm']})" if e.get("gemm") else "")
+
+
 def _ncu_section(prof: Sequence[Mapping[str, Any]]) -> str:
     table = []
     for e in prof:
@@ -575,7 +580,7 @@ def _ncu_section(prof: Sequence[Mapping[str, Any]]) -> str:
             if e.get(f"stall{j}") and e.get(f"stall{j}_share") is not None
         )
         table.append((
-            f"`{e['shape']}`", e["variant"], ft(e["time_ms"]), _num(e["ncu_us"], ".1f"),
+            f"`{e['shape']}`", _variant(e), ft(e["time_ms"]), _num(e["ncu_us"], ".1f"),
             _num(e["kernels"], ".0f"), fp(e["dram_pct"]), fp(e["sm_pct"]), fp(e["occupancy_pct"]),
             _num(e["registers"], ".0f"), fx(e.get("dram_vs_min_bytes")), _longest(e), stalls or "-",
             f"`{short(e['run'])}`"
@@ -614,7 +619,7 @@ def _ncu_section(prof: Sequence[Mapping[str, Any]]) -> str:
         else:
             reading = "latency-bound by that rule"
         line = (
-            f"- `{e['variant']}` on `{e['shape']}`: {_num(e['kernels'], '.0f')} kernel(s), DRAM {fp(d)} and "
+            f"- {_variant(e)} on `{e['shape']}`: {_num(e['kernels'], '.0f')} kernel(s), DRAM {fp(d)} and "
             "SM "
             f"{fp(s)} of peak: {reading}"
         )
