@@ -40,3 +40,15 @@ class DeviceSpec:
     def roofs(self) -> tuple[float, float]:
         """(GFLOP/s, GB/s) of the roofline: measured ceilings where the catalog has them, else datasheet."""
         return (self.roof_gflops or self.peak_gflops, self.roof_gbps or self.mem_gbps)
+
+
+def visible_gpu(name: str = "gpu", peak_gflops: float = 0.0, mem_gbps: float = 0.0) -> DeviceSpec:
+    """The GPU torch sees first, as a DeviceSpec: its model, SM count and CUDA capability, with the rates
+    given (0: unknown). For building and verifying on a GPU the catalog has no entry for."""
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    major, minor = torch.cuda.get_device_capability(0)
+    return DeviceSpec(
+        name, "cuda", props.name, peak_gflops, mem_gbps, props.multi_processor_count, 10 * major + minor
+    )

@@ -20,7 +20,7 @@ import pytest
 from conftest import has_cuda, requires_gpu
 
 from kernels import registry
-from kernels.device import DeviceSpec
+from kernels.device import DeviceSpec, visible_gpu
 from kernels.halide import cache, variants
 from kernels.halide.variants import KERNEL_FILTER, UnknownScheduleError
 from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error
@@ -242,11 +242,7 @@ def test_app_depthwise_tile_stays_in_registers(shape: LayerShape) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", [s for s in GPU_SCHEDULES if s != "auto_anderson2021"])
 def test_gpu_variant_matches_reference(name: str) -> None:
-    import torch
-
-    major, minor = torch.cuda.get_device_capability()
-    props = torch.cuda.get_device_properties(0)
-    device = DeviceSpec("gpu", "cuda", props.name, 1.0, 1.0, props.multi_processor_count, 10 * major + minor)
+    device = visible_gpu("gpu", 1.0, 1.0)
     for shape in GPU_AWKWARD:
         built = registry.get(f"halide_{name}").build(shape, device, {})
         assert check(built, shape, 4) < TOLERANCE

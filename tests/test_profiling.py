@@ -21,7 +21,7 @@ import yaml
 from conftest import ROOT, requires_gpu
 
 from kernels import registry
-from kernels.device import DeviceSpec
+from kernels.device import DeviceSpec, visible_gpu
 from kernels.layer import LayerShape
 from workers.profiling import (
     DEFAULT_SECTIONS,
@@ -358,16 +358,6 @@ def test_halide_device_code_from_a_pipeline() -> None:
 
 
 # --- on a GPU ------------------------------------------------------------------------------------
-def _gpu_device() -> DeviceSpec:
-    import torch
-
-    major, minor = torch.cuda.get_device_capability()
-    props = torch.cuda.get_device_properties(0)
-    return DeviceSpec(
-        "gpu", "cuda", torch.cuda.get_device_name(), 1.0, 1.0, props.multi_processor_count, 10 * major + minor
-    )
-
-
 def _profile_or_skip(job: Job, tmp_path: Path) -> ProfileResult:
     if ncu.find_ncu() is None:
         pytest.skip("ncu is not installed on this GPU node")
@@ -386,7 +376,7 @@ def test_one_job_per_framework_profiled_end_to_end(framework: str, tmp_path: Pat
     ]
     if not names:
         pytest.skip(f"no {framework} variant for CUDA is registered")
-    job = _job(_gpu_device(), names[0])
+    job = _job(visible_gpu("gpu", 1.0, 1.0), names[0])
     job = dataclasses.replace(job, shape=LayerShape("app", n=1, h=56, w=56, c=32, co=32))
     result = _profile_or_skip(job, tmp_path)
     assert result.status == OK, result.status
@@ -445,7 +435,8 @@ def test_capture_cases_profile_end_to_end(tmp_path: Path) -> None:
         pytest.skip("ncu is not installed on this GPU node")
     target = procs.python_argv(None, MODULE, "target", "halide_unfused")
     settings = ProfileSettings(warmup=2, runs=2, timeout_s=300)
-    result = profile_target(target, "ncu", settings, tmp_path, SHAPE, _gpu_device().cuda_capability)
+    capability = visible_gpu("gpu", 1.0, 1.0).cuda_capability
+    result = profile_target(target, "ncu", settings, tmp_path, SHAPE, capability)
     assert result.status == OK, result.status
     assert result.metrics["ncu.kernels"] == 2 and result.metrics["ncu.runs"] == 2
     assert result.tags["ncu.skip_mode"] == "nvtx" and "kernels.ptx" in result.artifacts

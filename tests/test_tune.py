@@ -20,7 +20,7 @@ import pytest
 from conftest import requires_gpu
 
 from kernels import registry
-from kernels.device import DeviceSpec
+from kernels.device import DeviceSpec, visible_gpu
 from kernels.halide import family, tuned, variants
 from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error
 from orchestrator import tune
@@ -341,12 +341,8 @@ def test_warp_tiles_with_tails_compile_for_cuda(case: tuple[LayerShape, dict[str
 def test_warp_tiles_with_tails_match_the_reference_on_a_gpu(
     case: tuple[LayerShape, dict[str, object]],
 ) -> None:
-    import torch
-
     shape, given = case
-    major, minor = torch.cuda.get_device_capability()
-    props = torch.cuda.get_device_properties(0)
-    device = DeviceSpec("gpu", "cuda", props.name, 1.0, 1.0, props.multi_processor_count, 10 * major + minor)
+    device = visible_gpu("gpu", 1.0, 1.0)
     params = family.from_options({**WARP_BASE, **given}, shape, device)
     built = registry.get("halide_family").build(shape, device, family.build_options(params, {}))
     assert _error(built, shape) < TOLERANCE

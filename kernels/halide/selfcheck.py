@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from kernels.device import DeviceSpec
+from kernels.device import DeviceSpec, visible_gpu
 from kernels.halide import variants
 from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error
 
@@ -42,12 +42,8 @@ def device_spec(name: str) -> DeviceSpec:
         entry = yaml.safe_load(CATALOG.read_text())[name]
         return DeviceSpec(name=name, **entry)
     except Exception as exc:  # no catalog or no yaml on a bare GPU node: ask the GPU itself
-        import torch
-
-        props = torch.cuda.get_device_properties(0)
-        major, minor = torch.cuda.get_device_capability(0)
         print(f"catalog entry {name!r} unavailable ({exc}); using the GPU's own properties", file=sys.stderr)
-        return DeviceSpec(name, "cuda", props.name, 0.0, 0.0, props.multi_processor_count, 10 * major + minor)
+        return visible_gpu(name)
 
 
 def check_one(name: str, shape: LayerShape, device: DeviceSpec, calls: int) -> dict[str, Any]:
