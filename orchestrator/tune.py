@@ -195,10 +195,16 @@ class FamilySearch:
         self.seeds = (
             family.seeds(shape, device) if t.strategy == "evolve" else [family.heuristic(shape, device)]
         )
-        if t.strategy == "evolve":  # a search goes on from the best schedule found so far
-            known = tuned.choose(shape, device, {"tuning_db": str(db_path(t))})
-            if known.source == "db" and known.params not in self.seeds:
-                self.seeds.insert(1, known.params)
+        if t.strategy == "evolve":  # a search goes on from the best schedule found so far ...
+            db = {"tuning_db": str(db_path(t))}
+            known = tuned.choose(shape, device, db)
+            ahead = [known.params] if known.source == "db" else []
+            # ... and from the ones other models of the device's kind kept for the shape
+            ahead += tuned.relatives(shape, device, db)
+            for params in reversed(ahead):
+                if params in self.seeds:
+                    self.seeds.remove(params)
+                self.seeds.insert(1, params)
 
     def _candidate(self, params: Any, baseline: bool = False) -> Candidate:
         return Candidate.make("halide_family", {"params": self.family.as_dict(params)}, baseline)

@@ -120,6 +120,37 @@ def test_an_evolve_search_starts_from_the_database_entry(tmp_path: Path) -> None
     assert best not in plain.seeds
 
 
+def test_a_search_also_starts_from_other_gpus_entries(tmp_path: Path) -> None:
+    shape = LayerShape("b28", n=32, h=28, w=28, c=256, co=256)
+    h200 = DeviceSpec("h200", "cuda", "NVIDIA H200", 60000.0, 4800.0, sm_count=132, cuda_capability=90)
+    a100 = DeviceSpec("a100", "cuda", "NVIDIA A100", 19500.0, 2000.0, sm_count=108, cuda_capability=80)
+    own = family.GpuParams("root", 4, 7, 2, 16, 2, 4, 8, "global", False, 128)
+    warp = family.from_options(
+        {"dw_at": "root", "gemm": "warp", "tx": 7, "ty": 2, "threads_x": 4}, shape, h200
+    )
+    slower = family.GpuParams("root", 8, 7, 1, 16, 4, 4, 8, "global", False, 128)
+    db = tmp_path / "db.json"
+    for device, params, ms in ((H100, own, 0.14), (h200, warp, 0.13), (a100, slower, 0.3)):
+        tuned.store(
+            db,
+            tuned.entry_key(shape, device),
+            {"params": family.as_dict(params), "time_ms": ms, "kind": "cuda"},
+        )
+    # Entries of another Halide version, another shape, and one this device cannot build are not relatives.
+    tuned.store(
+        db, tuned.entry_key(shape, a100, "20.0.0"), {"params": {"lanes": 2}, "time_ms": 0.01, "kind": "cuda"}
+    )
+    odd = LayerShape("odd", n=32, h=28, w=28, c=256, co=128)
+    tuned.store(db, tuned.entry_key(odd, a100), {"params": {"lanes": 2}, "time_ms": 0.01, "kind": "cuda"})
+    cpu = DeviceSpec("cpu", "cpu", "host CPU", 1.0, 1.0, cores=2)
+    tuned.store(db, tuned.entry_key(shape, cpu), {"params": {"tx": 2}, "time_ms": 0.01, "kind": "cpu"})
+    assert tuned.relatives(shape, H100, {"tuning_db": str(db)}) == [warp, slower]
+    search = tune.FamilySearch(shape, H100, tune.TuneConf(db=str(db)), random.Random(0))
+    assert search.seeds[:4] == [family.heuristic(shape, H100), own, warp, slower]
+    assert len(search.seeds) == len(set(search.seeds))
+    assert tuned.relatives(shape, H100, {"tuning_db": str(tmp_path / "none.json")}) == []
+
+
 def test_bad_params_name_the_valid_choices() -> None:
     shape = AWKWARD[0]
     with pytest.raises(family.ParamsError, match="valid parameters: dw_at, lanes"):

@@ -154,6 +154,36 @@ def choose(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any] | N
     return Choice(params, "db", key, f"tuned {when}: {entry.get('time_ms')} ms", dict(entry))
 
 
+def relatives(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any] | None = None) -> list[Any]:
+    """The schedules the database keeps for `shape` and this Halide version on other device models of
+    the same kind, fastest first, as parameters valid on `device` (entries the family rejects here are
+    left out). A search seeds from them: a tile another GPU kept is a strong start on the next one
+    (the H200's 28² warp tile, `tuning/README.md`)."""
+    from kernels.halide import family
+
+    try:
+        entries = load(db_path(options))["entries"]
+    except ValueError:
+        return []
+    prefix, own = f"{shape_key(shape)} | ", entry_key(shape, device)
+    suffix = f" | halide {halide_version()}"
+    kind = family.params_class(device).kind
+    found = sorted(
+        (float(e.get("time_ms", float("inf"))), e["params"])
+        for k, e in entries.items()
+        if k.startswith(prefix) and k.endswith(suffix) and k != own and e.get("kind") == kind
+    )
+    out: list[Any] = []
+    for _, params in found:
+        try:
+            q = family.from_options(params, shape, device)
+        except ValueError:
+            continue
+        if q not in out:
+            out.append(q)
+    return out
+
+
 def build(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any]) -> Any:
     """The body of the `halide_tuned` variant: build the chosen family schedule; `build.json` and
     `tuned.json` say whether it came from the database or the heuristic."""
