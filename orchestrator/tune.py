@@ -199,12 +199,12 @@ class FamilySearch:
             db = {"tuning_db": str(db_path(t))}
             known = tuned.choose(shape, device, db)
             ahead = [known.params] if known.source == "db" else []
-            # ... and from the ones other models of the device's kind kept for the shape
+            # ... and from the ones other models of the device's kind kept for the shape, screened
+            # first; the heuristic stays the baseline (seeds[0]) even when an entry equals it.
             ahead += tuned.relatives(shape, device, db)
-            for params in reversed(ahead):
-                if params in self.seeds:
-                    self.seeds.remove(params)
-                self.seeds.insert(1, params)
+            base, rest = self.seeds[0], self.seeds[1:]
+            ahead = [q for i, q in enumerate(ahead) if q != base and q not in ahead[:i]]
+            self.seeds = [base, *ahead, *(q for q in rest if q not in ahead)]
 
     def _candidate(self, params: Any, baseline: bool = False) -> Candidate:
         return Candidate.make("halide_family", {"params": self.family.as_dict(params)}, baseline)

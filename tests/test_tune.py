@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -28,6 +29,8 @@ from workers import bundle
 
 CPU = DeviceSpec("cpu", "cpu", "host CPU", peak_gflops=100.0, mem_gbps=10.0)
 H100 = DeviceSpec("h100", "cuda", "NVIDIA H100", 60000.0, 3350.0, sm_count=132, cuda_capability=90)
+H200 = DeviceSpec("h200", "cuda", "NVIDIA H200", 60000.0, 4800.0, sm_count=132, cuda_capability=90)
+A100 = DeviceSpec("a100", "cuda", "NVIDIA A100", 19500.0, 2000.0, sm_count=108, cuda_capability=80)
 AWKWARD = (
     LayerShape("odd_s2", n=2, h=13, w=11, c=24, co=40, stride=2),
     LayerShape("odd_s1", n=1, h=6, w=5, c=40, co=17, stride=1, relu=False, bias=False),
@@ -122,15 +125,13 @@ def test_an_evolve_search_starts_from_the_database_entry(tmp_path: Path) -> None
 
 def test_a_search_also_starts_from_other_gpus_entries(tmp_path: Path) -> None:
     shape = LayerShape("b28", n=32, h=28, w=28, c=256, co=256)
-    h200 = DeviceSpec("h200", "cuda", "NVIDIA H200", 60000.0, 4800.0, sm_count=132, cuda_capability=90)
-    a100 = DeviceSpec("a100", "cuda", "NVIDIA A100", 19500.0, 2000.0, sm_count=108, cuda_capability=80)
     own = family.GpuParams("root", 4, 7, 2, 16, 2, 4, 8, "global", False, 128)
     warp = family.from_options(
-        {"dw_at": "root", "gemm": "warp", "tx": 7, "ty": 2, "threads_x": 4}, shape, h200
+        {"dw_at": "root", "gemm": "warp", "tx": 7, "ty": 2, "threads_x": 4}, shape, H200
     )
     slower = family.GpuParams("root", 8, 7, 1, 16, 4, 4, 8, "global", False, 128)
     db = tmp_path / "db.json"
-    for device, params, ms in ((H100, own, 0.14), (h200, warp, 0.13), (a100, slower, 0.3)):
+    for device, params, ms in ((H100, own, 0.14), (H200, warp, 0.13), (A100, slower, 0.3)):
         tuned.store(
             db,
             tuned.entry_key(shape, device),
@@ -138,10 +139,10 @@ def test_a_search_also_starts_from_other_gpus_entries(tmp_path: Path) -> None:
         )
     # Entries of another Halide version, another shape, and one this device cannot build are not relatives.
     tuned.store(
-        db, tuned.entry_key(shape, a100, "20.0.0"), {"params": {"lanes": 2}, "time_ms": 0.01, "kind": "cuda"}
+        db, tuned.entry_key(shape, A100, "20.0.0"), {"params": {"lanes": 2}, "time_ms": 0.01, "kind": "cuda"}
     )
     odd = LayerShape("odd", n=32, h=28, w=28, c=256, co=128)
-    tuned.store(db, tuned.entry_key(odd, a100), {"params": {"lanes": 2}, "time_ms": 0.01, "kind": "cuda"})
+    tuned.store(db, tuned.entry_key(odd, A100), {"params": {"lanes": 2}, "time_ms": 0.01, "kind": "cuda"})
     cpu = DeviceSpec("cpu", "cpu", "host CPU", 1.0, 1.0, cores=2)
     tuned.store(db, tuned.entry_key(shape, cpu), {"params": {"tx": 2}, "time_ms": 0.01, "kind": "cpu"})
     assert tuned.relatives(shape, H100, {"tuning_db": str(db)}) == [warp, slower]
@@ -149,6 +150,24 @@ def test_a_search_also_starts_from_other_gpus_entries(tmp_path: Path) -> None:
     assert search.seeds[:4] == [family.heuristic(shape, H100), own, warp, slower]
     assert len(search.seeds) == len(set(search.seeds))
     assert tuned.relatives(shape, H100, {"tuning_db": str(tmp_path / "none.json")}) == []
+
+
+def test_the_heuristic_stays_the_baseline_when_an_entry_equals_it(tmp_path: Path) -> None:
+    # The H200's first 112² entry was the heuristic's tile; a search that moved it up as "its own entry"
+    # timed another seed as the baseline and stored a wrong heuristic time (tuning/README.md).
+    shape = LayerShape("b112", n=32, h=112, w=112, c=32, co=64)
+    heuristic = family.heuristic(shape, H200)
+    staged = dataclasses.replace(heuristic, stage_input=True)
+    db = tmp_path / "db.json"
+    for device, params in ((H200, heuristic), (H100, staged), (A100, heuristic)):
+        entry = {"params": family.as_dict(params), "time_ms": 0.1, "kind": "cuda"}
+        tuned.store(db, tuned.entry_key(shape, device), entry)
+    search = tune.FamilySearch(shape, H200, tune.TuneConf(db=str(db)), random.Random(0))
+    assert search.seeds[:2] == [heuristic, staged]
+    assert len(search.seeds) == len(set(search.seeds))
+    first = search.propose(3, [])
+    assert [c.baseline for c in first] == [True, False, False]
+    assert json.loads(dict(first[0].options)["params"]) == family.as_dict(heuristic)
 
 
 def test_bad_params_name_the_valid_choices() -> None:

@@ -169,12 +169,11 @@ def relatives(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any] 
     suffix = f" | halide {halide_version()}"
     kind = family.params_class(device).kind
     found = sorted(
-        (float(e.get("time_ms", float("inf"))), e["params"])
-        for k, e in entries.items()
-        if k.startswith(prefix) and k.endswith(suffix) and k != own and e.get("kind") == kind
+        (e for k, e in entries.items() if k.startswith(prefix) and k.endswith(suffix) and k != own),
+        key=lambda e: float(e.get("time_ms", float("inf"))),
     )
     out: list[Any] = []
-    for _, params in found:
+    for params in (e["params"] for e in found if e.get("kind") == kind):
         try:
             q = family.from_options(params, shape, device)
         except ValueError:
