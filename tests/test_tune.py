@@ -145,6 +145,8 @@ def test_a_search_also_starts_from_other_gpus_entries(tmp_path: Path) -> None:
     tuned.store(db, tuned.entry_key(odd, A100), {"params": {"lanes": 2}, "time_ms": 0.01, "kind": "cuda"})
     cpu = DeviceSpec("cpu", "cpu", "host CPU", 1.0, 1.0, cores=2)
     tuned.store(db, tuned.entry_key(shape, cpu), {"params": {"tx": 2}, "time_ms": 0.01, "kind": "cpu"})
+    l4 = DeviceSpec("l4", "cuda", "NVIDIA L4", 30000.0, 300.0, sm_count=58, cuda_capability=89)
+    tuned.store(db, tuned.entry_key(shape, l4), {"time_ms": 0.01, "kind": "cuda"})  # no params: no seed
     assert tuned.relatives(shape, H100, {"tuning_db": str(db)}) == [warp, slower]
     search = tune.FamilySearch(shape, H100, tune.TuneConf(db=str(db)), random.Random(0))
     assert search.seeds[:4] == [family.heuristic(shape, H100), own, warp, slower]

@@ -173,7 +173,9 @@ def relatives(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any] 
         key=lambda e: float(e.get("time_ms", float("inf"))),
     )
     out: list[Any] = []
-    for params in (e["params"] for e in found if e.get("kind") == kind):
+    for params in (e.get("params") for e in found if e.get("kind") == kind):
+        if not isinstance(params, Mapping):  # an entry without parameters seeds nothing
+            continue
         try:
             q = family.from_options(params, shape, device)
         except ValueError:
