@@ -14,6 +14,11 @@ if str(ROOT) not in sys.path:
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kernels.device import DeviceSpec  # noqa: E402 (after the path set-up above)
+
+# The H100 the offline GPU tests build and lower for (no GPU needed: PTX and schedules only).
+H100 = DeviceSpec("h100", "cuda", "NVIDIA H100", 60000.0, 3350.0, sm_count=132, cuda_capability=90)
+
 
 def has_cuda() -> bool:
     """True when a CUDA GPU is usable from this process (torch or nvidia-smi)."""

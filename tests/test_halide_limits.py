@@ -33,12 +33,11 @@ import re
 from pathlib import Path
 
 import halide as hl
+from conftest import H100
 
-from kernels.device import DeviceSpec
 from kernels.halide import algorithm, family, variants
 from kernels.layer import LayerShape
 
-H100 = DeviceSpec("h100", "cuda", "NVIDIA H100", 60000.0, 3350.0, sm_count=132, cuda_capability=90)
 SHAPE = LayerShape("b14", n=1, h=14, w=14, c=512, co=512)
 BLOCK = (64, 14, 2)  # co x px x py a block
 THREAD = (4, 7, 1)  # co (one vector) x px x py a thread

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import has_cuda, requires_gpu
+from conftest import H100, has_cuda, requires_gpu
 
 from kernels import registry
 from kernels.device import DeviceSpec, visible_gpu
@@ -26,7 +26,6 @@ from kernels.halide.variants import KERNEL_FILTER, UnknownScheduleError
 from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error
 
 CPU = DeviceSpec("cpu", "cpu", "host CPU", peak_gflops=100.0, mem_gbps=10.0)
-H100 = DeviceSpec("h100", "cuda", "NVIDIA H100", 60000.0, 3350.0, sm_count=132, cuda_capability=90)
 TOLERANCE = 1e-4
 
 # Odd sizes, stride 2, channels that are not a multiple of 8 or 16, tiny channel counts, n = 1 and 2,

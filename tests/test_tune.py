@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import requires_gpu
+from conftest import H100, requires_gpu
 
 from kernels import registry
 from kernels.device import DeviceSpec, visible_gpu
@@ -28,7 +28,6 @@ from orchestrator import tune
 from workers import bundle
 
 CPU = DeviceSpec("cpu", "cpu", "host CPU", peak_gflops=100.0, mem_gbps=10.0)
-H100 = DeviceSpec("h100", "cuda", "NVIDIA H100", 60000.0, 3350.0, sm_count=132, cuda_capability=90)
 H200 = DeviceSpec("h200", "cuda", "NVIDIA H200", 60000.0, 4800.0, sm_count=132, cuda_capability=90)
 A100 = DeviceSpec("a100", "cuda", "NVIDIA A100", 19500.0, 2000.0, sm_count=108, cuda_capability=80)
 AWKWARD = (
