@@ -4,6 +4,10 @@ The layer is `F.conv2d(groups=C)` (depthwise 3x3) then a 1x1 `F.conv2d` with the
 place, fp32:
     cudnn_nchw        NCHW tensors (PyTorch sends fp32 NCHW depthwise to its own CUDA kernel)
     cudnn_cl          channels_last tensors (the depthwise goes to cuDNN)
+    cublas_mm         channels_last depthwise through cuDNN, then the pointwise as one matrix product
+                      of the NHWC pixels by the weights (`torch.addmm`, cuBLAS): the layer with the
+                      library's GEMM, which bounds what a pointwise GEMM reaches on the device
+                      (framework `cublas`, so that the cuDNN comparison of issue #6 keeps its meaning)
     ..._tf32          TF32 allowed in cuDNN and cuBLAS; the others run strict fp32
 Both TF32 switches, and `cudnn.benchmark`, are process-global, so every run sets them again.
 
@@ -32,7 +36,7 @@ from kernels.registry import register
 
 NO_TORCH = "PyTorch not installed (install the `torch` extra)"
 NO_CUDA = "PyTorch sees no CUDA GPU"
-LAYOUTS = ("nchw", "cl")
+LAYOUTS = ("nchw", "cl", "mm")  # mm: channels_last, the pointwise as a matrix product
 
 # The GPU kernels of one run, as the PyTorch profiler listed them on an H100 (torch 2.11, cuDNN 9.19):
 # cuDNN's convolutions (sm80_/sm90_xmma_fprop_*, implicit_convolve_sgemm, convolve_common_engine_*,
@@ -59,7 +63,16 @@ class CudnnSpec:
 
     @property
     def name(self) -> str:
-        return f"cudnn_{self.layout}" + "_tf32" * self.tf32
+        return ("cublas_mm" if self.matmul else f"cudnn_{self.layout}") + "_tf32" * self.tf32
+
+    @property
+    def matmul(self) -> bool:
+        """Whether the pointwise runs as a matrix product (cuBLAS) rather than a 1x1 convolution."""
+        return self.layout == "mm"
+
+    @property
+    def framework(self) -> str:
+        return "cublas" if self.matmul else "cudnn"
 
 
 SPECS = tuple(CudnnSpec(layout, tf32) for layout in LAYOUTS for tf32 in (False, True))
@@ -72,15 +85,26 @@ def same_padding(shape: LayerShape) -> tuple[int, int, int, int]:
     return shape.pad_top, total_h - shape.pad_top, shape.pad_left, total_w - shape.pad_left
 
 
-def torch_layer(torch: ModuleType, shape: LayerShape, x: Any, dw: Any, pw: Any, bias: Any) -> Any:
-    """The layer on NCHW-shaped tensors (either memory format): x (n,c,h,w), dw (c,1,3,3), pw (co,c,1,1)."""
+def torch_layer(
+    torch: ModuleType, shape: LayerShape, x: Any, dw: Any, pw: Any, bias: Any, matmul: bool = False
+) -> Any:
+    """The layer on NCHW-shaped tensors (either memory format): x (n,c,h,w), dw (c,1,3,3), pw (co,c,1,1).
+
+    With `matmul` the pointwise is one `addmm` of the (n*ho*wo, c) pixels by the (c, co) weights; on
+    channels_last tensors both are views, so cuBLAS reads them in place and writes channels_last."""
     F = torch.nn.functional
     top, bottom, left, right = same_padding(shape)
     if (top, left) == (bottom, right):
         y = F.conv2d(x, dw, stride=shape.stride, padding=(top, left), groups=shape.c)
     else:
         y = F.conv2d(F.pad(x, (left, right, top, bottom)), dw, stride=shape.stride, groups=shape.c)
-    y = F.conv2d(y, pw, bias)
+    if matmul:
+        pixels = y.permute(0, 2, 3, 1).reshape(-1, shape.c)
+        weights = pw.reshape(shape.co, shape.c).t()
+        z = torch.addmm(bias, pixels, weights) if bias is not None else pixels @ weights
+        y = z.view(shape.n, shape.ho, shape.wo, shape.co).permute(0, 3, 1, 2)
+    else:
+        y = F.conv2d(y, pw, bias)
     return torch.relu_(y) if shape.relu else y
 
 
@@ -104,7 +128,7 @@ class CudnnBuilt:
         self.torch, self.spec, self.shape, self.benchmark = torch, spec, shape, benchmark
         self.device = torch.device(device)
         self.gpu = self.device.type == "cuda"
-        self.format = torch.channels_last if spec.layout == "cl" else torch.contiguous_format
+        self.format = torch.contiguous_format if spec.layout == "nchw" else torch.channels_last
         self.kernel_filter: str | None = KERNEL_FILTER if self.gpu else None
         self.build_params: Mapping[str, str] = {}
         if self.gpu:
@@ -140,7 +164,9 @@ class CudnnBuilt:
             f"F.pad(x, (l={left}, r={right}, t={top}, b={bottom}))" if padded else "no explicit padding",
             f"F.conv2d(x, dw{tuple(placed.dw.shape)}, stride={s.stride}, "
             f"padding={(0, 0) if padded else (top, left)}, groups={s.c})",
-            f"F.conv2d(y, pw{tuple(placed.pw.shape)}, bias={'yes' if s.bias else 'None'})",
+            f"torch.addmm(bias, y as ({s.n * s.ho * s.wo}, {s.c}), pw as ({s.c}, {s.co}))"
+            if self.spec.matmul
+            else f"F.conv2d(y, pw{tuple(placed.pw.shape)}, bias={'yes' if s.bias else 'None'})",
             "torch.relu_(y)" if s.relu else "no relu",
         ]
         try:  # a private API: lose the line, not the variant
@@ -152,8 +178,12 @@ class CudnnBuilt:
                 [0, 0], s.c,
             )  # fmt: skip
             y = torch.empty((s.n, s.c, s.ho, s.wo), device=self.device).contiguous(memory_format=self.format)
-            pointwise = torch._C._select_conv_backend(
-                y, placed.pw, placed.bias, [1, 1], [0, 0], [1, 1], False, [0, 0], 1
+            pointwise = (
+                "addmm"
+                if self.spec.matmul
+                else torch._C._select_conv_backend(
+                    y, placed.pw, placed.bias, [1, 1], [0, 0], [1, 1], False, [0, 0], 1
+                )
             )
             lines.append(f"backends: depthwise {depthwise}, pointwise {pointwise}")
         except Exception as e:
@@ -185,7 +215,9 @@ class CudnnBuilt:
     def run(self, placed: _Placed) -> None:
         """Launch the layer once and keep its output (asynchronous on the GPU)."""
         self._set_flags()
-        placed.out = torch_layer(self.torch, self.shape, placed.x, placed.dw, placed.pw, placed.bias)
+        placed.out = torch_layer(
+            self.torch, self.shape, placed.x, placed.dw, placed.pw, placed.bias, self.spec.matmul
+        )
 
     def sync(self) -> None:
         """Wait for every queued kernel (PyTorch's CPU ops are synchronous)."""
@@ -233,12 +265,13 @@ def _register(spec: CudnnSpec) -> None:
             raise ValueError(f"{spec.name}: option cudnn_benchmark must be true or false, got {benchmark!r}")
         return build(spec, shape, "cuda", benchmark)
 
-    memory = "channels_last" if spec.layout == "cl" else "NCHW"
+    memory = "NCHW" if spec.layout == "nchw" else "channels_last"
+    pointwise = "torch.addmm (cuBLAS)" if spec.matmul else "1x1 conv2d"
     register(
         spec.name,
-        framework="cudnn",
+        framework=spec.framework,
         kinds=("cuda",),
-        description=f"PyTorch conv2d(groups=C) then 1x1 conv2d, {memory}, "
+        description=f"PyTorch conv2d(groups=C) then {pointwise}, {memory}, "
         + ("TF32 allowed" if spec.tf32 else "strict fp32")
         + ", cudnn.benchmark unless option cudnn_benchmark=false",
         check=check,

@@ -21,7 +21,7 @@ import numpy as np
 from kernels.device import DeviceSpec
 from kernels.layer import LayerInputs, LayerShape
 
-FRAMEWORKS = ("halide", "tensorflow", "cudnn", "numpy")
+FRAMEWORKS = ("halide", "tensorflow", "cudnn", "cublas", "numpy")
 
 # Modules whose import registers variants. Each registers with `@register` at import time.
 VARIANT_MODULES = (

@@ -39,6 +39,7 @@ FEW = (ODD_S2, EVEN_S2)  # for slow compiles (XLA) and repeated code paths
 MODULES = {
     "tensorflow": tensorflow_variants,
     "cudnn": cudnn_variants,
+    "cublas": cudnn_variants,
     "numpy": reference_variant,
 }
 
@@ -89,8 +90,10 @@ def test_variant_names_and_kinds() -> None:
         assert variants[n].kinds == (("cuda",) if gpu_only else ("cpu", "cuda")), n
     cudnn = {n for n, v in variants.items() if v.framework == "cudnn"}
     assert cudnn == {"cudnn_nchw", "cudnn_nchw_tf32", "cudnn_cl", "cudnn_cl_tf32"}
-    assert all(variants[n].kinds == ("cuda",) for n in cudnn)
-    assert all(variants[n].baseline for n in [*tf, *cudnn])
+    cublas = {n for n, v in variants.items() if v.framework == "cublas"}
+    assert cublas == {"cublas_mm", "cublas_mm_tf32"}  # apart, so that "best cuDNN" keeps its meaning
+    assert all(variants[n].kinds == ("cuda",) for n in cudnn | cublas)
+    assert all(variants[n].baseline for n in [*tf, *cudnn, *cublas])
     assert variants["numpy_ref"].kinds == ("cpu",) and variants["numpy_ref"].framework == "numpy"
 
 

@@ -8,6 +8,7 @@ when there is one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 
@@ -18,7 +19,8 @@ from kernels.device import DeviceSpec
 from kernels.layer import LayerShape, make_inputs
 from kernels.reference_variant import NumpyReference
 from workers import harness, metrics
-from workers.harness import DeviceEvent, kernel_samples_ms, select_kernels
+from workers.harness import DeviceEvent, kernel_samples_ms, kernel_split_ms, median_split, select_kernels
+from workers.job import MAX_KERNEL_NAMES, kernel_times_tag
 from workers.schema import TimingSpec
 
 CPU = DeviceSpec("cpu", "cpu", "host CPU", peak_gflops=100.0, mem_gbps=10.0)
@@ -161,6 +163,25 @@ def test_no_filter_takes_every_kernel_but_not_copies() -> None:
     samples, note = kernel_samples_ms(halide_events(2), None, 2)  # 5 kernels over 2 launches: uneven
     assert samples == pytest.approx([(10 + 30 + 11 + 30 + 999) / 1e3 / 2])
     assert "window mean" in note
+
+
+def test_each_kernel_of_a_launch_is_timed_apart() -> None:
+    split = kernel_split_ms(halide_events(3), r"^_kernel_", 3)
+    depthwise, output = "_kernel_depthwise_s0_y_x_block_id_y", "_kernel_output_s0_y_x_block_id_y"
+    assert [list(t) for t in split] == [[depthwise, output]] * 3  # in launch order
+    assert [t[depthwise] for t in split] == pytest.approx([0.010, 0.011, 0.012])
+    assert median_split(split) == pytest.approx({depthwise: 0.011, output: 0.030})
+    assert kernel_split_ms(halide_events(2), None, 2) == []  # uneven: no split, as no per-launch sample
+    twice = [DeviceEvent("gemm", 0.0, 5.0), DeviceEvent("relu", 6.0, 1.0), DeviceEvent("gemm", 8.0, 5.0)]
+    assert kernel_split_ms(twice, None, 1) == [pytest.approx({"gemm": 0.010, "relu": 0.001})]
+
+
+def test_the_kernel_times_tag_keeps_the_slowest_kernels_in_launch_order() -> None:
+    many = {f"k{i:02d}" + "x" * 300: float(i) for i in range(MAX_KERNEL_NAMES + 3)}
+    tag = json.loads(kernel_times_tag(many))
+    assert len(tag) == MAX_KERNEL_NAMES and all(len(n) == 160 for n in tag)
+    assert [n[:3] for n in tag] == [f"k{i:02d}" for i in range(3, MAX_KERNEL_NAMES + 3)]
+    assert len(kernel_times_tag(many)) < 8000  # fits an MLflow tag value
 
 
 def test_no_matching_kernel_is_reported() -> None:

@@ -26,7 +26,7 @@ import pytest
 from kernels.device import DeviceSpec
 from kernels.layer import LayerShape
 from orchestrator.report import build_report
-from orchestrator.report.analysis import roofline_points
+from orchestrator.report.analysis import pointwise_table, roofline_points
 from orchestrator.report.load import dataset_from_rows, row_from_parts, rows_from_records
 from workers.bundle import read_bundle
 from workers.schema import Job, Record, TimingSpec
@@ -253,6 +253,51 @@ def test_several_devices_with_nsight_metrics(store: Store, tmp_path: Path) -> No
     assert (
         "Halide kernel time at the app shape (N=4) <= 8 us: best Halide" in text
     )  # the issue's goal, checked
+
+
+def _split_row(variant: str, framework: str, kernels: dict[str, float]) -> dict[str, Any]:
+    """A GPU record whose launch ran `kernels` (name -> ms, as the harness's `kernel_times` tag)."""
+    params = {
+        "variant": variant,
+        "framework": framework,
+        **APP.as_params(),
+        "device": "h100",
+        "device_kind": "cuda",
+        "device_model": H100.model,
+        "peak_gflops": str(H100.peak_gflops),
+        "mem_gbps": str(H100.mem_gbps),
+    }
+    tags = {"status": "ok", "kernel_times": json.dumps(kernels)}
+    return row_from_parts(params, {"time_ms": sum(kernels.values())}, tags, run_id=f"{variant}-run")
+
+
+def test_the_pointwise_kernel_is_set_beside_cublas(tmp_path: Path) -> None:
+    flops = 2 * APP.n * APP.ho * APP.wo * APP.c * APP.co
+    unfused = _split_row(
+        "halide_unfused", "halide", {"_kernel_depthwise_s0": 0.004, "_kernel_output_s0": 0.010}
+    )
+    fused = _split_row("halide_app", "halide", {"_kernel_output_s0": 0.015})  # slower: not the best Halide
+    cublas = _split_row(
+        "cublas_mm", "cublas", {"conv2d_c1_k1_nhwc": 0.005, "sm80_xmma_gemm_f32": 0.008, "relu": 0.002}
+    )
+    cudnn = _split_row("cudnn_cl", "cudnn", {"conv2d_c1_k1_nhwc": 0.005, "xmma_fprop_implicit_gemm": 0.012})
+    dataset = dataset_from_rows("split", [unfused, fused, cublas, cudnn])
+    [entry] = pointwise_table(dataset.rows)
+    assert (entry["halide_variant"], entry["halide_kernel"], entry["halide_kernel_alone"]) == (
+        "halide_unfused", "_kernel_output_s0", True,
+    )  # fmt: skip
+    assert entry["cublas_kernel"] == "sm80_xmma_gemm_f32" and entry["cudnn_kernel_ms"] == pytest.approx(0.012)
+    assert entry["halide_kernel_gflops"] == pytest.approx(flops / 0.010 / 1e6)
+    assert entry["cublas_kernel_pct_roof"] == pytest.approx(100 * flops / 0.008 / 1e6 / H100.peak_gflops)
+    assert entry["halide_over_cublas"] == pytest.approx(0.010 / 0.008)
+    fused_only = pointwise_table(dataset_from_rows("fused", [fused, cublas]).rows)[0]
+    assert fused_only["halide_kernel_alone"] is False  # the output kernel also holds the depthwise
+    build_report(dataset, tmp_path, "test command")
+    text = (tmp_path / "findings.md").read_text()
+    assert "it takes 1.25x cuBLAS's SGEMM time on the same product" in text
+    assert [r["shape"] for r in _csv(tmp_path / "pointwise.csv")] == ["app"]
+    bare = dataset_from_rows("bare", [_split_row("halide_app", "halide", {})])
+    assert pointwise_table(bare.rows) == []  # no kernel times: no entry
 
 
 def test_a_wrong_record_with_a_time_is_never_a_speed(store: Store, tmp_path: Path) -> None:

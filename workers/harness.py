@@ -23,7 +23,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,9 @@ class Timing:
     stable: bool  # whether the spread fell under spec.stable_spread before a limit stopped it
     elapsed_s: float  # time spent sampling, warm-up excluded
     note: str = ""  # why the CUDA path fell back to the host clock, or how kernels were grouped
+    # CUPTI only: median time per launch (ms) of each kernel name of a launch, in launch order, so that
+    # a two-kernel variant's depthwise and pointwise are told apart without Nsight (`kernel_split_ms`).
+    kernels: dict[str, float] = field(default_factory=dict)
 
     @property
     def median_ms(self) -> float:
@@ -217,6 +220,32 @@ def kernel_samples_ms(
     return [total_ms / launches], f"{len(kernels)} kernels in {launches} launches (window mean)"
 
 
+def kernel_split_ms(
+    events: Iterable[DeviceEvent], kernel_filter: str | None, launches: int
+) -> list[dict[str, float]]:
+    """Per launch, the time (ms) of each kernel name in it, in launch order (a name launched twice in a
+    launch is summed); empty when the matching kernels do not divide evenly among the launches, the
+    same rule as `kernel_samples_ms`."""
+    kernels = select_kernels(events, kernel_filter)
+    if launches <= 0 or not kernels or len(kernels) % launches:
+        return []
+    k = len(kernels) // launches
+    split: list[dict[str, float]] = []
+    for i in range(launches):
+        times: dict[str, float] = {}
+        for e in kernels[i * k : (i + 1) * k]:
+            times[e.name] = times.get(e.name, 0.0) + e.duration_us / 1e3
+        split.append(times)
+    return split
+
+
+def median_split(split: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The median time of each kernel name over the launches of `kernel_split_ms` (a launch without
+    the name counts 0), names in order of first launch."""
+    names = list(dict.fromkeys(name for times in split for name in times))
+    return {name: float(np.median([times.get(name, 0.0) for times in split])) for name in names}
+
+
 def _torch_profiler() -> tuple[Any, str]:
     """(torch, "") when CUPTI kernel tracing through torch.profiler is usable here, else (None, why)."""
     try:
@@ -306,6 +335,7 @@ def _measure_gpu_kernels(built: Built, placed_sets: Sequence[Any], spec: TimingS
     torch, note = _torch_profiler()
     if torch is not None:
         notes: list[str] = []
+        split: list[dict[str, float]] = []
 
         def cupti_window(have: int) -> list[float]:
             count = window_size(have)
@@ -314,6 +344,7 @@ def _measure_gpu_kernels(built: Built, placed_sets: Sequence[Any], spec: TimingS
             if not samples:
                 raise _NoKernels(how)
             notes.append(how)
+            split.extend(kernel_split_ms(events, built.kernel_filter, count))
             return samples
 
         try:
@@ -328,7 +359,7 @@ def _measure_gpu_kernels(built: Built, placed_sets: Sequence[Any], spec: TimingS
             s = summarize(samples)
             return Timing(
                 s.median, s.minimum, s.p25, s.p75, s.spread, s.n, call.median, call.n,
-                "cupti", n_sets, stable, elapsed, notes[-1],
+                "cupti", n_sets, stable, elapsed, notes[-1], median_split(split),
             )  # fmt: skip
 
     def host_window(have: int) -> list[float]:  # one sample per window: the window's mean

@@ -31,6 +31,8 @@ from workers.schema import Job, Record
 
 VERIFY, TIMING = 1, 2  # seed streams: verification inputs and timing inputs never coincide
 MAX_ERROR_CHARS = 500
+MAX_KERNEL_NAMES = 12
+MAX_KERNEL_NAME_CHARS = 160
 
 
 def derive_seed(seed: int, stream: int, index: int = 0) -> int:
@@ -80,6 +82,14 @@ def base_record(job: Job) -> Record:
         tags=tags,
         artifacts={"job.json": json.dumps(job.to_dict(), indent=1, sort_keys=True, default=str)},
     )
+
+
+def kernel_times_tag(kernels: Mapping[str, float]) -> str:
+    """The `kernel_times` tag: JSON {kernel name: median ms per launch} in launch order, the slowest
+    MAX_KERNEL_NAMES kernels when a launch has more, names cut to MAX_KERNEL_NAME_CHARS (MLflow's tag
+    values hold 8,000 characters)."""
+    keep = set(sorted(kernels, key=lambda n: -kernels[n])[:MAX_KERNEL_NAMES])
+    return json.dumps({n[:MAX_KERNEL_NAME_CHARS]: round(ms, 6) for n, ms in kernels.items() if n in keep})
 
 
 def _param(value: Any) -> str:
@@ -173,6 +183,8 @@ def _execute(job: Job, record: Record) -> Record:
     record.tags["time_source"] = timing.time_source
     if timing.note:
         record.tags["time_note"] = timing.note[:MAX_ERROR_CHARS]
+    if timing.kernels:
+        record.tags["kernel_times"] = kernel_times_tag(timing.kernels)
     record.metrics.update(
         time_ms=timing.time_ms,
         time_min_ms=timing.min_ms,

@@ -8,13 +8,15 @@ and rendered to Markdown by `findings`. Only ok rows with a positive time are re
 from __future__ import annotations
 
 import csv
+import json
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.report.load import BASELINES, Row, device_facts, ok_rows
+from orchestrator.report.load import BASELINES, Row, device_facts, ok_rows, shape_of
 
 UNFUSED = "halide_unfused"  # the depthwise result goes through memory (GPU: two kernels)
 FUSED = ("halide_app", "halide_fused_tile", "halide_fused_cblock")  # depthwise computed inside the pointwise
@@ -200,6 +202,74 @@ def ncu_table(rows: Sequence[Row]) -> list[dict[str, Any]]:
         table.append(entry)
     order = {d: i for i, d in enumerate(devices(rows))}
     return sorted(table, key=lambda e: (order.get(e["device"], 0), e["shape"], e["time_ms"]))
+
+
+# The kernel of a launch that holds the pointwise product: cuBLAS/CUTLASS GEMMs, cuDNN's implicit GEMM
+# (`xmma_fprop`), Halide's output kernel (which also computes the depthwise when the schedule fuses it).
+POINTWISE_KERNEL = re.compile(r"gemm|_kernel_output")
+# Whose pointwise kernels the table sets side by side: the best Halide, the best strict-fp32 cuDNN, and
+# the same layer with its pointwise as one cuBLAS SGEMM (`cublas_mm`).
+POINTWISE_GROUPS = (("halide", "halide"), ("cudnn", "cudnn"), ("cublas", "cublas"))
+
+
+def kernel_times(row: Mapping[str, Any]) -> dict[str, float]:
+    """The row's `kernel_times` tag (kernel name -> median ms per launch, CUPTI), {} when absent."""
+    try:
+        times = json.loads(str(row.get("kernel_times") or "{}"))
+    except ValueError:
+        return {}
+    return {str(k): float(v) for k, v in times.items()} if isinstance(times, dict) else {}
+
+
+def pointwise_kernel(row: Mapping[str, Any]) -> tuple[str, float, bool] | None:
+    """(name, ms, alone) of the row's longest pointwise kernel; `alone` is False when it is the launch's
+    only kernel, so it also holds the depthwise (a fused Halide schedule). None without kernel times."""
+    times = kernel_times(row)
+    matches = {k: v for k, v in times.items() if POINTWISE_KERNEL.search(k)}
+    if not matches:
+        return None
+    name = max(matches, key=lambda k: matches[k])
+    return name, matches[name], len(times) > 1
+
+
+def pointwise_table(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Per GPU and shape: the pointwise kernel of the best Halide, best strict-fp32 cuDNN and `cublas_mm`
+    records (CUPTI kernel times), with the GFLOP/s of the pointwise product (2 n ho wo c co) in it and its
+    share of the device's fp32 roof, and the best Halide's kernel time over cuBLAS's."""
+    table = []
+    for device in devices(rows):
+        if device_facts(rows, device)["kind"] != "cuda":
+            continue
+        for shape in shapes(rows, device):
+            at = [r for r in rows if r["device_key"] == device and r["shape_key"] == shape]
+            entry: dict[str, Any] = {"device": device, "shape": shape}
+            for prefix, group in POINTWISE_GROUPS:
+                r = best([r for r in at if pointwise_kernel(r)], group=group)
+                if r is None:
+                    continue
+                geometry = shape_of(r)
+                name, ms, alone = pointwise_kernel(r) or ("", 0.0, False)
+                flops = (
+                    2 * geometry.n * geometry.ho * geometry.wo * geometry.c * geometry.co
+                    if geometry
+                    else None
+                )
+                gflops = flops / (ms * 1e6) if flops and ms > 0 else None
+                roof = r.get("peak_gflops")
+                entry.update({
+                    f"{prefix}_variant": r["variant"],
+                    f"{prefix}_ms": r["time_ms"],
+                    f"{prefix}_kernel": name,
+                    f"{prefix}_kernel_ms": ms,
+                    f"{prefix}_kernel_alone": alone,
+                    f"{prefix}_kernel_gflops": gflops,
+                    f"{prefix}_kernel_pct_roof": 100 * gflops / roof if gflops and roof else None,
+                })  # fmt: skip
+            if "halide_kernel_ms" in entry and "cublas_kernel_ms" in entry:
+                entry["halide_over_cublas"] = entry["halide_kernel_ms"] / entry["cublas_kernel_ms"]
+            if len(entry) > 2:
+                table.append(entry)
+    return table
 
 
 def status_counts(rows: Iterable[Row]) -> Counter[str]:

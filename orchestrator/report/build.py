@@ -20,14 +20,16 @@ FUSION_FIRST = (
     "fusion_speedup",
 )
 # What a report writes (and removes from its folder before writing, so nothing stale lingers)
-OWNED = ("findings.md", "records.csv", "speedups.csv", "fusion.csv", "ncu.csv", "roofline_*.png",
-         "fusion_*.png", "speedups_*.png", "gpus_concurrency.csv", "gpus_agreement.csv")  # fmt: skip
+OWNED = ("findings.md", "records.csv", "speedups.csv", "fusion.csv", "ncu.csv", "pointwise.csv",
+         "roofline_*.png", "fusion_*.png", "speedups_*.png", "gpus_concurrency.csv",
+         "gpus_agreement.csv")  # fmt: skip
 NCU_FIRST = ("device", "shape", "variant", "framework", "time_ms")
 
 
 def build_report(dataset: Dataset, out: Path, command: str) -> list[Path]:
-    """Write records.csv, speedups.csv, fusion.csv, ncu.csv (when profiled), the figures per device and
-    findings.md into `out`; returns the files written, findings.md last."""
+    """Write records.csv, speedups.csv, fusion.csv, ncu.csv (when profiled), pointwise.csv (when GPU
+    records carry kernel times), the figures per device and findings.md into `out`; returns the files
+    written, findings.md last."""
     out.mkdir(parents=True, exist_ok=True)
     for pattern in OWNED:
         for stale in out.glob(pattern):
@@ -37,10 +39,13 @@ def build_report(dataset: Dataset, out: Path, command: str) -> list[Path]:
     speed = analysis.speedup_table(rows)
     fusion = analysis.fusion_table(rows)
     ncu = analysis.ncu_table(rows)
+    pointwise = analysis.pointwise_table(rows)
     written.append(analysis.write_csv(out / "speedups.csv", speed, SPEEDUP_FIRST))
     written.append(analysis.write_csv(out / "fusion.csv", fusion, FUSION_FIRST))
     if ncu:
         written.append(analysis.write_csv(out / "ncu.csv", ncu, NCU_FIRST))
+    if pointwise:
+        written.append(analysis.write_csv(out / "pointwise.csv", pointwise, ("device", "shape")))
     if gpus.used_several_gpus(dataset.all_rows):
         concurrency, pairs = gpus.concurrency(dataset.all_rows), gpus.agreement(dataset.all_rows)
         written.append(
@@ -60,7 +65,7 @@ def build_report(dataset: Dataset, out: Path, command: str) -> list[Path]:
             drawn[device] = {k: Path(p.name) for k, p in kept.items()}
             written.extend(kept.values())
     names = [p.name for p in written] + ["findings.md"]
-    text = findings_text(Inputs(dataset, command, speed, fusion, ncu, drawn, names))
+    text = findings_text(Inputs(dataset, command, speed, fusion, ncu, drawn, names, pointwise))
     findings = out / "findings.md"
     findings.write_text(text, encoding="utf-8")
     written.append(findings)

@@ -20,7 +20,7 @@ from matplotlib import ticker
 from orchestrator.report import analysis
 from orchestrator.report.load import BASELINE_LABELS, BASELINES, Row, device_facts
 
-MARKERS = {"halide": "o", "tensorflow": "s", "cudnn": "^", "numpy": "X"}
+MARKERS = {"halide": "o", "tensorflow": "s", "cudnn": "^", "cublas": "v", "numpy": "X"}
 DPI = 130
 _UNSAFE = re.compile(r"[^\w.\-]+")
 

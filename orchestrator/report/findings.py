@@ -116,6 +116,7 @@ class Inputs:
     ncu: list[dict[str, Any]]
     figures: Mapping[str, Mapping[str, Path]]  # device -> figure kind -> path (relative to findings.md)
     files: Sequence[str] = ()
+    pointwise: Sequence[Mapping[str, Any]] = ()  # analysis.pointwise_table
 
 
 def findings_text(inp: Inputs) -> str:
@@ -556,8 +557,61 @@ def _question2(inp: Inputs) -> str:
             )
         else:
             out.append(_ncu_section(prof))
+        out.append(_pointwise_section([e for e in inp.pointwise if e["device"] == device]))
         out.append(_problems(rows, device, "halide"))
     return "\n\n".join(p for p in out if p)
+
+
+def _pointwise_cell(e: Mapping[str, Any], prefix: str) -> str:
+    if f"{prefix}_kernel_ms" not in e:
+        return "-"
+    fused = "" if e[f"{prefix}_kernel_alone"] else ", with the depthwise"
+    rate, share = e[f"{prefix}_kernel_gflops"], e[f"{prefix}_kernel_pct_roof"]
+    what = f" ({rate / 1e3:.1f} TFLOP/s, {fp(share)}{fused})" if rate else ""
+    return f"{ft(e[f'{prefix}_kernel_ms'])}{what} of {ft(e[f'{prefix}_ms'])} `{e[f'{prefix}_variant']}`"
+
+
+def _pointwise_section(entries: Sequence[Mapping[str, Any]]) -> str:
+    """The pointwise product's kernel alone (CUPTI kernel times): Halide's against cuDNN's and cuBLAS's."""
+    if not entries:
+        return ""
+    table = [
+        (
+            f"`{e['shape']}`",
+            *(_pointwise_cell(e, p) for p in ("halide", "cudnn", "cublas")),
+            fx(e.get("halide_over_cublas")),
+        )
+        for e in entries
+    ]
+    text = (
+        "The pointwise product's kernel alone, from the CUPTI time of each kernel of a launch "
+        "(tag `kernel_times`; `pointwise.csv`): its time, the rate of the pointwise's 2 n ho wo c co "
+        "FLOPs in it, and that rate's share of the fp32 roof, for the best Halide, the best strict-fp32 "
+        "cuDNN, and the same layer with its pointwise as one cuBLAS SGEMM (`cublas_mm`). Halide's output "
+        "kernel also holds the "
+        "depthwise where the schedule fuses it, and then says so.\n\n"
+        + md_table(
+            [
+                "shape",
+                "best Halide",
+                "best cuDNN (fp32)",
+                "cuBLAS SGEMM (`cublas_mm`)",
+                "Halide / cuBLAS kernel",
+            ],
+            table,
+        )
+    )
+    alone = [e for e in entries if e.get("halide_over_cublas") and e.get("halide_kernel_alone")]
+    if alone:
+        ratios = [e["halide_over_cublas"] for e in alone]
+        shares = [e["cublas_kernel_pct_roof"] for e in alone if e.get("cublas_kernel_pct_roof")]
+        text += (
+            f"\n\nWhere Halide's pointwise is a kernel of its own ({len(alone)} shape(s)), it takes "
+            f"{_range(ratios, fx)} cuBLAS's SGEMM time on the same product (geometric mean "
+            f"{fx(analysis.geomean(ratios))}); cuBLAS's SGEMM itself reaches {_range(shares, fp)} of the "
+            "fp32 roof on these products."
+        )
+    return text
 
 
 def _longest(e: Mapping[str, Any]) -> str:

@@ -41,7 +41,7 @@ BOOL_PARAMS = ("bias", "relu")
 # Metrics that state a speed: present only on ok rows.
 SPEED_METRICS = ("call_ms", "gflops", "gbps", "pct_peak", "pct_roofline", "floor_ms")
 SPEED_PREFIXES = ("time_", "ncu.", "nsys.")
-FRAMEWORKS = ("halide", "tensorflow", "cudnn", "numpy")
+FRAMEWORKS = ("halide", "tensorflow", "cudnn", "cublas", "numpy")
 # Baseline groups the report compares Halide with: strict fp32 and TF32 are separate (TF32 rounds the
 # pointwise inputs to 10 mantissa bits and uses tensor cores, which Halide 21 never emits).
 BASELINES = ("tensorflow", "tensorflow_tf32", "cudnn", "cudnn_tf32")
@@ -72,7 +72,8 @@ def _number(text: Any, kind: type) -> Any:
 
 def baseline_group(framework: str, variant: str) -> str:
     """`framework`, with `_tf32` appended for a TF32 variant (its name says tf32): the comparison group."""
-    return f"{framework}_tf32" if "tf32" in variant and framework in ("tensorflow", "cudnn") else framework
+    split = "tf32" in variant and framework in ("tensorflow", "cudnn", "cublas")
+    return f"{framework}_tf32" if split else framework
 
 
 def row_from_parts(
