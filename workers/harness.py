@@ -211,11 +211,11 @@ def kernel_samples_ms(
     if not kernels:
         what = f"matching {kernel_filter!r}" if kernel_filter else "at all"
         return [], f"profiler saw no kernel {what} in a window of {launches} launches"
-    if len(kernels) % launches == 0:
-        k = len(kernels) // launches
+    grouped = _per_launch(kernels, launches)
+    if grouped:
         return [
-            sum(e.duration_us for e in kernels[i * k : (i + 1) * k]) / 1e3 for i in range(launches)
-        ], f"{k} kernel(s) per launch"
+            sum(e.duration_us for e in ks) / 1e3 for ks in grouped
+        ], f"{len(grouped[0])} kernel(s) per launch"
     total_ms = sum(e.duration_us for e in kernels) / 1e3
     return [total_ms / launches], f"{len(kernels)} kernels in {launches} launches (window mean)"
 
@@ -226,17 +226,22 @@ def kernel_split_ms(
     """Per launch, the time (ms) of each kernel name in it, in launch order (a name launched twice in a
     launch is summed); empty when the matching kernels do not divide evenly among the launches, the
     same rule as `kernel_samples_ms`."""
-    kernels = select_kernels(events, kernel_filter)
-    if launches <= 0 or not kernels or len(kernels) % launches:
-        return []
-    k = len(kernels) // launches
     split: list[dict[str, float]] = []
-    for i in range(launches):
+    for ks in _per_launch(select_kernels(events, kernel_filter), launches):
         times: dict[str, float] = {}
-        for e in kernels[i * k : (i + 1) * k]:
+        for e in ks:
             times[e.name] = times.get(e.name, 0.0) + e.duration_us / 1e3
         split.append(times)
     return split
+
+
+def _per_launch(kernels: Sequence[DeviceEvent], launches: int) -> list[Sequence[DeviceEvent]]:
+    """The kernels (in start order) cut into `launches` equal groups, one per launch; empty when there
+    are none or they do not divide evenly (then no kernel can be assigned to its launch)."""
+    if launches <= 0 or not kernels or len(kernels) % launches:
+        return []
+    k = len(kernels) // launches
+    return [kernels[i * k : (i + 1) * k] for i in range(launches)]
 
 
 def median_split(split: Sequence[dict[str, float]]) -> dict[str, float]:
