@@ -2,14 +2,18 @@
 
     DIR/records.jsonl                 one Record per line (params, metrics, tags), no artifacts inline
     DIR/artifacts/<job key>/<name>    each record's artifacts, one small text file each
+    DIR/shared/<digest>/<name>        an artifact that repeats verbatim across jobs (a schedule's
+                                      source, `SHARED`), stored once by content; the line's "shared"
+                                      field maps its name to the digest
 
 A record's line is appended (flushed and fsynced) only after its artifacts are on disk, so a line
 always has its files. A key may appear more than once (`--rerun`): the last line wins.
-`read_bundle` reassembles full Records for `orchestrator.ingest`.
+`read_bundle` reassembles full Records for `orchestrator.ingest`, shared artifacts included.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +26,8 @@ from workers.schema import Record
 
 RECORDS = "records.jsonl"
 ARTIFACTS = "artifacts"
+SHARED_DIR = "shared"
+SHARED = frozenset({"schedule.py"})  # artifacts that repeat verbatim across a bundle's jobs
 _UNSAFE = re.compile(r"[^\w.\-]")
 log = logging.getLogger(__name__)
 
@@ -45,18 +51,44 @@ def _artifact_path(folder: Path, name: str) -> Path:
     return folder.joinpath(*(_UNSAFE.sub("_", p) for p in parts))
 
 
+_DIGEST = re.compile(r"[0-9a-f]{16}")
+
+
+def _shared_path(bundle: Path, digest: str, name: str) -> Path:
+    return _artifact_path(Path(bundle) / SHARED_DIR / digest, name)
+
+
+def _write_shared(bundle: Path, name: str, text: str) -> str:
+    """Store `text` once under its digest (written whole, then renamed) and return the digest."""
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    path = _shared_path(bundle, digest, name)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(path.name + ".part")
+        part.write_text(text, encoding="utf-8")
+        os.replace(part, path)  # a crash leaves no half-written file under the final name
+    return digest
+
+
 def append_record(bundle: Path, record: Record) -> None:
-    """Write `record`'s artifacts, then append its line to records.jsonl (flush + fsync)."""
+    """Write `record`'s artifacts (the `SHARED` ones once per content), then append its line to
+    records.jsonl (flush + fsync)."""
     bundle = Path(bundle)
     folder = artifact_dir(bundle, record.key)
     if folder.is_dir():  # a re-run replaces the files of the earlier run of the same key
         shutil.rmtree(folder)
+    shared: dict[str, str] = {}
     for name, text in record.artifacts.items():
+        if name in SHARED:
+            shared[name] = _write_shared(bundle, name, text)
+            continue
         path = _artifact_path(folder, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     line = asdict(record)
     line.pop("artifacts")
+    if shared:
+        line["shared"] = shared
     path = bundle / RECORDS
     with open(path, "a+b") as f:
         f.seek(0, os.SEEK_END)
@@ -69,7 +101,8 @@ def append_record(bundle: Path, record: Record) -> None:
         os.fsync(f.fileno())
 
 
-def _read_lines(bundle: Path) -> list[Record]:
+def _read_lines(bundle: Path) -> list[tuple[Record, dict[str, str]]]:
+    """Each line's Record (without artifacts) and its shared artifacts' digests."""
     path = Path(bundle) / RECORDS
     if not path.is_file():
         raise BundleError(f"no {RECORDS} in {bundle}: not a results bundle")
@@ -78,7 +111,15 @@ def _read_lines(bundle: Path) -> list[Record]:
         if not line.strip():
             continue
         try:
-            records.append(Record.from_json(line))
+            fields = json.loads(line)
+            if not isinstance(fields, dict):
+                raise TypeError(f"a JSON {type(fields).__name__}, not an object")
+            shared = fields.pop("shared", {})
+            if not isinstance(shared, dict) or not all(
+                isinstance(d, str) and _DIGEST.fullmatch(d) for d in shared.values()
+            ):
+                raise ValueError(f"'shared' must map artifact names to 16 hex digits, not {shared!r}")
+            records.append((Record(**fields), shared))
         except (ValueError, TypeError) as exc:
             if not line.rstrip().endswith("}"):  # cut short by a crash mid-write: that job did not finish
                 log.warning("%s:%d: skipping a truncated line", path, i)
@@ -91,17 +132,17 @@ def recorded_keys(bundle: Path) -> set[str]:
     """Keys of the records already in the bundle (empty when it has none yet)."""
     if not (Path(bundle) / RECORDS).is_file():
         return set()
-    return {r.key for r in _read_lines(bundle)}
+    return {r.key for r, _ in _read_lines(bundle)}
 
 
 def read_bundle(bundle: str | os.PathLike[str]) -> list[Record]:
     """The bundle's Records with their artifacts, one per key (the last line of a key wins), in order."""
     bundle = Path(bundle)
-    latest: dict[str, Record] = {}
-    for record in _read_lines(bundle):
+    latest: dict[str, tuple[Record, dict[str, str]]] = {}
+    for record, shared in _read_lines(bundle):
         latest.pop(record.key, None)  # keep the order of the last occurrence
-        latest[record.key] = record
-    for record in latest.values():
+        latest[record.key] = (record, shared)
+    for record, shared in latest.values():
         folder = artifact_dir(bundle, record.key)
         if folder.is_dir():
             record.artifacts = {
@@ -109,4 +150,9 @@ def read_bundle(bundle: str | os.PathLike[str]) -> list[Record]:
                 for p in sorted(folder.rglob("*"))
                 if p.is_file()
             }
-    return list(latest.values())
+        for name, digest in shared.items():
+            path = _shared_path(bundle, digest, name)
+            if not path.is_file():
+                raise BundleError(f"{bundle}: record {record.key!r} names {path}, which is missing")
+            record.artifacts[name] = path.read_text(encoding="utf-8", errors="replace")
+    return [record for record, _ in latest.values()]

@@ -116,9 +116,10 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, int | float | str | bool | None) else str(value)
 
 
-def schedule_source(fn: Callable[..., Any], decisions: Mapping[str, Any] | None = None) -> str:
-    """The schedule function's source and that of the module helpers it calls, headed by the
-    decisions it made for this shape: the `schedule.py` artifact."""
+def schedule_source(fn: Callable[..., Any]) -> str:
+    """The schedule function's source and that of the module helpers it calls: the `schedule.py`
+    artifact. It is the same text for every shape (a bundle stores it once); what the function decided
+    for one shape is the `decisions.json` artifact beside it."""
     module: ModuleType | None = inspect.getmodule(fn)
     order: list[Callable[..., Any]] = []
 
@@ -132,10 +133,19 @@ def schedule_source(fn: Callable[..., Any], decisions: Mapping[str, Any] | None 
                 visit(obj)
 
     visit(fn)
-    header = f"# {fn.__module__}.{fn.__name__}\n"
-    if decisions:
-        header += f"# decisions for this shape: {json.dumps({k: _plain(v) for k, v in decisions.items()})}\n"
-    return header + "\n\n".join(inspect.getsource(f) for f in order)
+    return f"# {fn.__module__}.{fn.__name__}\n" + "\n\n".join(inspect.getsource(f) for f in order)
+
+
+def decisions_json(decisions: Mapping[str, Any] | None) -> str:
+    """What a schedule function decided for this shape (block, threads, shared bytes...): the
+    `decisions.json` artifact."""
+    plain = {k: _plain(v) for k, v in (decisions or {}).items()}
+    return json.dumps(plain, indent=1) + "\n"
+
+
+def _schedule_artifacts(fn: Callable[..., Any], decisions: Mapping[str, Any] | None) -> dict[str, str]:
+    """A schedule function's artifacts for one build (the names are part of the cache key)."""
+    return {"schedule.py": schedule_source(fn), "decisions.json": decisions_json(decisions)}
 
 
 def _module_sources(*modules: ModuleType) -> str:
@@ -161,11 +171,11 @@ def schedule_layer(
         params = family.resolve(shape, device, options)
         decisions = family.apply(params, layer, target)
         fn = family._apply_gpu if device.is_gpu else family._apply_cpu
-        return layer, layer.pipeline(), {"schedule.py": schedule_source(fn, decisions)}
+        return layer, layer.pipeline(), _schedule_artifacts(fn, decisions)
     table = schedules_gpu.GPU_SCHEDULES if device.is_gpu else schedules_cpu.CPU_SCHEDULES
     fn = table[name]
     decisions = fn(layer, target)
-    return layer, layer.pipeline(), {"schedule.py": schedule_source(fn, decisions)}
+    return layer, layer.pipeline(), _schedule_artifacts(fn, decisions)
 
 
 def _key_parts(
@@ -183,6 +193,7 @@ def _key_parts(
         "shape": asdict(shape),
         "threads": schedules_cpu.host_threads(),
         "python": sysconfig.get_config_var("EXT_SUFFIX"),
+        "artifacts": "schedule.py, decisions.json",  # entries cached before the split miss
     }
     if name in autoschedule.AUTOSCHEDULERS:
         auto = autoschedule.AUTOSCHEDULERS[name]
