@@ -234,7 +234,8 @@ def test_a_schedule_source_shared_by_jobs_is_stored_once(tmp_path) -> None:
     for r in records:
         bundle.append_record(tmp_path, r)
     stored = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / bundle.SHARED_DIR).rglob("*"))
-    assert len([p for p in stored if p.endswith("schedule.py")]) == 2 and not any(".part" in p for p in stored)
+    assert len([p for p in stored if p.endswith("schedule.py")]) == 2  # one file per distinct source
+    assert not any(".part" in p for p in stored)
     assert not (bundle.artifact_dir(tmp_path, "j0") / "schedule.py").exists()
     assert [r.artifacts for r in bundle.read_bundle(tmp_path)] == [r.artifacts for r in records]
     lines = [json.loads(x) for x in (tmp_path / bundle.RECORDS).read_text().splitlines()]
@@ -243,7 +244,7 @@ def test_a_schedule_source_shared_by_jobs_is_stored_once(tmp_path) -> None:
     assert bundle.read_bundle(tmp_path)[0].artifacts["schedule.py"] == source
     for path in (tmp_path / bundle.SHARED_DIR).rglob("schedule.py"):
         path.unlink()  # a bundle that lost a shared file says so
-    with pytest.raises(bundle.BundleError, match="names .*schedule.py, which is missing"):
+    with pytest.raises(bundle.BundleError, match=r"names .*schedule\.py, which is missing"):
         bundle.read_bundle(tmp_path)
     with open(tmp_path / bundle.RECORDS, "a") as f:
         f.write('{"key": "x", "shared": {"schedule.py": "../../etc"}}\n')
