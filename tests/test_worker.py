@@ -251,6 +251,7 @@ def test_a_schedule_source_shared_by_jobs_is_stored_once(tmp_path) -> None:
     with pytest.raises(bundle.BundleError, match=r"not a record \('shared' must map .* 16 hex digits"):
         bundle.read_bundle(tmp_path)
 
+
 # --- the CLI ----------------------------------------------------------------------------------------
 
 
