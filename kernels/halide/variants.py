@@ -110,9 +110,14 @@ def cuda_target(device: DeviceSpec) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    """Schedule decisions as JSON-friendly values."""
+    """Schedule decisions as JSON values: dataclasses, mappings and sequences stay structured (so
+    `decisions.json` can be read back as data); anything else (a Halide object) becomes its string."""
     if is_dataclass(value) and not isinstance(value, type):
         return asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
     return value if isinstance(value, int | float | str | bool | None) else str(value)
 
 
