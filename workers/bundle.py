@@ -142,6 +142,7 @@ def read_bundle(bundle: str | os.PathLike[str]) -> list[Record]:
     for record, shared in _read_lines(bundle):
         latest.pop(record.key, None)  # keep the order of the last occurrence
         latest[record.key] = (record, shared)
+    sources: dict[Path, str] = {}  # a shared file is read once, however many records name it
     for record, shared in latest.values():
         folder = artifact_dir(bundle, record.key)
         if folder.is_dir():
@@ -152,7 +153,9 @@ def read_bundle(bundle: str | os.PathLike[str]) -> list[Record]:
             }
         for name, digest in shared.items():
             path = _shared_path(bundle, digest, name)
-            if not path.is_file():
-                raise BundleError(f"{bundle}: record {record.key!r} names {path}, which is missing")
-            record.artifacts[name] = path.read_text(encoding="utf-8", errors="replace")
+            if path not in sources:
+                if not path.is_file():
+                    raise BundleError(f"{bundle}: record {record.key!r} names {path}, which is missing")
+                sources[path] = path.read_text(encoding="utf-8", errors="replace")
+            record.artifacts[name] = sources[path]
     return [record for record, _ in latest.values()]
