@@ -243,12 +243,13 @@ def pointwise_table(rows: Sequence[Row]) -> list[dict[str, Any]]:
         for shape in shapes(rows, device):
             at = [r for r in rows if r["device_key"] == device and r["shape_key"] == shape]
             entry: dict[str, Any] = {"device": device, "shape": shape}
+            timed = [(r, k) for r in at if (k := pointwise_kernel(r))]  # each tag parsed once
             for prefix, group in POINTWISE_GROUPS:
-                r = best([r for r in at if pointwise_kernel(r)], group=group)
+                r = best([r for r, _ in timed], group=group)
                 if r is None:
                     continue
                 geometry = shape_of(r)
-                name, ms, alone = pointwise_kernel(r) or ("", 0.0, False)
+                name, ms, alone = next(k for q, k in timed if q is r)
                 flops = (
                     2 * geometry.n * geometry.ho * geometry.wo * geometry.c * geometry.co
                     if geometry
