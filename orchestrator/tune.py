@@ -21,6 +21,11 @@ the same tiles with the depthwise at every other level, and random draws, then m
 budget on that autoscheduler: its configured run first, then greedy runs (beam 1) with random
 dropout, one seed per candidate (Li2018 and Mullapudi2016 have no random knob: their one schedule).
 
+A search can go on from earlier ones (`tune.resume=[tuning/runs/h100-*/records.jsonl.gz]`, records
+files or bundles, as Kernel Tuner's cache files do): the candidates they screened for the same shape,
+device model and Halide version are not screened again, `evolve` mutates the best of them, and their
+best is re-timed beside this search's own, so one search can span several calls to a GPU node.
+
 Dispatch: through the orchestrator's Ray dispatch (`orchestrator.dispatch`) with the search logged
 into MLflow by its recorder (experiment `tune_<NAME>`), or with `--local` in this process's child
 workers (`workers.runner`, crash-isolated; no Ray, no MLflow) into a results bundle under `--out`
@@ -36,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import glob
 import json
 import math
 import random
@@ -98,6 +104,7 @@ class TuneConf:
     parallel: int = 1
     job_timeout_s: float = 600.0
     time_limit_s: float = 0.0
+    resume: list[str] = field(default_factory=list)
 
 
 def check_tune(t: TuneConf) -> None:
@@ -125,6 +132,23 @@ def check_tune(t: TuneConf) -> None:
         raise ConfigError(f"tune.time_limit_s must be >= 0 (0: no limit), got {t.time_limit_s}")
     if not 0 <= t.explore <= 1:
         raise ConfigError(f"tune.explore must be in [0, 1], got {t.explore}")
+    resume_sources(t)
+
+
+def resume_sources(t: TuneConf) -> list[Path]:
+    """The records files and bundle folders of tune.resume, glob patterns expanded; one that matches
+    nothing is an error."""
+    sources: list[Path] = []
+    for entry in t.resume:
+        pattern = str(Path(entry).expanduser())
+        found = sorted(Path(p) for p in glob.glob(pattern)) if glob.has_magic(pattern) else [Path(pattern)]
+        found = [p for p in found if p.is_file() or (p / "records.jsonl").is_file()]
+        if not found:
+            raise ConfigError(
+                f"tune.resume: {entry!r} names no records file (records.jsonl[.gz]) or results bundle"
+            )
+        sources.extend(found)
+    return list(dict.fromkeys(sources))
 
 
 # --- candidates ----------------------------------------------------------------------------------------
@@ -163,6 +187,7 @@ class Outcome:
     candidate: Candidate
     screen: Record | None = None
     final: Record | None = None
+    prior: bool = False  # screened by an earlier search (tune.resume), not by this one
 
     @staticmethod
     def _time(record: Record | None) -> float:
@@ -182,6 +207,10 @@ class Outcome:
 class Strategy(Protocol):
     def propose(self, n: int, outcomes: Sequence[Outcome]) -> list[Candidate]:
         """Up to `n` new candidates, given every outcome so far (never one already tried)."""
+        ...
+
+    def known(self, record: Record) -> Candidate | None:
+        """The candidate an earlier search's record screened, when it lies in this strategy's space."""
         ...
 
 
@@ -209,6 +238,18 @@ class FamilySearch:
     def _candidate(self, params: Any, baseline: bool = False) -> Candidate:
         return Candidate.make("halide_family", {"params": self.family.as_dict(params)}, baseline)
 
+    def known(self, record: Record) -> Candidate | None:
+        raw = record.params.get("option.params")
+        if record.params.get("variant") != "halide_family" or raw is None:
+            return None
+        try:
+            params = self.family.params_class(self.device)(**json.loads(raw))
+        except (TypeError, ValueError):  # written by a family whose parameters have changed since
+            return None
+        if self.family.check(params, self.shape, self.device) is not None:
+            return None
+        return self._candidate(params, baseline=params == self.seeds[0])
+
     def propose(self, n: int, outcomes: Sequence[Outcome]) -> list[Candidate]:
         tried = {o.candidate.ident for o in outcomes}
         out: list[Candidate] = []
@@ -221,8 +262,8 @@ class FamilySearch:
 
         for i, params in enumerate(self.seeds):
             add(params, baseline=i == 0)
-        ranked = sorted((o for o in outcomes if math.isfinite(o.screen_ms)), key=lambda o: o.screen_ms)
-        parents = [json.loads(dict(o.candidate.options)["params"]) for o in ranked[: self.t.parents]]
+        best = _ranked(outcomes)[: self.t.parents]
+        parents = [json.loads(dict(o.candidate.options)["params"]) for o in best]
         cls = self.family.params_class(self.device)
         for _ in range(50 * n):
             if len(out) >= n:
@@ -261,6 +302,13 @@ class AutoSearch:
             if c.ident not in tried:
                 out.append(c)
         return out[:n]
+
+    def known(self, record: Record) -> Candidate | None:
+        if record.params.get("variant") != self.variant:
+            return None
+        raw = record.params.get("option.autoscheduler")
+        options = {"autoscheduler": json.loads(raw)} if raw else {}
+        return Candidate.make(self.variant, options, baseline=not options)
 
 
 def make_strategy(shape: LayerShape, device: DeviceSpec, t: TuneConf, rng: random.Random) -> Strategy:
@@ -399,12 +447,64 @@ class PairResult:
     def baseline(self) -> Outcome | None:
         return next((o for o in self.outcomes if o.candidate.baseline), None)
 
+    def fresh(self) -> list[Outcome]:
+        """The outcomes this search screened (not the earlier searches' of tune.resume)."""
+        return [o for o in self.outcomes if not o.prior]
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for o in self.outcomes:
+        for o in self.fresh():
             status = o.screen.status if o.screen else "pending"
             out[status] = out.get(status, 0) + 1
         return out
+
+
+def _retryable(record: Record) -> bool:
+    """A screening whose worker was killed (a timeout, a crash) says nothing about the schedule."""
+    return record.status == "failed" and record.tags.get("error", "").startswith("crash:")
+
+
+def load_prior(pairs: Sequence[PairResult], sources: Sequence[Path]) -> dict[str, int]:
+    """Give each pair the candidates that earlier searches screened for it (tune.resume): they are not
+    screened again, evolve mutates the best of them, and the best is re-timed with this search's.
+
+    A record counts when it is a screening (rung 0) of the same shape, device model and Halide version,
+    in the strategy's space today; a candidate screened more than once keeps its fastest screening.
+    Returns how many candidates each pair got."""
+    from kernels.halide import tuned
+    from workers.bundle import BundleError, read_records
+
+    records: list[Record] = []
+    for source in sources:
+        try:
+            records.extend(read_records(source))
+        except (BundleError, OSError) as exc:
+            raise ConfigError(f"tune.resume: {exc}") from None
+    halide = tuned.halide_version()
+    loaded = {}
+    for pair in pairs:
+        shape_params = pair.shape.as_params()
+        best: dict[Any, Outcome] = {}
+        for record in records:
+            p = record.params
+            if (
+                record.tags.get(RUNG_TAG) != "0"
+                or record.tags.get("halide_version") != halide
+                or p.get("device_model") != pair.device.model
+                or any(p.get(k) != v for k, v in shape_params.items())
+                or _retryable(record)
+            ):
+                continue
+            candidate = pair.strategy.known(record)
+            if candidate is None:
+                continue
+            outcome = Outcome(candidate, screen=record, prior=True)
+            held = best.get(candidate.ident)
+            if held is None or outcome.screen_ms < held.screen_ms:
+                best[candidate.ident] = outcome
+        pair.outcomes.extend(best.values())
+        loaded[pair.name] = len(best)
+    return loaded
 
 
 def candidate_job(base: Job, candidate: Candidate, timing: TimingSpec) -> Job:
@@ -432,6 +532,11 @@ def _annotate(record: Record, candidate: Candidate, rung: int, round_: int, t: T
 QUIET_LOGGERS = ("alembic", "mlflow", "ray", "urllib3")
 
 
+def _ranked(outcomes: Iterable[Outcome]) -> list[Outcome]:
+    """The outcomes screened ok, fastest first."""
+    return sorted((o for o in outcomes if math.isfinite(o.screen_ms)), key=lambda o: o.screen_ms)
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -455,7 +560,7 @@ def search(
             break
         jobs: list[Job] = []
         for pair in pairs:
-            left = t.budget - len(pair.outcomes)
+            left = t.budget - len(pair.fresh())
             if left <= 0:
                 continue
             for candidate in pair.strategy.propose(min(left, t.generation), pair.outcomes):
@@ -487,11 +592,13 @@ def search(
 
     finals: list[Job] = []
     for pair in pairs:
-        ranked = sorted((o for o in pair.outcomes if math.isfinite(o.screen_ms)), key=lambda o: o.screen_ms)
-        chosen = ranked[: t.promote]
-        base = pair.baseline()
-        if base is not None and math.isfinite(base.screen_ms) and base not in chosen:
-            chosen.append(base)
+        chosen = _ranked(pair.fresh())[: t.promote]
+        # the best of the earlier searches too: their screenings ran under other loads, so it is
+        # re-timed beside this search's best rather than ranked against their screenings
+        earlier = _ranked(o for o in pair.outcomes if o.prior)[:1]
+        for outcome in [*earlier, pair.baseline()]:
+            if outcome is not None and math.isfinite(outcome.screen_ms) and outcome not in chosen:
+                chosen.append(outcome)
         for outcome in chosen:
             job = candidate_job(pair.base, outcome.candidate, pair.base.timing)
             by_key[job.key] = (pair, outcome, round_)
@@ -539,8 +646,9 @@ def db_entry(pair: PairResult, t: TuneConf, command: str) -> dict[str, Any] | No
         "pct_roofline": metrics.get("pct_roofline"),
         "heuristic_time_ms": heuristic_ms if math.isfinite(heuristic_ms) else None,
         "speedup_vs_heuristic": heuristic_ms / metrics["time_ms"] if math.isfinite(heuristic_ms) else None,
-        "candidates": len(pair.outcomes),
-        "candidates_ok": sum(math.isfinite(o.screen_ms) for o in pair.outcomes),
+        "candidates": len(pair.fresh()),
+        "candidates_ok": sum(math.isfinite(o.screen_ms) for o in pair.fresh()),
+        "candidates_earlier": len(pair.outcomes) - len(pair.fresh()),
         "strategy": t.strategy,
         "budget": t.budget,
         "seed": t.seed,
@@ -563,7 +671,8 @@ def summary(pairs: Sequence[PairResult], t: TuneConf, command: str) -> dict[str,
                 "shape": pair.shape.name,
                 "label": pair.shape.label,
                 "device": pair.device.name,
-                "candidates": len(pair.outcomes),
+                "candidates": len(pair.fresh()),
+                "candidates_earlier": len(pair.outcomes) - len(pair.fresh()),
                 "statuses": pair.counts(),
                 "best_ms": best.final_ms if best else None,
                 "best_variant": best.candidate.variant if best else None,
@@ -728,6 +837,9 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     cfg, t = compose(overrides, tune_args)
     command = "python -m orchestrator.tune " + " ".join(shlex.quote(a) for a in argv)
     pairs = plan_pairs(cfg, t)
+    if t.resume:
+        loaded = load_prior(pairs, resume_sources(t))
+        _say("resumed from earlier searches: " + ", ".join(f"{n} {k}" for n, k in loaded.items()))
     screen = screen_spec(t)
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     out = flags.out or REPO_ROOT / "outputs" / f"tune_{cfg.name}" / stamp

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import random
 import re
@@ -25,6 +26,7 @@ from kernels.device import DeviceSpec, visible_gpu
 from kernels.halide import family, tuned, variants
 from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error
 from orchestrator import tune
+from orchestrator.config import ConfigError
 from workers import bundle
 
 CPU = DeviceSpec("cpu", "cpu", "host CPU", peak_gflops=100.0, mem_gbps=10.0)
@@ -263,6 +265,24 @@ def test_search_end_to_end_local(tmp_path: Path) -> None:
     built = registry.get("halide_tuned").build(shape, CPU, {"tuning_db": str(db), "jit": True})
     assert json.loads(built.artifacts["build.json"])["source"] == "db"
 
+    # A second search goes on from the first (its bundle, or its records kept gzipped as tuning/runs
+    # keeps them, found by a glob): nothing screened twice, and the earlier best re-timed beside its own.
+    kept = tmp_path / "runs" / "first" / "records.jsonl.gz"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(gzip.compress((out / bundle.RECORDS).read_bytes()))
+    for n, source in enumerate((str(out), str(tmp_path / "runs" / "*" / "records.jsonl.gz"))):
+        again = tmp_path / f"again{n}"
+        argv2 = [*argv[:4], "tune.budget=2", "tune.db_mode=none", f"tune.resume=[{source}]"]
+        (row2,) = tune.run([*argv2, "--local", "--out", str(again)])["pairs"]
+        assert row2["candidates"] == 2 and row2["candidates_earlier"] == 4 and row2["statuses"] == {"ok": 2}
+        before = {r.params["option.params"] for r in screened}
+        new = bundle.read_records(again)
+        assert not before & {r.params["option.params"] for r in new if r.tags[tune.RUNG_TAG] == "0"}
+        best = json.dumps(entry["params"], sort_keys=True)
+        assert best in {r.params["option.params"] for r in new if r.tags[tune.RUNG_TAG] == "1"}
+    with pytest.raises(ConfigError, match=r"tune\.resume: .*names no records file"):
+        tune.run([*argv[:4], f"tune.resume=[{tmp_path / 'nothing*'}]", "--local", "--out", str(again)])
+
 
 def test_autoscheduler_gets_the_same_budget(tmp_path: Path) -> None:
     argv = [
@@ -275,6 +295,12 @@ def test_autoscheduler_gets_the_same_budget(tmp_path: Path) -> None:
     options = [json.loads(r.params.get("option.autoscheduler", "{}")) for r in bundle.read_bundle(tmp_path)]
     seeds = sorted(o.get("random_dropout_seed", -1) for o in options)
     assert seeds[0] == -1 and seeds[1] >= 0  # the configured run, then a greedy run with random dropout
+    # resumed, the autoscheduler's search knows both and goes on with a third
+    cfg, t = tune.compose(argv[:2], argv[2:5])
+    (pair,) = tune.plan_pairs(cfg, t)
+    assert tune.load_prior([pair], [tmp_path]) == {pair.name: 2} and pair.baseline() is not None
+    (third,) = pair.strategy.propose(1, pair.outcomes)
+    assert third.option_dict()["autoscheduler"]["random_dropout_seed"] not in seeds
 
 
 @pytest.mark.slow

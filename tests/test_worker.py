@@ -9,6 +9,7 @@ raises, a native abort, a hang.
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import math
@@ -143,7 +144,9 @@ def test_ok_record_has_the_contract() -> None:
     assert r.params["peak_source"] == "measured" and float(r.params["peak_gflops"]) > 0  # host measured
     wanted = {"time_ms", "time_min_ms", "time_p25_ms", "time_p75_ms", "call_ms", "gflops", "gbps", "pct_peak"}
     wanted |= {"pct_roofline", "floor_ms", "rel_error", "compile_s", "arithmetic_intensity", "samples"}
+    wanted |= {"build_s", "verify_s", "measure_s"}  # where a job's seconds went, stage by stage
     assert wanted <= set(r.metrics)
+    assert r.metrics["measure_s"] >= r.metrics["timing_s"] > 0
     assert all(METRIC_NAME.match(k) and math.isfinite(v) for k, v in r.metrics.items())
     assert r.metrics["rel_error"] < 1e-12 and 3 <= r.metrics["samples"] <= 5
     assert r.metrics["time_min_ms"] <= r.metrics["time_ms"] and r.metrics["time_ms"] > 0
@@ -158,6 +161,7 @@ def test_wrong_answer_records_no_speed(test_variants) -> None:
     assert r.status == "wrong"
     assert r.metrics["rel_error"] > 1e-4 and "> tolerance" in r.tags["error"]
     assert not SPEED_METRICS & set(r.metrics)
+    assert "verify_s" in r.metrics and "measure_s" not in r.metrics  # never timed
 
 
 def test_unwritten_output_is_wrong(test_variants) -> None:
@@ -219,6 +223,15 @@ def test_bundle_round_trip_resume_and_truncation(tmp_path) -> None:
     assert records["b/k"].artifacts == {"traceback.txt": "tb"}
     with pytest.raises(bundle.BundleError, match="not a results bundle"):
         bundle.read_bundle(tmp_path / "nothing")
+    # a records file alone, plain or gzipped as tuning/runs keeps them: every line, no artifacts
+    packed = tmp_path / "kept" / "records.jsonl.gz"
+    packed.parent.mkdir()
+    packed.write_bytes(gzip.compress((tmp_path / bundle.RECORDS).read_bytes()))
+    for source in (tmp_path, tmp_path / bundle.RECORDS, packed):
+        assert [r.key for r in bundle.read_records(source)] == ["a.k", "b/k", "a.k"]
+        assert all(not r.artifacts for r in bundle.read_records(source))
+    with pytest.raises(bundle.BundleError, match="not a results bundle"):
+        bundle.read_bundle(packed)  # a file has no artifacts to restore
     with open(tmp_path / bundle.RECORDS, "a") as f:
         f.write('{"key": "d", "unknown_field": 1}\n')  # complete but not a Record: an error, not skipped
     with pytest.raises(bundle.BundleError, match=r"records.jsonl:\d+: not a record"):

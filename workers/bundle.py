@@ -13,6 +13,7 @@ always has its files. A key may appear more than once (`--rerun`): the last line
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -101,13 +102,22 @@ def append_record(bundle: Path, record: Record) -> None:
         os.fsync(f.fileno())
 
 
-def _read_lines(bundle: Path) -> list[tuple[Record, dict[str, str]]]:
-    """Each line's Record (without artifacts) and its shared artifacts' digests."""
-    path = Path(bundle) / RECORDS
+def _records_path(source: Path) -> Path:
+    """The records file of a bundle folder, or `source` itself when it is one (plain or gzipped)."""
+    path = source / RECORDS if source.is_dir() else source
     if not path.is_file():
-        raise BundleError(f"no {RECORDS} in {bundle}: not a results bundle")
+        raise BundleError(f"no {RECORDS} in {source}: not a results bundle")
+    return path
+
+
+def _read_lines(source: Path) -> list[tuple[Record, dict[str, str]]]:
+    """Each line's Record (without artifacts) and its shared artifacts' digests."""
+    path = _records_path(source)
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
     records = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(raw.decode("utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -128,6 +138,13 @@ def _read_lines(bundle: Path) -> list[tuple[Record, dict[str, str]]]:
     return records
 
 
+def read_records(source: str | os.PathLike[str]) -> list[Record]:
+    """The Records of a bundle folder or of a records file alone (`records.jsonl`, or gzipped as
+    `tuning/runs/*/records.jsonl.gz` keeps them), without artifacts, every line in order: what a
+    search resumes from (`tune.resume`)."""
+    return [record for record, _ in _read_lines(Path(source))]
+
+
 def recorded_keys(bundle: Path) -> set[str]:
     """Keys of the records already in the bundle (empty when it has none yet)."""
     if not (Path(bundle) / RECORDS).is_file():
@@ -138,6 +155,8 @@ def recorded_keys(bundle: Path) -> set[str]:
 def read_bundle(bundle: str | os.PathLike[str]) -> list[Record]:
     """The bundle's Records with their artifacts, one per key (the last line of a key wins), in order."""
     bundle = Path(bundle)
+    if not bundle.is_dir():  # a records file alone has no artifacts to restore: read_records reads it
+        raise BundleError(f"no {RECORDS} in {bundle}: not a results bundle")
     latest: dict[str, tuple[Record, dict[str, str]]] = {}
     for record, shared in _read_lines(bundle):
         latest.pop(record.key, None)  # keep the order of the last occurrence

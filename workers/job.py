@@ -164,10 +164,13 @@ def _execute(job: Job, record: Record) -> Record:
     record.artifacts.update({str(k): str(v) for k, v in built.artifacts.items()})
 
     # --- verify ---
+    t0 = time.perf_counter()
     try:
         error, detail = _verify(built, job)
     except Exception as exc:
         return _fail(record, exc, "verify")
+    finally:
+        record.metrics["verify_s"] = time.perf_counter() - t0
     if math.isfinite(error):
         record.metrics["rel_error"] = error
     if not error <= job.tolerance:
@@ -175,10 +178,13 @@ def _execute(job: Job, record: Record) -> Record:
         return record
 
     # --- time ---
+    t0 = time.perf_counter()
     try:
         timing, n_sets = _time(built, job, device)
     except Exception as exc:
         return _fail(record, exc, "time")
+    finally:
+        record.metrics["measure_s"] = time.perf_counter() - t0
     record.params["timing.input_sets_used"] = str(n_sets)
     record.tags["time_source"] = timing.time_source
     if timing.note:
