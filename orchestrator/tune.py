@@ -837,9 +837,6 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     cfg, t = compose(overrides, tune_args)
     command = "python -m orchestrator.tune " + " ".join(shlex.quote(a) for a in argv)
     pairs = plan_pairs(cfg, t)
-    if t.resume:
-        loaded = load_prior(pairs, resume_sources(t))
-        _say("resumed from earlier searches: " + ", ".join(f"{n} {k}" for n, k in loaded.items()))
     screen = screen_spec(t)
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     out = flags.out or REPO_ROOT / "outputs" / f"tune_{cfg.name}" / stamp
@@ -855,6 +852,10 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
         f"{command}\n{len(pairs)} (shape, device) pairs, {t.budget} candidates each, "
         f"strategy {t.strategy}; out: {out}"
     )
+    if t.resume:
+        loaded = load_prior(pairs, resume_sources(t))
+        counts = ", ".join(f"{k} for {n}" for n, k in loaded.items())
+        _say(f"screened by earlier searches (not screened again): {counts}")
 
     if flags.local:
         executor: Executor = LocalExecutor(
