@@ -360,11 +360,13 @@ class LocalExecutor:
     `failed` record): `parallel` of them while screening, one for precise timings."""
 
     def __init__(self, log_dir: Path, parallel: int, job_timeout_s: float, imports: Sequence[str]) -> None:
-        from workers.runner import ChildRunner
+        from workers.runner import ChildRunner, thread_limits
 
         log_dir.mkdir(parents=True, exist_ok=True)
+        env = thread_limits(parallel)  # the cores shared among the children's BLAS pools
         self.runners = [
-            ChildRunner(list(imports), log_dir / f"worker{i}.log", job_timeout_s) for i in range(parallel)
+            ChildRunner(list(imports), log_dir / f"worker{i}.log", job_timeout_s, env)
+            for i in range(parallel)
         ]
         self._lock = threading.Lock()
 

@@ -27,7 +27,7 @@ from kernels import registry
 from kernels.device import DeviceSpec
 from kernels.layer import LayerShape
 from kernels.reference_variant import NumpyReference
-from workers import bundle
+from workers import bundle, runner
 from workers.job import derive_seed, execute
 from workers.schema import STATUSES, Job, Record, TimingSpec
 
@@ -199,6 +199,28 @@ def test_seeds_of_verification_and_timing_differ() -> None:
 
 def test_statuses_are_the_contract() -> None:
     assert set(STATUSES) == {"ok", "wrong", "failed", "skipped"}
+
+
+# --- child workers ----------------------------------------------------------------------------------
+
+
+def test_parallel_children_share_the_cores_among_their_blas_pools(monkeypatch) -> None:
+    assert runner.thread_limits(1, cores=16) == {}  # one child: its pools get every core
+    assert set(runner.thread_limits(12, cores=16).values()) == {"1"}
+    assert runner.thread_limits(4, cores=16)["OPENBLAS_NUM_THREADS"] == "4"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stays
+    assert "OMP_NUM_THREADS" not in runner.thread_limits(4, cores=16)
+
+
+def test_a_child_has_its_environment_from_its_start(tmp_path) -> None:
+    # numpy sizes OpenBLAS's pool when it is imported, before any job: the variable must be there at exec
+    env = {"OPENBLAS_NUM_THREADS": "1", "DSCONV_TEST_MARK": "from-birth"}
+    before = dict(os.environ)
+    with runner.ChildRunner([], tmp_path / "w.log", 120, env) as child:
+        assert child.run(job("numpy_ref")).status == "ok"
+        born = Path(f"/proc/{child._proc.pid}/environ").read_bytes().split(b"\0")
+    assert b"OPENBLAS_NUM_THREADS=1" in born and b"DSCONV_TEST_MARK=from-birth" in born
+    assert dict(os.environ) == before  # the parent's environment is left as it was
 
 
 # --- the bundle -------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any
 from workers import bundle, hostinfo
 from workers.job import summary_row
 from workers.profiling import ProfileConfigError, ProfileSettings, profile_into
-from workers.runner import ChildRunner, ChildStartError
+from workers.runner import ChildRunner, ChildStartError, thread_limits
 from workers.schema import Job, Record
 
 
@@ -249,7 +249,10 @@ def run(args: argparse.Namespace) -> int:
             (
                 g,
                 ChildRunner(
-                    args.imports, logs / f"worker-gpu{g}.log", args.job_timeout, {"CUDA_VISIBLE_DEVICES": g}
+                    args.imports,
+                    logs / f"worker-gpu{g}.log",
+                    args.job_timeout,
+                    {"CUDA_VISIBLE_DEVICES": g, **thread_limits(len(gpus))},
                 ),
             )
             for g in gpus
