@@ -150,7 +150,11 @@ def test_a_search_also_starts_from_other_gpus_entries(tmp_path: Path) -> None:
     tuned.store(db, tuned.entry_key(shape, l4), {"time_ms": 0.01, "kind": "cuda"})  # no params: no seed
     assert tuned.relatives(shape, H100, {"tuning_db": str(db)}) == [warp, slower]
     search = tune.FamilySearch(shape, H100, tune.TuneConf(db=str(db)), random.Random(0))
-    assert search.seeds[:4] == [family.heuristic(shape, H100), own, warp, slower]
+    tiles = family.depthwise_tiles(own, shape, H100)  # own's other depthwise-kernel tiles come next
+    assert len(tiles) == 8 and {(q.dw_vec, q.dw_rows) for q in tiles} == {
+        (v, r) for v in (1, 2, 4) for r in (1, 2, 4) if (v, r) != (1, 1)
+    }
+    assert search.seeds[: 4 + len(tiles)] == [family.heuristic(shape, H100), own, *tiles, warp, slower]
     assert len(search.seeds) == len(set(search.seeds))
     assert tuned.relatives(shape, H100, {"tuning_db": str(tmp_path / "none.json")}) == []
 
@@ -421,6 +425,71 @@ def test_warp_tiles_with_tails_match_the_reference_on_a_gpu(
     shape, given = case
     device = visible_gpu("gpu", 1.0, 1.0)
     params = family.from_options({**WARP_BASE, **given}, shape, device)
+    built = registry.get("halide_family").build(shape, device, family.build_options(params, {}))
+    assert _error(built, shape) < TOLERANCE
+
+
+# The depthwise in its own kernel with vectors of channels and unrolled rows, on shapes that leave
+# tails: channels not a multiple of the block's 32 x dw_vec, rows not a multiple of dw_rows (shifted
+# inwards), stride 2, and a thread tile of the pointwise of either layout after it.
+DW_KERNEL_CASES = (
+    (LayerShape("dwk_s1", n=2, h=9, w=11, c=72, co=40), {"dw_vec": 4, "dw_rows": 4}),
+    (LayerShape("dwk_s2", n=1, h=13, w=10, c=96, co=64, stride=2, relu=False), {"dw_vec": 2, "dw_rows": 2}),
+    (LayerShape("dwk_c6", n=2, h=5, w=3, c=6, co=13), {"dw_vec": 2, "dw_rows": 4}),
+    (
+        LayerShape("dwk_warp", n=2, h=7, w=9, c=64, co=80),
+        {**WARP_BASE, "lanes": 2, "dw_vec": 4, "dw_rows": 2},
+    ),
+)
+
+
+def test_the_depthwise_kernel_is_searched_with_its_own_tile() -> None:
+    shape = LayerShape("b28", n=32, h=28, w=28, c=256, co=256)
+    # the axes exist where the depthwise has its own kernel, and only there
+    q = family.from_options({"dw_at": "root", "dw_vec": 4, "dw_rows": 2}, shape, H100)
+    assert (q.dw_vec, q.dw_rows) == (4, 2) and family.as_dict(q)["dw_vec"] == 4
+    inside = family.from_options({"dw_at": "block", "dw_vec": 4, "dw_rows": 2}, shape, H100)
+    assert (inside.dw_vec, inside.dw_rows) == (1, 1)
+    with pytest.raises(family.ParamsError, match=r"dw_vec must be one of \[1, 2\]"):
+        family.from_options({"dw_at": "root", "dw_vec": 4}, DW_KERNEL_CASES[2][0], H100)  # c = 6
+    # at their defaults they are left out: the earlier searches' parameter sets keep their digests
+    thread = family.GpuParams("root", 8, 7, 1, 16, 2, 8, 16, "global", False, 128)
+    assert "dw_vec" not in family.as_dict(thread) and family.digest(thread) == "a9a3968541"
+
+    # and the kernel they make loads each tap as one vector, reusing input rows between its rows
+    def depthwise_ops(**given: int) -> dict[str, int]:
+        p = family.from_options({"dw_at": "root", **given}, shape, H100)
+        ptx = variants.lower_for("family", shape, H100, family.build_options(p, {}))["kernels.ptx"]
+        start = ptx.index(".entry _kernel_depthwise")
+        body = ptx[start : ptx.find(".entry", start + 1)]
+        loads = re.findall(r"ld\.global\.nc\.(v[24]\.)?b\d+", body)
+        return {"vector": sum(1 for v in loads if v), "scalar": sum(1 for v in loads if not v)}
+
+    assert depthwise_ops() == {"vector": 0, "scalar": 36}  # two paths (the channel tail's guard) of 18
+    one_row, two_rows = depthwise_ops(dw_vec=4), depthwise_ops(dw_vec=4, dw_rows=2)
+    assert one_row["scalar"] == two_rows["scalar"] == 0
+    assert two_rows["vector"] < 2 * one_row["vector"]  # the second row reuses two of the three input rows
+
+
+@pytest.mark.parametrize("case", DW_KERNEL_CASES, ids=lambda c: c[0].name)
+def test_depthwise_kernel_tiles_with_tails_compile_for_cuda(
+    case: tuple[LayerShape, dict[str, object]],
+) -> None:
+    shape, given = case
+    params = family.from_options({"dw_at": "root", **given}, shape, H100)
+    artifacts = variants.lower_for("family", shape, H100, family.build_options(params, {}))
+    assert len(re.findall(r"\.entry\s+(\w+)\(", artifacts["kernels.ptx"])) == 2
+
+
+@requires_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", DW_KERNEL_CASES, ids=lambda c: c[0].name)
+def test_depthwise_kernel_tiles_with_tails_match_the_reference_on_a_gpu(
+    case: tuple[LayerShape, dict[str, object]],
+) -> None:
+    shape, given = case
+    device = visible_gpu("gpu", 1.0, 1.0)
+    params = family.from_options({"dw_at": "root", **given}, shape, device)
     built = registry.get("halide_family").build(shape, device, family.build_options(params, {}))
     assert _error(built, shape) < TOLERANCE
 

@@ -20,6 +20,8 @@ The parameters, as the issue lists them:
   (`stage_input`) and of the pointwise weights (`weights`), and the register cap (`max_registers`);
 - the pointwise's layout over the threads (`gemm`): a register tile per thread, or a tile striped over a
   warp's lanes with the depthwise values passed between lanes (`shfl`), as Halide's `gpu_lanes` apps do.
+- with the depthwise in its own GPU kernel, that kernel's thread tile: `dw_vec` channels (a vector) by
+  `dw_rows` output rows a thread.
 
 The CPU code reuses the pointwise micro-kernel of `schedules_cpu` (so `dw_at` = root / tile / cblock
 with that module's own choices reproduces its `unfused` / `fused_tile` / `fused_cblock`); the GPU code
@@ -57,6 +59,9 @@ GPU_WARP_SEEDS = 6  # ... and warp-striped tiles (gemm=warp) besides
 L2_TO_L1_BANDWIDTH = 5  # how many times scarcer L2 bandwidth is than the L1 of all SMs (H100: ~30/5.5 TB/s)
 LSU_TO_L1 = 2  # Traffic.lsu binds at 0.25 load instructions a FMA, Traffic.l1 at about 0.5 bytes a lane-FMA
 CPU_MAX_VECTORS = 4
+GPU_DW_VEC = (1, 2, 4)  # dw_at=root: channels a thread of the depthwise kernel computes (one vector)
+GPU_DW_ROWS = (1, 2, 4)  # dw_at=root: output rows a thread of the depthwise kernel computes (unrolled)
+LATER_DEFAULTS = {"gemm": "thread", "dw_vec": 1, "dw_rows": 1}  # GPU parameters added after the first runs
 
 
 class ParamsError(ValueError):
@@ -97,7 +102,12 @@ class GpuParams(BlockExtents):
     `threads_x` x `threads_y` tile the pixels; the reduction runs in chunks of 32 input channels, each
     lane loading one channel of the chunk's depthwise values with one coalesced load a pixel, and each
     step broadcasting them from lane to lane (`shfl`) instead of loading them again; `k` steps of a chunk
-    are unrolled together."""
+    are unrolled together.
+
+    With the depthwise in its own kernel (`dw_at` = root), each of that kernel's threads computes
+    `dw_vec` adjacent channels (one vector load a tap) of `dw_rows` output rows (unrolled, so a stride-1
+    thread loads each input row once for up to three outputs); 1 and 1 are the one-value-a-thread kernel
+    of the earlier searches."""
 
     dw_at: str = "block"
     lanes: int = 4
@@ -111,6 +121,8 @@ class GpuParams(BlockExtents):
     stage_input: bool = False
     max_registers: int = 64
     gemm: str = "thread"
+    dw_vec: int = 1
+    dw_rows: int = 1
 
     kind = "cuda"
 
@@ -125,11 +137,13 @@ def params_class(device: DeviceSpec) -> type[CpuParams] | type[GpuParams]:
 
 def as_dict(params: Params) -> dict[str, Any]:
     """The parameters as plain JSON-friendly data (what Job options, the cache key and the db hold).
-    `gemm` is left out at its default, `thread`: it came after the first searches, and so the parameter
-    sets they recorded keep their digests and job keys."""
+    Parameters that came after the first searches are left out at their defaults (`gemm` = thread,
+    `dw_vec` = `dw_rows` = 1), and so the parameter sets those searches recorded keep their digests and
+    job keys."""
     out = asdict(params)
-    if out.get("gemm") == "thread":
-        del out["gemm"]
+    for name, default in LATER_DEFAULTS.items():
+        if out.get(name) == default:
+            del out[name]
     return out
 
 
@@ -191,6 +205,8 @@ def space(shape: LayerShape, device: DeviceSpec) -> dict[str, tuple[Any, ...]]:
             "stage_input": (False, True),
             "max_registers": MAX_REGISTERS,
             "gemm": GPU_GEMM,
+            "dw_vec": _divisors(s.c, GPU_DW_VEC),
+            "dw_rows": tuple(v for v in GPU_DW_ROWS if v <= s.ho),
         }
     natural, _ = _cpu_vector()
     lanes = sorted({min(v, s.co) for v in (natural, max(1, natural // 2))})
@@ -331,7 +347,14 @@ def canonical(params: Params, shape: LayerShape) -> Params:
     p = params
     stage_input = p.stage_input if p.dw_at == "block" else False
     threads_co = WARP if p.gemm == "warp" else p.threads_co  # a warp's lanes, whatever was asked
-    return dataclasses.replace(p, stage_input=stage_input, threads_co=threads_co)
+    root = p.dw_at == "root"  # the depthwise kernel's own tile matters only when there is one
+    return dataclasses.replace(
+        p,
+        stage_input=stage_input,
+        threads_co=threads_co,
+        dw_vec=p.dw_vec if root else 1,
+        dw_rows=p.dw_rows if root else 1,
+    )
 
 
 def from_options(value: Any, shape: LayerShape, device: DeviceSpec, base: Params | None = None) -> Params:
@@ -733,6 +756,22 @@ def model_seeds(
     return out
 
 
+def depthwise_tiles(params: Params, shape: LayerShape, device: DeviceSpec) -> list[Params]:
+    """`params` with each other valid tile of its depthwise kernel (`dw_vec` x `dw_rows`), when the
+    depthwise has its own kernel: a search tries them on its best schedules first, since they change
+    that kernel alone."""
+    if not isinstance(params, GpuParams) or params.dw_at != "root":
+        return []
+    values = space(shape, device)
+    out = []
+    for vec in values["dw_vec"]:
+        for rows in values["dw_rows"]:
+            q = dataclasses.replace(params, dw_vec=vec, dw_rows=rows)
+            if q != params and check(q, shape, device) is None:
+                out.append(q)
+    return out
+
+
 def seeds(shape: LayerShape, device: DeviceSpec) -> list[Params]:
     """Structured starting points: the heuristic, the named manual schedules' parameters (`named`), the
     heuristic's tiles with the depthwise at every other level (the fusion ablation), then on a GPU the
@@ -843,10 +882,7 @@ def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
         "shared_bytes": shared_bytes(p, s),
     }
     if p.dw_at == "root":
-        dco, dci, dxo, dxi = hl.Var("dco"), hl.Var("dci"), hl.Var("dxo"), hl.Var("dxi")
-        d.compute_root().split(c, dco, dci, min(32, s.c), hl.TailStrategy.GuardWithIf)
-        d.split(x, dxo, dxi, min(8, s.wo), hl.TailStrategy.GuardWithIf)
-        d.reorder(dci, dxi, dco, dxo, y, n).fuse(y, n, y).gpu_blocks(dco, dxo, y).gpu_threads(dci, dxi)
+        _depthwise_kernel(p, L)
         read_depthwise(d.in_())
     elif p.dw_at == "block":
         read_depthwise(d.in_())
@@ -860,6 +896,32 @@ def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
     # cblock: `_thread_pointwise` computes it inside the reduction; inline: each thread recomputes the
     # depthwise of its pixels inside its reduction.
     return decisions
+
+
+def _depthwise_kernel(p: GpuParams, L: Any) -> None:
+    """The depthwise in its own kernel (`dw_at` = root): blocks of 32 x 8 threads over channels and
+    pixels, each thread `dw_vec` channels (a vector) by `dw_rows` rows (unrolled; the tail rows shift
+    inwards, recomputing a few values rather than guarding every store)."""
+    import halide as hl
+
+    s, d = L.shape, L.depthwise
+    c, x, y, n = L.c, L.x, L.y, L.n
+    dco, dci, dct, dcv = hl.Var("dco"), hl.Var("dci"), hl.Var("dct"), hl.Var("dcv")
+    dxo, dxi, dyo, dyi = hl.Var("dxo"), hl.Var("dxi"), hl.Var("dyo"), hl.Var("dyi")
+    d.compute_root().split(c, dco, dci, min(32 * p.dw_vec, s.c), hl.TailStrategy.GuardWithIf)
+    d.split(x, dxo, dxi, min(8, s.wo), hl.TailStrategy.GuardWithIf)
+    if p.dw_vec > 1:  # dw_vec divides c (space), so the vectors never straddle the channel tail
+        d.split(dci, dct, dcv, p.dw_vec, hl.TailStrategy.RoundUp).vectorize(dcv)
+    else:
+        dct = dci
+    if p.dw_rows > 1:
+        d.split(y, dyo, dyi, p.dw_rows, hl.TailStrategy.ShiftInwards).unroll(dyi)
+    else:
+        dyo = y
+    inner = [dcv] if p.dw_vec > 1 else []
+    inner += [dyi] if p.dw_rows > 1 else []
+    d.reorder(*inner, dct, dxi, dco, dxo, dyo, n).fuse(dyo, n, dyo)
+    d.gpu_blocks(dco, dxo, dyo).gpu_threads(dct, dxi)
 
 
 def _thread_pointwise(p: GpuParams, L: Any) -> Any:
