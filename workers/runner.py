@@ -56,12 +56,9 @@ def import_extra(spec: str) -> None:
         importlib.import_module(spec)
 
 
-def _child_main(
-    conn: Connection, imports: list[str], log_path: str | None, env: dict[str, str] | None = None
-) -> None:
-    """The child: set its environment (before anything can touch CUDA, so CUDA_VISIBLE_DEVICES picks
-    its GPU), redirect output to the log, import extras, then execute jobs until told to stop."""
-    os.environ.update(env or {})
+def _child_main(conn: Connection, imports: list[str], log_path: str | None) -> None:
+    """The child (its environment, `ChildRunner.env` included, inherited from its start): redirect
+    output to the log, import extras, then execute jobs until told to stop."""
     if log_path:
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.dup2(fd, 1)
@@ -166,7 +163,7 @@ class ChildRunner:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=_child_main,
-            args=(child, self.imports, str(self.log_path) if self.log_path else None, self.env),
+            args=(child, self.imports, str(self.log_path) if self.log_path else None),
             name="workers-child",
             daemon=True,
         )
