@@ -910,16 +910,17 @@ def _depthwise_kernel(p: GpuParams, L: Any) -> None:
     dxo, dxi, dyo, dyi = hl.Var("dxo"), hl.Var("dxi"), hl.Var("dyo"), hl.Var("dyi")
     d.compute_root().split(c, dco, dci, min(32 * p.dw_vec, s.c), hl.TailStrategy.GuardWithIf)
     d.split(x, dxo, dxi, min(8, s.wo), hl.TailStrategy.GuardWithIf)
+    inner = []  # the loops inside a thread: its vector of channels, then its unrolled rows
     if p.dw_vec > 1:  # dw_vec divides c (space), so the vectors never straddle the channel tail
         d.split(dci, dct, dcv, p.dw_vec, hl.TailStrategy.RoundUp).vectorize(dcv)
+        inner.append(dcv)
     else:
         dct = dci
     if p.dw_rows > 1:
         d.split(y, dyo, dyi, p.dw_rows, hl.TailStrategy.ShiftInwards).unroll(dyi)
+        inner.append(dyi)
     else:
         dyo = y
-    inner = [dcv] if p.dw_vec > 1 else []
-    inner += [dyi] if p.dw_rows > 1 else []
     d.reorder(*inner, dct, dxi, dco, dxo, dyo, n).fuse(dyo, n, dyo)
     d.gpu_blocks(dco, dxo, dyo).gpu_threads(dct, dxi)
 
