@@ -455,6 +455,10 @@ class PairResult:
         """The outcomes this search screened (not the earlier searches' of tune.resume)."""
         return [o for o in self.outcomes if not o.prior]
 
+    def earlier(self) -> list[Outcome]:
+        """The outcomes the earlier searches of tune.resume screened."""
+        return [o for o in self.outcomes if o.prior]
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for o in self.fresh():
@@ -599,7 +603,7 @@ def search(
         chosen = _ranked(pair.fresh())[: t.promote]
         # the best of the earlier searches too: their screenings ran under other loads, so it is
         # re-timed beside this search's best rather than ranked against their screenings
-        earlier = _ranked(o for o in pair.outcomes if o.prior)[:1]
+        earlier = _ranked(pair.earlier())[:1]
         for outcome in [*earlier, pair.baseline()]:
             if outcome is not None and math.isfinite(outcome.screen_ms) and outcome not in chosen:
                 chosen.append(outcome)
@@ -652,7 +656,7 @@ def db_entry(pair: PairResult, t: TuneConf, command: str) -> dict[str, Any] | No
         "speedup_vs_heuristic": heuristic_ms / metrics["time_ms"] if math.isfinite(heuristic_ms) else None,
         "candidates": len(pair.fresh()),
         "candidates_ok": sum(math.isfinite(o.screen_ms) for o in pair.fresh()),
-        "candidates_earlier": len(pair.outcomes) - len(pair.fresh()),
+        "candidates_earlier": len(pair.earlier()),
         "strategy": t.strategy,
         "budget": t.budget,
         "seed": t.seed,
@@ -676,7 +680,7 @@ def summary(pairs: Sequence[PairResult], t: TuneConf, command: str) -> dict[str,
                 "label": pair.shape.label,
                 "device": pair.device.name,
                 "candidates": len(pair.fresh()),
-                "candidates_earlier": len(pair.outcomes) - len(pair.fresh()),
+                "candidates_earlier": len(pair.earlier()),
                 "statuses": pair.counts(),
                 "best_ms": best.final_ms if best else None,
                 "best_variant": best.candidate.variant if best else None,
