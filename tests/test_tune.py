@@ -170,7 +170,8 @@ def test_the_heuristic_stays_the_baseline_when_an_entry_equals_it(tmp_path: Path
         entry = {"params": family.as_dict(params), "time_ms": 0.1, "kind": "cuda"}
         tuned.store(db, tuned.entry_key(shape, device), entry)
     search = tune.FamilySearch(shape, H200, tune.TuneConf(db=str(db)), random.Random(0))
-    assert search.seeds[:2] == [heuristic, staged]
+    tiles = family.depthwise_tiles(heuristic, shape, H200)  # the entry's other depthwise tiles come next
+    assert len(tiles) == 8 and search.seeds[: 2 + len(tiles)] == [heuristic, *tiles, staged]
     assert len(search.seeds) == len(set(search.seeds))
     first = search.propose(3, [])
     assert [c.baseline for c in first] == [True, False, False]
@@ -448,7 +449,7 @@ def test_the_depthwise_kernel_is_searched_with_its_own_tile() -> None:
     # the axes exist where the depthwise has its own kernel, and only there
     q = family.from_options({"dw_at": "root", "dw_vec": 4, "dw_rows": 2}, shape, H100)
     assert (q.dw_vec, q.dw_rows) == (4, 2) and family.as_dict(q)["dw_vec"] == 4
-    inside = family.from_options({"dw_at": "block", "dw_vec": 4, "dw_rows": 2}, shape, H100)
+    inside = family.from_options({"dw_at": "cblock", "dw_vec": 4, "dw_rows": 2}, shape, H100)
     assert (inside.dw_vec, inside.dw_rows) == (1, 1)
     with pytest.raises(family.ParamsError, match=r"dw_vec must be one of \[1, 2\]"):
         family.from_options({"dw_at": "root", "dw_vec": 4}, DW_KERNEL_CASES[2][0], H100)  # c = 6
@@ -469,6 +470,75 @@ def test_the_depthwise_kernel_is_searched_with_its_own_tile() -> None:
     one_row, two_rows = depthwise_ops(dw_vec=4), depthwise_ops(dw_vec=4, dw_rows=2)
     assert one_row["scalar"] == two_rows["scalar"] == 0
     assert two_rows["vector"] < 2 * one_row["vector"]  # the second row reuses two of the three input rows
+
+
+def test_the_blocks_depthwise_tile_is_searched_and_reuses_input_rows_in_registers() -> None:
+    shape = LayerShape("b56", n=32, h=56, w=56, c=128, co=128)
+    block = {"dw_at": "block", "lanes": 4, "tx": 2, "ty": 2, "threads_co": 32, "threads_x": 2}
+    block |= {"threads_y": 4, "k": 16, "stage_input": True, "max_registers": 128}
+    q = family.from_options({**block, "dw_vec": 4, "dw_rows": 4}, shape, H100)
+    assert (q.dw_vec, q.dw_rows) == (4, 4)
+    assert len(family.depthwise_tiles(q, shape, H100)) == 8
+    with pytest.raises(family.ParamsError, match=r"dw_rows = 4 exceeds the block's 2 rows"):
+        family.from_options({**block, "threads_y": 1, "dw_rows": 4}, shape, H100)
+
+    def shared_loads(**given: int) -> dict[str, int]:
+        p = family.from_options({**block, **given}, shape, H100)
+        ptx = variants.lower_for("family", shape, H100, family.build_options(p, {}))["kernels.ptx"]
+        loads = re.findall(r"ld\.shared\.(v[24]\.)?b\d+", ptx)
+        return {"vector": sum(1 for v in loads if v), "scalar": sum(1 for v in loads if not v)}
+
+    one = shared_loads()
+    assert one["scalar"] == 9  # one channel a thread: a scalar load a tap (the pointwise reads vectors)
+    vec = shared_loads(dw_vec=4)
+    assert vec == {"vector": one["vector"] + 9, "scalar": 0}  # a vector of four channels a tap
+    # four rows a thread: the 6 x 3 input taps they share, once each, instead of 4 x 9
+    assert shared_loads(dw_vec=4, dw_rows=4) == {"vector": one["vector"] + 6 * 3, "scalar": 0}
+
+
+# The block's depthwise tile in shared memory with vectors and rows, on shapes that leave tails: block
+# rows not a multiple of dw_rows, stride 2, the input staged in shared memory or read through the caches.
+DW_BLOCK_CASES = (
+    (LayerShape("dwb_s1", n=2, h=9, w=11, c=72, co=40), {"dw_vec": 4, "dw_rows": 2, "stage_input": True}),
+    (
+        LayerShape("dwb_s2", n=1, h=13, w=10, c=96, co=64, stride=2, relu=False),
+        {"dw_vec": 2, "dw_rows": 4, "stage_input": False},
+    ),
+    (LayerShape("dwb_c6", n=2, h=5, w=3, c=6, co=13), {"dw_vec": 2, "dw_rows": 4, "stage_input": True}),
+)
+DW_BLOCK_BASE = {
+    "dw_at": "block",
+    "lanes": 4,
+    "tx": 1,
+    "ty": 2,
+    "threads_co": 4,
+    "threads_x": 2,
+    "threads_y": 3,
+}
+
+
+@pytest.mark.parametrize("case", DW_BLOCK_CASES, ids=lambda c: c[0].name)
+def test_block_depthwise_tiles_with_tails_compile_for_cuda(
+    case: tuple[LayerShape, dict[str, object]],
+) -> None:
+    shape, given = case
+    params = family.fit(family.GpuParams(**{**DW_BLOCK_BASE, **given}), shape, H100)
+    assert (params.dw_vec, params.dw_rows, params.dw_at) == (given["dw_vec"], given["dw_rows"], "block")
+    artifacts = variants.lower_for("family", shape, H100, family.build_options(params, {}))
+    assert "__local_depot" not in artifacts["kernels.ptx"]
+
+
+@requires_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", DW_BLOCK_CASES, ids=lambda c: c[0].name)
+def test_block_depthwise_tiles_with_tails_match_the_reference_on_a_gpu(
+    case: tuple[LayerShape, dict[str, object]],
+) -> None:
+    shape, given = case
+    device = visible_gpu("gpu", 1.0, 1.0)
+    params = family.fit(family.GpuParams(**{**DW_BLOCK_BASE, **given}), shape, device)
+    built = registry.get("halide_family").build(shape, device, family.build_options(params, {}))
+    assert _error(built, shape) < TOLERANCE
 
 
 @pytest.mark.parametrize("case", DW_KERNEL_CASES, ids=lambda c: c[0].name)

@@ -20,8 +20,8 @@ The parameters, as the issue lists them:
   (`stage_input`) and of the pointwise weights (`weights`), and the register cap (`max_registers`);
 - the pointwise's layout over the threads (`gemm`): a register tile per thread, or a tile striped over a
   warp's lanes with the depthwise values passed between lanes (`shfl`), as Halide's `gpu_lanes` apps do.
-- with the depthwise in its own GPU kernel, that kernel's thread tile: `dw_vec` channels (a vector) by
-  `dw_rows` output rows a thread.
+- where the depthwise is a GPU stage of its own (its own kernel, or the block's shared tile), that
+  stage's thread tile: `dw_vec` channels (a vector) by `dw_rows` output rows a thread.
 
 The CPU code reuses the pointwise micro-kernel of `schedules_cpu` (so `dw_at` = root / tile / cblock
 with that module's own choices reproduces its `unfused` / `fused_tile` / `fused_cblock`); the GPU code
@@ -104,10 +104,11 @@ class GpuParams(BlockExtents):
     step broadcasting them from lane to lane (`shfl`) instead of loading them again; `k` steps of a chunk
     are unrolled together.
 
-    With the depthwise in its own kernel (`dw_at` = root), each of that kernel's threads computes
-    `dw_vec` adjacent channels (one vector load a tap) of `dw_rows` output rows (unrolled, so a stride-1
-    thread loads each input row once for up to three outputs); 1 and 1 are the one-value-a-thread kernel
-    of the earlier searches."""
+    Where the depthwise is a stage of its own (`dw_at` = root: its own kernel; block: the block's tile
+    in shared memory), each thread of that stage computes `dw_vec` adjacent channels (one vector load a
+    tap; at block the staged input is copied in the same vectors) of `dw_rows` output rows (unrolled, so
+    a stride-1 thread loads each input row once for up to three outputs); 1 and 1 are the
+    one-value-a-thread stage of the earlier searches."""
 
     dw_at: str = "block"
     lanes: int = 4
@@ -290,6 +291,8 @@ def check(params: Params, shape: LayerShape, device: DeviceSpec) -> str | None:
         return f"about {demand} registers a thread needed, far above the cap of {p.max_registers}"
     if p.stage_input and p.dw_at != "block":
         return "stage_input applies to dw_at=block only"
+    if p.dw_at == "block" and p.dw_rows > p.block_y:
+        return f"dw_rows = {p.dw_rows} exceeds the block's {p.block_y} rows (threads_y x ty)"
     smem = shared_bytes(p, s)
     if smem > GPU_SHARED_BYTES:
         return f"{smem} bytes of shared memory per block exceed {GPU_SHARED_BYTES}"
@@ -347,13 +350,13 @@ def canonical(params: Params, shape: LayerShape) -> Params:
     p = params
     stage_input = p.stage_input if p.dw_at == "block" else False
     threads_co = WARP if p.gemm == "warp" else p.threads_co  # a warp's lanes, whatever was asked
-    root = p.dw_at == "root"  # the depthwise kernel's own tile matters only when there is one
+    tiled = p.dw_at in ("root", "block")  # a depthwise thread tile exists only where a stage of its own does
     return dataclasses.replace(
         p,
         stage_input=stage_input,
         threads_co=threads_co,
-        dw_vec=p.dw_vec if root else 1,
-        dw_rows=p.dw_rows if root else 1,
+        dw_vec=p.dw_vec if tiled else 1,
+        dw_rows=p.dw_rows if tiled else 1,
     )
 
 
@@ -493,6 +496,9 @@ def fit(params: Params, shape: LayerShape, device: DeviceSpec) -> Params:
     tyy = min(_nearest(p.threads_y, values["threads_y"]), most_y)
     k = _nearest(p.k, values["k"])
     q = GpuParams(p.dw_at, lanes, tx, ty, tco, txx, tyy, k, p.weights, p.stage_input, p.max_registers, p.gemm)
+    q = dataclasses.replace(
+        q, dw_vec=_nearest(p.dw_vec, values["dw_vec"]), dw_rows=_nearest(p.dw_rows, values["dw_rows"])
+    )
     q = canonical(q, s)
     # Repair what still fails, in an order that keeps the tile's shape as far as possible.
     for _ in range(64):
@@ -537,6 +543,8 @@ def _repair(q: GpuParams, s: LayerShape, device: DeviceSpec, reason: str) -> Gpu
         if higher:
             return r(q, max_registers=higher[0])
         return r(q, ty=q.ty // 2) if q.ty > 1 else r(q, tx=max(1, q.tx // 2), lanes=max(1, q.lanes // 2))
+    if reason.startswith("dw_rows"):
+        return r(q, dw_rows=max(v for v in GPU_DW_ROWS if v <= q.block_y))
     if "accumulators" in reason:
         return r(q, ty=q.ty // 2) if q.ty > 1 else r(q, tx=max(1, q.tx // 2))
     if "shared memory" in reason:
@@ -757,10 +765,10 @@ def model_seeds(
 
 
 def depthwise_tiles(params: Params, shape: LayerShape, device: DeviceSpec) -> list[Params]:
-    """`params` with each other valid tile of its depthwise kernel (`dw_vec` x `dw_rows`), when the
-    depthwise has its own kernel: a search tries them on its best schedules first, since they change
-    that kernel alone."""
-    if not isinstance(params, GpuParams) or params.dw_at != "root":
+    """`params` with each other valid thread tile of its depthwise (`dw_vec` x `dw_rows`), when the
+    depthwise is a stage of its own (its own kernel, or the block's shared tile): a search tries them on
+    its best schedules first, since they change that stage alone."""
+    if not isinstance(params, GpuParams) or params.dw_at not in ("root", "block"):
         return []
     values = space(shape, device)
     out = []
@@ -836,10 +844,11 @@ def _apply_cpu(p: CpuParams, L: Any, target: Any) -> dict[str, object]:
     return decisions
 
 
-def _threads_over(f: Any, dims: list[Any], p: GpuParams, prefix: str) -> None:
+def _threads_over(f: Any, dims: list[Any], p: GpuParams, prefix: str) -> Any:
     """Map a block-level stage's loops `dims` (innermost first) onto the block's own threads: the loops
     are fused into one index, split into steps of `p.threads` and laid over the same threads_co x
-    threads_x x threads_y grid as the output, innermost dimension fastest (coalesced over channels)."""
+    threads_x x threads_y grid as the output, innermost dimension fastest (coalesced over channels).
+    Returns the innermost thread loop: what is computed there, one thread computes for one of its steps."""
     import halide as hl
 
     fused = dims[0]
@@ -852,6 +861,30 @@ def _threads_over(f: Any, dims: list[Any], p: GpuParams, prefix: str) -> None:
     f.split(fused, to, ti, p.threads, hl.TailStrategy.GuardWithIf)
     f.split(ti, t12, t0, p.threads_co).split(t12, t2, t1, p.threads_x)
     f.reorder(t0, t1, t2, to).gpu_threads(t0, t1, t2)
+    return t0
+
+
+def _thread_tile(f: Any, dims: list[Any], vec: int, rows: int, prefix: str) -> list[Any]:
+    """Give each thread of a block-level stage over (c, x, y, n) `vec` channels (one vector) by `rows`
+    rows (unrolled, the tail shifted inwards), innermost; returns the loops left for `_threads_over`.
+    At 1 and 1 it changes nothing: one value a thread, as the searches before these axes had it."""
+    import halide as hl
+
+    c, x, y, n = dims
+    inner = []
+    if vec > 1:  # vec divides c (space), and the stage covers every channel: no channel tail
+        ct, cv = hl.Var(f"{prefix}ct"), hl.Var(f"{prefix}cv")
+        f.split(c, ct, cv, vec, hl.TailStrategy.RoundUp).vectorize(cv)
+        inner.append(cv)
+        c = ct
+    if rows > 1:  # rows <= the block's rows (check), so shifting the tail inwards stays in the tile
+        yo, yi = hl.Var(f"{prefix}yo"), hl.Var(f"{prefix}yi")
+        f.split(y, yo, yi, rows, hl.TailStrategy.ShiftInwards).unroll(yi)
+        inner.append(yi)
+        y = yo
+    if inner:
+        f.reorder(*inner, c, x, y, n)
+    return [c, x, y, n]
 
 
 def _vector_access(f: Any, v: Any, extent: int) -> Any:
@@ -887,12 +920,22 @@ def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
     elif p.dw_at == "block":
         read_depthwise(d.in_())
         d.compute_at(o, c).store_in(hl.MemoryType.GPUShared)
-        _threads_over(d, [c, x, y, n], p, "d")
+        step = _threads_over(d, _thread_tile(d, [c, x, y, n], p.dw_vec, p.dw_rows, "d"), p, "d")
+        pad = L.padded
         if p.stage_input:
-            pad = L.padded
             pad.compute_at(o, c).store_in(hl.MemoryType.GPUShared)
-            pcv, pxv, pyv, pnv = pad.args()
-            _threads_over(pad, [pcv, pxv, pyv, pnv], p, "i")
+            _threads_over(pad, _thread_tile(pad, pad.args(), p.dw_vec, 1, "i"), p, "i")
+        if p.dw_rows > 1:
+            # The input rows of a thread's step in registers, loaded once for all its rows: read from the
+            # shared tile directly, each row's loads would follow the previous row's store into shared
+            # memory, which ptxas cannot prove does not alias them, so it loads them again.
+            taps = pad.in_(d).compute_at(d, step).store_in(hl.MemoryType.Register)
+            tc, tx, ty, tn = taps.args()
+            rows = (p.dw_rows - 1) * s.stride + KERNEL
+            taps.bound_extent(tc, p.dw_vec).bound_extent(tx, KERNEL).bound_extent(ty, rows).bound_extent(
+                tn, 1
+            )
+            taps.vectorize(tc).unroll(tx).unroll(ty).unroll(tn)
     # cblock: `_thread_pointwise` computes it inside the reduction; inline: each thread recomputes the
     # depthwise of its pixels inside its reduction.
     return decisions
@@ -900,29 +943,17 @@ def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
 
 def _depthwise_kernel(p: GpuParams, L: Any) -> None:
     """The depthwise in its own kernel (`dw_at` = root): blocks of 32 x 8 threads over channels and
-    pixels, each thread `dw_vec` channels (a vector) by `dw_rows` rows (unrolled; the tail rows shift
-    inwards, recomputing a few values rather than guarding every store)."""
+    pixels, each thread `dw_vec` channels (a vector) by `dw_rows` rows (`_thread_tile`)."""
     import halide as hl
 
     s, d = L.shape, L.depthwise
-    c, x, y, n = L.c, L.x, L.y, L.n
-    dco, dci, dct, dcv = hl.Var("dco"), hl.Var("dci"), hl.Var("dct"), hl.Var("dcv")
-    dxo, dxi, dyo, dyi = hl.Var("dxo"), hl.Var("dxi"), hl.Var("dyo"), hl.Var("dyi")
-    d.compute_root().split(c, dco, dci, min(32 * p.dw_vec, s.c), hl.TailStrategy.GuardWithIf)
+    dco, dci, dxo, dxi = hl.Var("dco"), hl.Var("dci"), hl.Var("dxo"), hl.Var("dxi")
+    d.compute_root()
+    c, x, y, n = _thread_tile(d, [L.c, L.x, L.y, L.n], p.dw_vec, p.dw_rows, "d")
+    d.split(c, dco, dci, min(32, s.c // p.dw_vec), hl.TailStrategy.GuardWithIf)
     d.split(x, dxo, dxi, min(8, s.wo), hl.TailStrategy.GuardWithIf)
-    inner = []  # the loops inside a thread: its vector of channels, then its unrolled rows
-    if p.dw_vec > 1:  # dw_vec divides c (space), so the vectors never straddle the channel tail
-        d.split(dci, dct, dcv, p.dw_vec, hl.TailStrategy.RoundUp).vectorize(dcv)
-        inner.append(dcv)
-    else:
-        dct = dci
-    if p.dw_rows > 1:
-        d.split(y, dyo, dyi, p.dw_rows, hl.TailStrategy.ShiftInwards).unroll(dyi)
-        inner.append(dyi)
-    else:
-        dyo = y
-    d.reorder(*inner, dct, dxi, dco, dxo, dyo, n).fuse(dyo, n, dyo)
-    d.gpu_blocks(dco, dxo, dyo).gpu_threads(dct, dxi)
+    d.reorder(dci, dxi, dco, dxo, y, n).fuse(y, n, y)
+    d.gpu_blocks(dco, dxo, y).gpu_threads(dci, dxi)
 
 
 def _thread_pointwise(p: GpuParams, L: Any) -> Any:
