@@ -52,7 +52,9 @@ WARP = 32  # lanes of a warp: the output channels a `warp` tile lays over them, 
 MAX_REGISTERS = (64, 128, 255)  # HL_CUDA_JIT_MAX_REGISTERS; 64 is Halide's default
 GPU_MAX_THREADS = 1024  # threads per block
 GPU_REGISTERS_PER_BLOCK = 65536  # 32-bit registers of one SM, all a block may take (sm_50 .. sm_90)
-GPU_SHARED_BYTES = 48 * 1024  # static shared memory per block without an opt-in
+# Shared memory a block may use without an opt-in; Halide 21's CUDA runtime never opts in (it calls no
+# cuFuncSetAttribute), so no Halide kernel may use more, on any GPU.
+GPU_SHARED_BYTES = 48 * 1024
 GPU_MAX_ACCUMULATORS = 64  # fp32 accumulators a thread may keep in registers (128 with the whole file)
 GPU_MODEL_SEEDS = 12  # register tiles from the traffic model that seed a search
 GPU_WARP_SEEDS = 6  # ... and warp-striped tiles (gemm=warp) besides
