@@ -498,14 +498,6 @@ def test_the_blocks_depthwise_tile_is_searched_and_reuses_input_rows_in_register
 
 # The block's depthwise tile in shared memory with vectors and rows, on shapes that leave tails: block
 # rows not a multiple of dw_rows, stride 2, the input staged in shared memory or read through the caches.
-DW_BLOCK_CASES = (
-    (LayerShape("dwb_s1", n=2, h=9, w=11, c=72, co=40), {"dw_vec": 4, "dw_rows": 2, "stage_input": True}),
-    (
-        LayerShape("dwb_s2", n=1, h=13, w=10, c=96, co=64, stride=2, relu=False),
-        {"dw_vec": 2, "dw_rows": 4, "stage_input": False},
-    ),
-    (LayerShape("dwb_c6", n=2, h=5, w=3, c=6, co=13), {"dw_vec": 2, "dw_rows": 4, "stage_input": True}),
-)
 DW_BLOCK_BASE = {
     "dw_at": "block",
     "lanes": 4,
@@ -515,6 +507,24 @@ DW_BLOCK_BASE = {
     "threads_x": 2,
     "threads_y": 3,
 }
+DW_BLOCK_CASES = (
+    (LayerShape("dwb_s1", n=2, h=9, w=11, c=72, co=40), {"dw_vec": 4, "dw_rows": 2, "stage_input": True}),
+    (
+        LayerShape("dwb_s2", n=1, h=13, w=10, c=96, co=64, stride=2, relu=False),
+        {"dw_vec": 2, "dw_rows": 4, "stage_input": False},
+    ),
+    (LayerShape("dwb_c6", n=2, h=5, w=3, c=6, co=13), {"dw_vec": 2, "dw_rows": 4, "stage_input": True}),
+)
+DW_TILE_CASES = [("root", c) for c in DW_KERNEL_CASES] + [("block", c) for c in DW_BLOCK_CASES]
+
+
+def _tile_params(dw_at: str, case: tuple[LayerShape, dict[str, object]], device: DeviceSpec) -> family.Params:
+    """The schedule of a depthwise-tile case: the depthwise in its own kernel (the case's parameters over
+    the heuristic's) or in the block's shared tile (over `DW_BLOCK_BASE`, fitted to the shape)."""
+    shape, given = case
+    if dw_at == "root":
+        return family.from_options({"dw_at": "root", **given}, shape, device)
+    return family.fit(family.GpuParams(**{**DW_BLOCK_BASE, **given}), shape, device)
 
 
 @pytest.mark.parametrize("case", DW_BLOCK_CASES, ids=lambda c: c[0].name)
@@ -522,44 +532,31 @@ def test_block_depthwise_tiles_with_tails_compile_for_cuda(
     case: tuple[LayerShape, dict[str, object]],
 ) -> None:
     shape, given = case
-    params = family.fit(family.GpuParams(**{**DW_BLOCK_BASE, **given}), shape, H100)
+    params = _tile_params("block", case, H100)
     assert (params.dw_vec, params.dw_rows, params.dw_at) == (given["dw_vec"], given["dw_rows"], "block")
     artifacts = variants.lower_for("family", shape, H100, family.build_options(params, {}))
     assert "__local_depot" not in artifacts["kernels.ptx"]
-
-
-@requires_gpu
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", DW_BLOCK_CASES, ids=lambda c: c[0].name)
-def test_block_depthwise_tiles_with_tails_match_the_reference_on_a_gpu(
-    case: tuple[LayerShape, dict[str, object]],
-) -> None:
-    shape, given = case
-    device = visible_gpu("gpu", 1.0, 1.0)
-    params = family.fit(family.GpuParams(**{**DW_BLOCK_BASE, **given}), shape, device)
-    built = registry.get("halide_family").build(shape, device, family.build_options(params, {}))
-    assert _error(built, shape) < TOLERANCE
 
 
 @pytest.mark.parametrize("case", DW_KERNEL_CASES, ids=lambda c: c[0].name)
 def test_depthwise_kernel_tiles_with_tails_compile_for_cuda(
     case: tuple[LayerShape, dict[str, object]],
 ) -> None:
-    shape, given = case
-    params = family.from_options({"dw_at": "root", **given}, shape, H100)
+    shape, _ = case
+    params = _tile_params("root", case, H100)
     artifacts = variants.lower_for("family", shape, H100, family.build_options(params, {}))
     assert len(re.findall(r"\.entry\s+(\w+)\(", artifacts["kernels.ptx"])) == 2
 
 
 @requires_gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", DW_KERNEL_CASES, ids=lambda c: c[0].name)
-def test_depthwise_kernel_tiles_with_tails_match_the_reference_on_a_gpu(
-    case: tuple[LayerShape, dict[str, object]],
+@pytest.mark.parametrize("dw_at,case", DW_TILE_CASES, ids=lambda v: v if isinstance(v, str) else v[0].name)
+def test_depthwise_tiles_with_tails_match_the_reference_on_a_gpu(
+    dw_at: str, case: tuple[LayerShape, dict[str, object]]
 ) -> None:
-    shape, given = case
+    shape, _ = case
     device = visible_gpu("gpu", 1.0, 1.0)
-    params = family.from_options({"dw_at": "root", **given}, shape, device)
+    params = _tile_params(dw_at, case, device)
     built = registry.get("halide_family").build(shape, device, family.build_options(params, {}))
     assert _error(built, shape) < TOLERANCE
 
