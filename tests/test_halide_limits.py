@@ -25,18 +25,26 @@ A second limit is in the PTX backend's vector width: a dense vector of 8 fp32 la
 .v4 accesses but as .v2 pieces or scalars, multiplying the load instructions of the pointwise reduction
 (the SM issues one load a clock against four FMAs). The family therefore vectorises in pieces of
 `PTX_VECTOR` lanes (`family._vector_access`), and these tests check both the limit and the remedy.
+
+A third: nothing overlaps one reduction step's loads with the last step's FMAs inside a kernel. `async()`,
+Halide's way to run a stage ahead of its consumer, leaves calls to the host runtime's semaphores in the
+CUDA kernel, and the driver refuses the module.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import halide as hl
-from conftest import H100
+import pytest
+from conftest import H100, requires_gpu
 
+from kernels import registry
+from kernels.device import DeviceSpec, visible_gpu
 from kernels.halide import algorithm, family, variants
-from kernels.layer import LayerShape
+from kernels.layer import LayerShape, make_inputs
 
 SHAPE = LayerShape("b14", n=1, h=14, w=14, c=512, co=512)
 BLOCK = (64, 14, 2)  # co x px x py a block
@@ -168,3 +176,66 @@ def test_warp_striped_accumulators_stay_in_registers_at_the_warp_but_not_at_the_
     depot = re.search(r"__local_depot\d+\[(\d+)\]", at_block)
     warps = p.threads_x * p.threads_y
     assert depot and int(depot.group(1)) == 4 * warps * p.lanes * p.tx * p.ty  # a lane's tile per warp
+
+
+# A software pipeline, the next reduction step's loads issued while this step's FMAs run, is what a
+# cuBLAS `stage3` kernel has and Halide's `async()` asks for on the CPU (a producer running ahead of its
+# consumer, synchronised by semaphores). Inside a CUDA kernel Halide 21 keeps those semaphores as calls to
+# its host runtime (`halide_semaphore_init`, `halide_semaphore_release`), which device code cannot call:
+# the driver refuses the module. So Halide 21 has no schedule that overlaps one step's loads with the last
+# step's FMAs within a kernel; the family's kernels rely on other warps for that.
+THREAD_TILE = {
+    "dw_at": "root",
+    "lanes": 4,
+    "tx": 7,
+    "ty": 1,
+    "threads_co": 16,
+    "threads_x": 1,
+    "threads_y": 4,
+}
+ASYNC_SHAPE = LayerShape("b14a", n=2, h=14, w=14, c=512, co=512)
+
+
+def _with_async(apply_gpu: Any, staged: str | None) -> Any:
+    """`family._apply_gpu` followed, when `staged` names a Func, by `async()` on the wrapper that holds
+    each reduction step's values of it (weights or depthwise), so it is computed ahead of the step."""
+
+    def apply(p: family.GpuParams, L: algorithm.Layer, target: Any) -> dict[str, object]:
+        decisions = apply_gpu(p, L, target)
+        if staged:
+            getattr(L, staged).in_().async_()
+        return decisions
+
+    return apply
+
+
+def _thread_tile(device: DeviceSpec) -> family.Params:
+    return family.from_options({**THREAD_TILE, "k": 16}, ASYNC_SHAPE, device)
+
+
+@pytest.mark.parametrize("staged", ["pointwise_filter", "depthwise"])
+def test_async_stages_inside_a_cuda_kernel_call_the_host_runtimes_semaphores(
+    staged: str, tmp_path: Path
+) -> None:
+    kernels = {}
+    for given in (staged, None):
+        L = algorithm.define(ASYNC_SHAPE)
+        _with_async(family._apply_gpu, given)(_thread_tile(H100), L, variants.cuda_target(H100))
+        kernels[given] = set(re.findall(r"halide_semaphore_\w+", _output_kernel(L, tmp_path)))
+    assert {"halide_semaphore_init", "halide_semaphore_release"} <= kernels[staged]
+    assert not kernels[None]  # without `async` the same kernel calls nothing
+
+
+@requires_gpu
+@pytest.mark.gpu
+def test_async_stages_inside_a_cuda_kernel_do_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    device = visible_gpu("gpu", 1.0, 1.0)
+    monkeypatch.setattr(family, "_apply_gpu", _with_async(family._apply_gpu, "pointwise_filter"))
+    # The driver refuses the module, whose PTX calls functions no device code defines (H100, 2026-11-24:
+    # "CUDA: cuModuleLoadData failed: CUDA_ERROR_INVALID_PTX").
+    with pytest.raises(hl.HalideError, match="CUDA_ERROR_INVALID_PTX"):
+        built = registry.get("halide_family").build(
+            ASYNC_SHAPE, device, family.build_options(_thread_tile(device), {})
+        )
+        built.run(built.place(make_inputs(ASYNC_SHAPE, 1)))
+        built.sync()
