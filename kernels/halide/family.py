@@ -46,6 +46,8 @@ from kernels.layer import KERNEL, LayerShape
 
 CPU_DW_AT = ("root", "tile", "cblock", "inline")
 GPU_DW_AT = ("root", "block", "cblock", "inline")
+# where the depthwise is a stage of its own (its own kernel, or the block's shared tile): it can be tiled
+GPU_DW_STAGED = ("root", "block")
 GPU_WEIGHTS = ("global", "shared")  # pointwise weights: through the caches, or a panel in shared memory
 GPU_GEMM = ("thread", "warp")  # the pointwise's register tile: a thread's own, or striped over a warp's lanes
 WARP = 32  # lanes of a warp: the output channels a `warp` tile lays over them, the channels of its chunk
@@ -307,7 +309,7 @@ def _check_warp(p: GpuParams, s: LayerShape) -> str | None:
         return f"gemm=warp lays output channels over a warp's lanes: threads_co must be {WARP}"
     if s.c % WARP:
         return f"gemm=warp reduces in chunks of {WARP} channels: c = {s.c} is not a multiple of {WARP}"
-    if p.dw_at not in ("root", "block"):
+    if p.dw_at not in GPU_DW_STAGED:
         return f"gemm=warp reads the depthwise from memory: dw_at must be root or block, got {p.dw_at!r}"
     if p.weights != "global":
         return f"gemm=warp loads its weights through the caches: weights must be global, got {p.weights!r}"
@@ -352,7 +354,7 @@ def canonical(params: Params, shape: LayerShape) -> Params:
     p = params
     stage_input = p.stage_input if p.dw_at == "block" else False
     threads_co = WARP if p.gemm == "warp" else p.threads_co  # a warp's lanes, whatever was asked
-    tiled = p.dw_at in ("root", "block")  # a depthwise thread tile exists only where a stage of its own does
+    tiled = p.dw_at in GPU_DW_STAGED  # a depthwise thread tile exists only where a stage of its own does
     return dataclasses.replace(
         p,
         stage_input=stage_input,
@@ -497,9 +499,18 @@ def fit(params: Params, shape: LayerShape, device: DeviceSpec) -> Params:
     txx = min(_nearest(p.threads_x, values["threads_x"]), most_x)
     tyy = min(_nearest(p.threads_y, values["threads_y"]), most_y)
     k = _nearest(p.k, values["k"])
-    q = GpuParams(p.dw_at, lanes, tx, ty, tco, txx, tyy, k, p.weights, p.stage_input, p.max_registers, p.gemm)
-    q = dataclasses.replace(
-        q, dw_vec=_nearest(p.dw_vec, values["dw_vec"]), dw_rows=_nearest(p.dw_rows, values["dw_rows"])
+    dw_vec, dw_rows = _nearest(p.dw_vec, values["dw_vec"]), _nearest(p.dw_rows, values["dw_rows"])
+    q = dataclasses.replace(  # the choices (dw_at, weights, staging, registers, gemm) are kept as given
+        p,
+        lanes=lanes,
+        tx=tx,
+        ty=ty,
+        threads_co=tco,
+        threads_x=txx,
+        threads_y=tyy,
+        k=k,
+        dw_vec=dw_vec,
+        dw_rows=dw_rows,
     )
     q = canonical(q, s)
     # Repair what still fails, in an order that keeps the tile's shape as far as possible.
@@ -770,7 +781,7 @@ def depthwise_tiles(params: Params, shape: LayerShape, device: DeviceSpec) -> li
     """`params` with each other valid thread tile of its depthwise (`dw_vec` x `dw_rows`), when the
     depthwise is a stage of its own (its own kernel, or the block's shared tile): a search tries them on
     its best schedules first, since they change that stage alone."""
-    if not isinstance(params, GpuParams) or params.dw_at not in ("root", "block"):
+    if not isinstance(params, GpuParams) or params.dw_at not in GPU_DW_STAGED:
         return []
     values = space(shape, device)
     out = []
@@ -934,9 +945,8 @@ def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
             taps = pad.in_(d).compute_at(d, step).store_in(hl.MemoryType.Register)
             tc, tx, ty, tn = taps.args()
             rows = (p.dw_rows - 1) * s.stride + KERNEL
-            taps.bound_extent(tc, p.dw_vec).bound_extent(tx, KERNEL).bound_extent(ty, rows).bound_extent(
-                tn, 1
-            )
+            for v, extent in ((tc, p.dw_vec), (tx, KERNEL), (ty, rows), (tn, 1)):
+                taps.bound_extent(v, extent)
             taps.vectorize(tc).unroll(tx).unroll(ty).unroll(tn)
     # cblock: `_thread_pointwise` computes it inside the reduction; inline: each thread recomputes the
     # depthwise of its pixels inside its reduction.
