@@ -209,8 +209,9 @@ def _with_async(apply_gpu: Any, staged: str | None) -> Any:
     return apply
 
 
-def _thread_tile(device: DeviceSpec) -> family.Params:
-    return family.from_options({**THREAD_TILE, "k": 16}, ASYNC_SHAPE, device)
+def _async_params(device: DeviceSpec) -> family.Params:
+    """The family's thread tile on ASYNC_SHAPE: the schedule whose stages `_with_async` makes async."""
+    return family.from_options(THREAD_TILE, ASYNC_SHAPE, device)
 
 
 @pytest.mark.parametrize("staged", ["pointwise_filter", "depthwise"])
@@ -220,7 +221,7 @@ def test_async_stages_inside_a_cuda_kernel_call_the_host_runtimes_semaphores(
     kernels = {}
     for given in (staged, None):
         L = algorithm.define(ASYNC_SHAPE)
-        _with_async(family._apply_gpu, given)(_thread_tile(H100), L, variants.cuda_target(H100))
+        _with_async(family._apply_gpu, given)(_async_params(H100), L, variants.cuda_target(H100))
         kernels[given] = set(re.findall(r"halide_semaphore_\w+", _output_kernel(L, tmp_path)))
     assert {"halide_semaphore_init", "halide_semaphore_release"} <= kernels[staged]
     assert not kernels[None]  # without `async` the same kernel calls nothing
@@ -235,7 +236,7 @@ def test_async_stages_inside_a_cuda_kernel_do_not_run(monkeypatch: pytest.Monkey
     # "CUDA: cuModuleLoadData failed: CUDA_ERROR_INVALID_PTX").
     with pytest.raises(hl.HalideError, match="CUDA_ERROR_INVALID_PTX"):
         built = registry.get("halide_family").build(
-            ASYNC_SHAPE, device, family.build_options(_thread_tile(device), {})
+            ASYNC_SHAPE, device, family.build_options(_async_params(device), {})
         )
         built.run(built.place(make_inputs(ASYNC_SHAPE, 1)))
         built.sync()

@@ -444,6 +444,17 @@ DW_KERNEL_CASES = (
 )
 
 
+def _ptx_loads(params: family.Params, shape: LayerShape, space: str, kernel: str = "") -> dict[str, int]:
+    """The vector and scalar loads from state space `space` (a regex: `shared`, `global\\.nc`) in the
+    PTX of `params` for `shape` on the H100: in the kernel named `kernel`, or in all of them."""
+    ptx = variants.lower_for("family", shape, H100, family.build_options(params, {}))["kernels.ptx"]
+    if kernel:
+        start = ptx.index(f".entry {kernel}")
+        ptx = ptx[start : ptx.find(".entry", start + 1)]
+    loads = re.findall(rf"ld\.{space}\.(v[24]\.)?b\d+", ptx)
+    return {"vector": sum(1 for v in loads if v), "scalar": sum(1 for v in loads if not v)}
+
+
 def test_the_depthwise_kernel_is_searched_with_its_own_tile() -> None:
     shape = LayerShape("b28", n=32, h=28, w=28, c=256, co=256)
     # the axes exist where the depthwise has its own kernel, and only there
@@ -460,11 +471,7 @@ def test_the_depthwise_kernel_is_searched_with_its_own_tile() -> None:
     # and the kernel they make loads each tap as one vector, reusing input rows between its rows
     def depthwise_ops(**given: int) -> dict[str, int]:
         p = family.from_options({"dw_at": "root", **given}, shape, H100)
-        ptx = variants.lower_for("family", shape, H100, family.build_options(p, {}))["kernels.ptx"]
-        start = ptx.index(".entry _kernel_depthwise")
-        body = ptx[start : ptx.find(".entry", start + 1)]
-        loads = re.findall(r"ld\.global\.nc\.(v[24]\.)?b\d+", body)
-        return {"vector": sum(1 for v in loads if v), "scalar": sum(1 for v in loads if not v)}
+        return _ptx_loads(p, shape, r"global\.nc", kernel="_kernel_depthwise")
 
     assert depthwise_ops() == {"vector": 0, "scalar": 36}  # two paths (the channel tail's guard) of 18
     one_row, two_rows = depthwise_ops(dw_vec=4), depthwise_ops(dw_vec=4, dw_rows=2)
@@ -483,10 +490,7 @@ def test_the_blocks_depthwise_tile_is_searched_and_reuses_input_rows_in_register
         family.from_options({**block, "threads_y": 1, "dw_rows": 4}, shape, H100)
 
     def shared_loads(**given: int) -> dict[str, int]:
-        p = family.from_options({**block, **given}, shape, H100)
-        ptx = variants.lower_for("family", shape, H100, family.build_options(p, {}))["kernels.ptx"]
-        loads = re.findall(r"ld\.shared\.(v[24]\.)?b\d+", ptx)
-        return {"vector": sum(1 for v in loads if v), "scalar": sum(1 for v in loads if not v)}
+        return _ptx_loads(family.from_options({**block, **given}, shape, H100), shape, "shared")
 
     one = shared_loads()
     assert one["scalar"] == 9  # one channel a thread: a scalar load a tap (the pointwise reads vectors)
