@@ -28,12 +28,17 @@ A second limit is in the PTX backend's vector width: a dense vector of 8 fp32 la
 
 A third: nothing overlaps one reduction step's loads with the last step's FMAs inside a kernel. `async()`,
 Halide's way to run a stage ahead of its consumer, leaves calls to the host runtime's semaphores in the
-CUDA kernel, and the driver refuses the module.
+CUDA kernel, and the driver refuses the module; `prefetch()`, its way to fetch a later iteration's data
+ahead into the caches, stops the compiler with an internal error when the loop is inside a CUDA kernel.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +245,40 @@ def test_async_stages_inside_a_cuda_kernel_do_not_run(monkeypatch: pytest.Monkey
         )
         built.run(built.place(make_inputs(ASYNC_SHAPE, 1)))
         built.sync()
+
+
+PREFETCH = """
+import sys
+import halide as hl
+from kernels.device import DeviceSpec
+from kernels.halide import algorithm, family, variants
+from kernels.layer import LayerShape
+shape, device = LayerShape("b14a", n=2, h=14, w=14, c=512, co=512), DeviceSpec(**{device})
+L = algorithm.define(shape)
+target = variants.cuda_target(device)
+family._apply_gpu(family.from_options({tile}, shape, device), L, target)
+if int(sys.argv[1]):
+    L.pointwise.update().prefetch(L.depthwise, hl.RVar("ro"), hl.RVar("ro"), int(sys.argv[1]))
+L.output.compile_to_lowered_stmt("/dev/null", L.arguments, hl.StmtOutputFormat.Text, target)
+"""
+
+
+def test_prefetching_a_later_reduction_step_inside_a_cuda_kernel_does_not_compile() -> None:
+    # The other way to have the next steps' loads under way during this step's FMAs: prefetch the
+    # depthwise values one or two reduction steps ahead (into the caches, as on the CPU). Halide 21's
+    # prefetch pass assumes a host buffer and stops with an internal error, whose text the Python
+    # binding reports only at HL_DEBUG_CODEGEN >= 1 (read once a process: hence a subprocess).
+    script = PREFETCH.format(device=dataclasses.asdict(H100), tile=THREAD_TILE)
+    env = {**os.environ, "HL_DEBUG_CODEGEN": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    for ahead in (0, 1, 2):
+        run = subprocess.run(
+            [sys.executable, "-c", script, str(ahead)], env=env, capture_output=True, text=True, timeout=300
+        )
+        if not ahead:
+            assert run.returncode == 0, run.stderr[-2000:]  # the same schedule without the prefetch
+            continue
+        assert run.returncode != 0
+        assert re.search(
+            r"Internal error at \S*Prefetch\.cpp:\d+ Condition failed: base && base->type\.is_handle\(\)",
+            run.stderr,
+        )

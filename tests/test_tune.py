@@ -170,8 +170,11 @@ def test_the_heuristic_stays_the_baseline_when_an_entry_equals_it(tmp_path: Path
         entry = {"params": family.as_dict(params), "time_ms": 0.1, "kind": "cuda"}
         tuned.store(db, tuned.entry_key(shape, device), entry)
     search = tune.FamilySearch(shape, H200, tune.TuneConf(db=str(db)), random.Random(0))
-    tiles = family.depthwise_tiles(heuristic, shape, H200)  # the entry's other depthwise tiles come next
-    assert len(tiles) == 8 and search.seeds[: 2 + len(tiles)] == [heuristic, *tiles, staged]
+    # the entry's other depthwise tiles come next, then its depthwise at the other levels
+    tiles = family.depthwise_tiles(heuristic, shape, H200)
+    levels = family.depthwise_levels(heuristic, shape, H200)
+    assert len(tiles) == 8 and [p.dw_at for p in levels] == ["root", "cblock", "inline"]
+    assert search.seeds[: 2 + len(tiles) + len(levels)] == [heuristic, *tiles, *levels, staged]
     assert len(search.seeds) == len(set(search.seeds))
     first = search.propose(3, [])
     assert [c.baseline for c in first] == [True, False, False]
@@ -371,8 +374,8 @@ def test_warp_tiles_are_searched_with_their_own_rules() -> None:
     assert family.traffic(p, shape).lsu == pytest.approx((2 + 7 + 7 / 32) / 56)
     # Asking for warp brings the warp's 32 channel lanes; what it cannot do is named in one line.
     assert family.from_options({"gemm": "warp", "dw_at": "root"}, shape, H100).threads_co == family.WARP
-    with pytest.raises(family.ParamsError, match="dw_at must be root or block, got 'cblock'"):
-        family.from_options({"gemm": "warp", "dw_at": "cblock"}, shape, H100)
+    with pytest.raises(family.ParamsError, match="dw_at must be root, block or cblock"):
+        family.from_options({"gemm": "warp", "dw_at": "inline"}, shape, H100)
     with pytest.raises(family.ParamsError, match="weights must be global"):
         family.from_options({"gemm": "warp", "dw_at": "root", "weights": "shared"}, shape, H100)
     with pytest.raises(family.ParamsError, match="c = 24 is not a multiple of 32"):
@@ -386,6 +389,27 @@ def test_warp_tiles_are_searched_with_their_own_rules() -> None:
     assert family.digest(thread) == "a9a3968541"  # its digest before `gemm` existed
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_warp_computes_each_chunks_depthwise_once_in_the_layers_one_kernel(stride: int) -> None:
+    """`gemm` = warp with `dw_at` = cblock: no depthwise kernel and no depthwise buffer; in each chunk of
+    32 input channels a lane loads the input taps of its channel for the warp's pixels once, shared
+    between neighbouring pixels, and its 9 weights, where at root it loads one value a pixel."""
+    shape = LayerShape("b28", n=32, h=28, w=28, c=256, co=256 * stride, stride=stride)
+    tile = {"gemm": "warp", "lanes": 4, "tx": 7, "ty": 2, "threads_x": 1, "threads_y": 1, "k": 16}
+    tile |= {"max_registers": 128}
+    fused = family.from_options({**tile, "dw_at": "cblock"}, shape, H100)
+    assert fused in family.depthwise_levels(
+        family.from_options({**tile, "dw_at": "root"}, shape, H100), shape, H100
+    )
+    ptx = variants.lower_for("family", shape, H100, family.build_options(fused, {}))["kernels.ptx"]
+    assert re.findall(r"\.entry _kernel_([a-z]+)", ptx) == ["output"]
+    assert "__local_depot" not in ptx
+    chunk = re.search(r'rc\$x\.rxo"(.*?)rxi', ptx, re.S)  # the chunk loop's body, before its steps
+    assert chunk is not None
+    taps = ((tile["tx"] - 1) * stride + 3) * ((tile["ty"] - 1) * stride + 3)
+    assert len(re.findall(r"ld\.global\.nc\.b32", chunk.group(1))) == taps + 9
+
+
 # gemm=warp on shapes whose tiles leave tails (co, x and y not multiples of the block; stride 2; no bias
 # or ReLU): the depthwise in its own kernel, or in shared memory with the input staged.
 WARP_CASES = (
@@ -397,6 +421,12 @@ WARP_CASES = (
     (
         LayerShape("warp_s2", n=1, h=13, w=10, c=96, co=64, stride=2, relu=False, bias=False),
         {"dw_at": "root", "lanes": 2, "tx": 5, "ty": 1, "threads_x": 1, "threads_y": 2, "k": 16},
+    ),
+    # the depthwise computed by the warp, a chunk at a time, at the image's edges and tails
+    (LayerShape("warp_s1", n=2, h=9, w=11, c=64, co=80), {"dw_at": "cblock", "lanes": 2, "tx": 3, "ty": 2}),
+    (
+        LayerShape("warp_s2", n=1, h=13, w=10, c=96, co=64, stride=2, relu=False, bias=False),
+        {"dw_at": "cblock", "lanes": 1, "tx": 5, "ty": 2, "threads_x": 1, "threads_y": 2, "k": 8},
     ),
 )
 WARP_BASE = {

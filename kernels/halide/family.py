@@ -11,7 +11,8 @@ The parameters, as the issue lists them:
 - where the depthwise result lives (`dw_at`): `root` (its own buffer; on the GPU its own kernel), per
   output tile (`tile` on the CPU: the rows of a parallel task, every channel; `block` on the GPU: a
   thread block's pixels, every channel, in shared memory), per channel block inside the pointwise
-  reduction (`cblock`: a register tile's pixels, `kc` / `k` channels at a time), or `inline`;
+  reduction (`cblock`: a register tile's pixels, `kc` / `k` channels at a time; with `gemm` = warp, a
+  warp's pixels and a chunk of 32 channels, one a lane), or `inline`;
 - tile sizes over output channels and pixels: the register tile (`lanes` x `vectors` channels by
   `tx` x `ty` pixels on the CPU; `lanes` x `tx` x `ty` per thread on the GPU) and the task or block
   around it (`row_tiles` and `chunks` on the CPU; `threads_co` x `threads_x` x `threads_y` on the GPU);
@@ -106,7 +107,10 @@ class GpuParams(BlockExtents):
     `threads_x` x `threads_y` tile the pixels; the reduction runs in chunks of 32 input channels, each
     lane loading one channel of the chunk's depthwise values with one coalesced load a pixel, and each
     step broadcasting them from lane to lane (`shfl`) instead of loading them again; `k` steps of a chunk
-    are unrolled together.
+    are unrolled together. With `dw_at` = cblock the warp computes each chunk's depthwise itself, each
+    lane its channel of the warp's pixels, straight from the input: the layer is one kernel and no
+    depthwise tile goes through memory, at the cost of computing each chunk once per warp of output
+    channels (`co` / (32 x `lanes`) times).
 
     Where the depthwise is a stage of its own (`dw_at` = root: its own kernel; block: the block's tile
     in shared memory), each thread of that stage computes `dw_vec` adjacent channels (one vector load a
@@ -309,8 +313,10 @@ def _check_warp(p: GpuParams, s: LayerShape) -> str | None:
         return f"gemm=warp lays output channels over a warp's lanes: threads_co must be {WARP}"
     if s.c % WARP:
         return f"gemm=warp reduces in chunks of {WARP} channels: c = {s.c} is not a multiple of {WARP}"
-    if p.dw_at not in GPU_DW_STAGED:
-        return f"gemm=warp reads the depthwise from memory: dw_at must be root or block, got {p.dw_at!r}"
+    if p.dw_at == "inline":
+        return (
+            "gemm=warp computes the depthwise once a chunk or reads it: dw_at must be root, block or cblock"
+        )
     if p.weights != "global":
         return f"gemm=warp loads its weights through the caches: weights must be global, got {p.weights!r}"
     return None
@@ -329,7 +335,8 @@ def register_demand(p: GpuParams, s: LayerShape) -> int:
     when the thread computes the depthwise itself). Used only to reject hopeless spillers."""
     accumulators = p.lanes * p.tx * p.ty
     if p.gemm == "warp":  # the chunk's depthwise values (one a pixel) and the unrolled steps' weights
-        return accumulators + p.tx * p.ty + p.k * p.lanes
+        taps = (p.tx * s.stride + 2) * (p.ty * s.stride + 2) + KERNEL * KERNEL if p.dw_at == "cblock" else 0
+        return accumulators + p.tx * p.ty + p.k * p.lanes + taps
     if p.dw_at in ("cblock", "inline"):
         taps = (p.tx * s.stride + 2) * (p.ty * s.stride + 2)
         return accumulators + p.k * (p.lanes + taps)
@@ -793,6 +800,19 @@ def depthwise_tiles(params: Params, shape: LayerShape, device: DeviceSpec) -> li
     return out
 
 
+def depthwise_levels(params: Params, shape: LayerShape, device: DeviceSpec) -> list[Params]:
+    """`params` with the depthwise at each other level (`dw_at`) where the same tile is valid: the
+    fusion ablation of one schedule, which a search tries on its best schedule first (a tile tuned with
+    the depthwise in its own kernel may do better with it fused, or the other way round)."""
+    levels = CPU_DW_AT if isinstance(params, CpuParams) else GPU_DW_AT
+    out = []
+    for dw_at in levels:
+        q = canonical(dataclasses.replace(params, dw_at=dw_at), shape)
+        if dw_at != params.dw_at and check(q, shape, device) is None:
+            out.append(q)
+    return out
+
+
 def seeds(shape: LayerShape, device: DeviceSpec) -> list[Params]:
     """Structured starting points: the heuristic, the named manual schedules' parameters (`named`), the
     heuristic's tiles with the depthwise at every other level (the fusion ablation), then on a GPU the
@@ -930,6 +950,8 @@ def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
     if p.dw_at == "root":
         _depthwise_kernel(p, L)
         read_depthwise(d.in_())
+    elif p.dw_at == "cblock" and p.gemm == "warp":
+        read_depthwise(d)  # each chunk's depthwise, computed by the warp where it is read
     elif p.dw_at == "block":
         read_depthwise(d.in_())
         d.compute_at(o, c).store_in(hl.MemoryType.GPUShared)
@@ -948,8 +970,8 @@ def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
             for v, extent in ((tc, p.dw_vec), (tx, KERNEL), (ty, rows), (tn, 1)):
                 taps.bound_extent(v, extent)
             taps.vectorize(tc).unroll(tx).unroll(ty).unroll(tn)
-    # cblock: `_thread_pointwise` computes it inside the reduction; inline: each thread recomputes the
-    # depthwise of its pixels inside its reduction.
+    # cblock of gemm=thread: `_thread_pointwise` computes it inside the reduction; inline: each thread
+    # recomputes the depthwise of its pixels inside its reduction.
     return decisions
 
 
@@ -1018,9 +1040,10 @@ def _warp_pointwise(p: GpuParams, L: Any) -> Any:
     32 v + l of each `PTX_VECTOR`-wide vector v (so that its stores are .v4 and a warp's are coalesced)
     by `tx` x `ty` pixels; the block's warps tile the pixels. The accumulators are computed at the warp
     (outside its lane loop), where Halide 21 stripes a register allocation over the lanes; at the block
-    it gives each thread a copy of the block's tile (`tests/test_halide_limits.py`). Returns how a
-    wrapper of the depthwise is read: a chunk of 32 channels of the warp's pixels, one channel a lane,
-    from which each step's value reaches every lane by `shfl`."""
+    it gives each thread a copy of the block's tile (`tests/test_halide_limits.py`). Returns how the
+    depthwise, or a wrapper of it, is read: a chunk of 32 channels of the warp's pixels, one channel a
+    lane (computed there, from the input, when it is the depthwise itself), from which each step's value
+    reaches every lane by `shfl`."""
     import halide as hl
 
     c, x, y, n = L.c, L.x, L.y, L.n
