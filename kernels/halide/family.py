@@ -816,8 +816,8 @@ def depthwise_levels(params: Params, shape: LayerShape, device: DeviceSpec) -> l
 def seeds(shape: LayerShape, device: DeviceSpec) -> list[Params]:
     """Structured starting points: the heuristic, the named manual schedules' parameters (`named`), the
     heuristic's tiles with the depthwise at every other level (the fusion ablation), then on a GPU the
-    traffic model's register tiles of both `gemm` layouts (`model_seeds`); each valid, without
-    duplicates."""
+    traffic model's register tiles of both `gemm` layouts (`model_seeds`), the warp tiles also with the
+    depthwise computed by the warp (cblock); each valid, without duplicates."""
     base = heuristic(shape, device)
     out: list[Params] = [base]
     for q in named(shape, device).values():
@@ -827,7 +827,9 @@ def seeds(shape: LayerShape, device: DeviceSpec) -> list[Params]:
         q = fit(dataclasses.replace(base, dw_at=dw_at), shape, device)
         if q not in out:
             out.append(q)
-    for q in [*model_seeds(shape, device), *model_seeds(shape, device, GPU_WARP_SEEDS, gemm="warp")]:
+    warp = model_seeds(shape, device, GPU_WARP_SEEDS, gemm="warp")
+    fused = [q for p in warp for q in depthwise_levels(p, shape, device) if q.dw_at == "cblock"]
+    for q in [*model_seeds(shape, device), *warp, *fused]:
         if q not in out:
             out.append(q)
     return out
