@@ -227,11 +227,11 @@ class FamilySearch:
         if t.strategy == "evolve":  # a search goes on from the best schedule found so far ...
             db = {"tuning_db": str(db_path(t))}
             known = tuned.choose(shape, device, db)
-            ahead = [known.params] if known.source == "db" else []
+            entry = [known.params] if known.source == "db" else []
             # ... with the other thread tiles of its depthwise stage, if it has one, and its depthwise
             # at the other levels, ...
-            ahead += [q for p in ahead for q in family.depthwise_tiles(p, shape, device)]
-            ahead += [q for p in ahead[:1] for q in family.depthwise_levels(p, shape, device)]
+            ahead = [*entry, *(q for p in entry for q in family.depthwise_tiles(p, shape, device))]
+            ahead += [q for p in entry for q in family.depthwise_levels(p, shape, device)]
             # ... and from the ones other models of the device's kind kept for the shape, screened
             # first; the heuristic stays the baseline (seeds[0]) even when an entry equals it.
             ahead += tuned.relatives(shape, device, db)

@@ -253,7 +253,7 @@ import halide as hl
 from kernels.device import DeviceSpec
 from kernels.halide import algorithm, family, variants
 from kernels.layer import LayerShape
-shape, device = LayerShape("b14a", n=2, h=14, w=14, c=512, co=512), DeviceSpec(**{device})
+shape, device = LayerShape(**{shape}), DeviceSpec(**{device})
 L = algorithm.define(shape)
 target = variants.cuda_target(device)
 family._apply_gpu(family.from_options({tile}, shape, device), L, target)
@@ -268,7 +268,9 @@ def test_prefetching_a_later_reduction_step_inside_a_cuda_kernel_does_not_compil
     # depthwise values one or two reduction steps ahead (into the caches, as on the CPU). Halide 21's
     # prefetch pass assumes a host buffer and stops with an internal error, whose text the Python
     # binding reports only at HL_DEBUG_CODEGEN >= 1 (read once a process: hence a subprocess).
-    script = PREFETCH.format(device=dataclasses.asdict(H100), tile=THREAD_TILE)
+    script = PREFETCH.format(
+        shape=dataclasses.asdict(ASYNC_SHAPE), device=dataclasses.asdict(H100), tile=THREAD_TILE
+    )
     env = {**os.environ, "HL_DEBUG_CODEGEN": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     for ahead in (0, 1, 2):
         run = subprocess.run(

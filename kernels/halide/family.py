@@ -315,7 +315,8 @@ def _check_warp(p: GpuParams, s: LayerShape) -> str | None:
         return f"gemm=warp reduces in chunks of {WARP} channels: c = {s.c} is not a multiple of {WARP}"
     if p.dw_at == "inline":
         return (
-            "gemm=warp computes the depthwise once a chunk or reads it: dw_at must be root, block or cblock"
+            "gemm=warp computes the depthwise once a chunk or reads it: dw_at must be root, block or "
+            f"cblock, got {p.dw_at!r}"
         )
     if p.weights != "global":
         return f"gemm=warp loads its weights through the caches: weights must be global, got {p.weights!r}"
@@ -334,11 +335,11 @@ def register_demand(p: GpuParams, s: LayerShape) -> int:
     step's weights and depthwise values (computed from (tx s + 2) x (ty s + 2) input taps a channel
     when the thread computes the depthwise itself). Used only to reject hopeless spillers."""
     accumulators = p.lanes * p.tx * p.ty
+    taps = (p.tx * s.stride + 2) * (p.ty * s.stride + 2)  # a channel's input taps for the tile's pixels
     if p.gemm == "warp":  # the chunk's depthwise values (one a pixel) and the unrolled steps' weights
-        taps = (p.tx * s.stride + 2) * (p.ty * s.stride + 2) + KERNEL * KERNEL if p.dw_at == "cblock" else 0
-        return accumulators + p.tx * p.ty + p.k * p.lanes + taps
+        own = taps + KERNEL * KERNEL if p.dw_at == "cblock" else 0  # and, computing it, taps and weights
+        return accumulators + p.tx * p.ty + p.k * p.lanes + own
     if p.dw_at in ("cblock", "inline"):
-        taps = (p.tx * s.stride + 2) * (p.ty * s.stride + 2)
         return accumulators + p.k * (p.lanes + taps)
     return accumulators + p.k * (p.lanes + p.tx * p.ty)
 
