@@ -154,9 +154,34 @@ def test_a_search_also_starts_from_other_gpus_entries(tmp_path: Path) -> None:
     assert len(tiles) == 8 and {(q.dw_vec, q.dw_rows) for q in tiles} == {
         (v, r) for v in (1, 2, 4) for r in (1, 2, 4) if (v, r) != (1, 1)
     }
-    assert search.seeds[: 4 + len(tiles)] == [family.heuristic(shape, H100), own, *tiles, warp, slower]
+    whole = family.whole_blocks(own, shape, H100)  # own's 8-row blocks leave a tail on 28 rows
+    assert whole and all(28 % q.block_y == 0 and q.threads % 32 == 0 for q in whole)
+    ahead = [own, *tiles, *whole, warp, slower]
+    assert search.seeds[: 1 + len(ahead)] == [family.heuristic(shape, H100), *ahead]
     assert len(search.seeds) == len(set(search.seeds))
     assert tuned.relatives(shape, H100, {"tuning_db": str(tmp_path / "none.json")}) == []
+
+
+def test_whole_blocks_tile_the_output_exactly_with_full_warps() -> None:
+    # The 7x7 block's entry: blocks of 4 rows by 32 channels, 32 threads, the tail block recomputing
+    # a row (8/7 of the work). Its whole-block variants keep the register tile.
+    shape = LayerShape("b7", n=32, h=7, w=7, c=1024, co=1024)
+    entry = family.from_options(
+        {"dw_at": "root", "lanes": 4, "tx": 7, "ty": 1, "threads_co": 8, "threads_x": 1, "threads_y": 4,
+         "k": 16, "max_registers": 128, "dw_rows": 4},
+        shape,
+        H100,
+    )  # fmt: skip
+    assert family._tail_waste(entry, shape) == pytest.approx(8 / 7)
+    whole = family.whole_blocks(entry, shape, H100)
+    # 8 x 7 = 56 threads would tile exactly but leave a warp a quarter empty: not offered
+    assert [(q.threads_co, q.threads_x, q.threads_y) for q in whole] == [(32, 1, 1), (32, 1, 7)]
+    for q in whole:
+        assert family._tail_waste(q, shape) == 1 and q.threads % 32 == 0
+        assert (q.lanes, q.tx, q.ty, q.k, q.dw_at, q.dw_rows) == (4, 7, 1, 16, "root", 4)
+    exact = dataclasses.replace(entry, threads_co=32, threads_y=7)
+    assert family.whole_blocks(exact, shape, H100) == []  # nothing to mend
+    assert family.whole_blocks(family.CpuParams(), shape, CPU) == []
 
 
 def test_the_heuristic_stays_the_baseline_when_an_entry_equals_it(tmp_path: Path) -> None:

@@ -814,6 +814,39 @@ def depthwise_levels(params: Params, shape: LayerShape, device: DeviceSpec) -> l
     return out
 
 
+def whole_blocks(params: Params, shape: LayerShape, device: DeviceSpec) -> list[Params]:
+    """`params` with its block's threads laid out again so that the blocks tile the output's pixels
+    exactly and fill whole warps, where `params` does not: the same register tile, `threads_x` /
+    `threads_y` that divide the extent along an axis with a tail (the others kept), `threads_co` as it
+    is or a warp's worth; nearest in thread count first. A tail block shifts inwards and recomputes
+    its neighbour's pixels (blocks of 4 rows do 8/7 of the work on a 7 x 7 output), and a part-filled
+    warp idles lanes; a search screens these on its best schedule first, since its one-step moves
+    rarely reach a divisor (4 -> 7 threads is three)."""
+    if not isinstance(params, GpuParams):
+        return []
+    s, p = shape, params
+    tailed_x, tailed_y = tail_waste(s.wo, p.block_x) > 1, tail_waste(s.ho, p.block_y) > 1
+    if not (tailed_x or tailed_y or p.threads % WARP):
+        return []
+    values = space(s, device)
+
+    def along(axis: str, extent: int, tile: int, tailed: bool) -> list[int]:
+        if not tailed:
+            return [getattr(p, axis)]
+        return [t for t in values[axis] if extent % (tile * t) == 0]
+
+    xs = along("threads_x", s.wo, p.tx, tailed_x)
+    ys = along("threads_y", s.ho, p.ty, tailed_y)
+    out = []
+    for tco in dict.fromkeys((p.threads_co, WARP)):
+        for txx in xs:
+            for tyy in ys:
+                q = canonical(dataclasses.replace(p, threads_co=tco, threads_x=txx, threads_y=tyy), s)
+                if q != p and q not in out and q.threads % WARP == 0 and check(q, s, device) is None:
+                    out.append(q)
+    return sorted(out, key=lambda q: abs(math.log(q.threads / p.threads)))
+
+
 def seeds(shape: LayerShape, device: DeviceSpec) -> list[Params]:
     """Structured starting points: the heuristic, the named manual schedules' parameters (`named`), the
     heuristic's tiles with the depthwise at every other level (the fusion ablation), then on a GPU the
