@@ -107,7 +107,16 @@ def test_model_seeds_are_valid_distinct_tiles_that_the_traffic_model_prefers() -
 
 def test_more_accumulators_only_with_the_whole_register_file() -> None:
     shape = LayerShape("b14", n=32, h=14, w=14, c=512, co=512)
-    wide = {"dw_at": "root", "lanes": 4, "tx": 7, "ty": 4, "threads_co": 16, "threads_x": 2, "threads_y": 2}
+    wide = {
+        "dw_at": "root",
+        "lanes": 4,
+        "tx": 7,
+        "ty": 4,
+        "threads_co": 16,
+        "threads_x": 2,
+        "threads_y": 2,
+        "k": 4,
+    }
     assert family.from_options({**wide, "max_registers": 255}, shape, H100).lanes == 4
     with pytest.raises(family.ParamsError, match="112 accumulators exceed 64 at max_registers=128"):
         family.from_options({**wide, "max_registers": 128}, shape, H100)
@@ -128,7 +137,9 @@ def test_a_search_also_starts_from_other_gpus_entries(tmp_path: Path) -> None:
     shape = LayerShape("b28", n=32, h=28, w=28, c=256, co=256)
     own = family.GpuParams("root", 4, 7, 2, 16, 2, 4, 8, "global", False, 128)
     warp = family.from_options(
-        {"dw_at": "root", "gemm": "warp", "tx": 7, "ty": 2, "threads_x": 4}, shape, H200
+        {"dw_at": "root", "gemm": "warp", "tx": 7, "ty": 2, "threads_x": 4, "threads_y": 4, "k": 4},
+        shape,
+        H200,
     )
     slower = family.GpuParams("root", 8, 7, 1, 16, 4, 4, 8, "global", False, 128)
     db = tmp_path / "db.json"
@@ -182,6 +193,30 @@ def test_whole_blocks_tile_the_output_exactly_with_full_warps() -> None:
     exact = dataclasses.replace(entry, threads_co=32, threads_y=7)
     assert family.whole_blocks(exact, shape, H100) == []  # nothing to mend
     assert family.whole_blocks(family.CpuParams(), shape, CPU) == []
+
+
+def test_the_heuristic_of_wide_blocks_is_a_whole_block_register_gemm() -> None:
+    for h, w, c, rows in ((7, 7, 1024, 7), (14, 14, 512, 7), (28, 28, 256, 7), (13, 13, 384, 4)):
+        shape = LayerShape("wide", n=32, h=h, w=w, c=c, co=c)
+        p = family.heuristic(shape, H100)
+        assert family.check(p, shape, H100) is None
+        assert (p.dw_at, p.gemm, p.lanes, p.ty, p.threads_co, p.threads_y, p.k) == (
+            "root", "thread", 4, 1, 32, rows, 16
+        )  # fmt: skip
+        assert p.tx == 7 and (family._tail_waste(p, shape) == 1 or h == 13)
+    # narrower blocks keep the block's shared depthwise tile
+    assert family.heuristic(LayerShape("b56", n=32, h=56, w=56, c=128, co=128), H100).dw_at == "block"
+
+
+def test_a_recorded_parameter_set_reads_back_as_itself_whatever_the_heuristic() -> None:
+    # as_dict leaves gemm, dw_vec and dw_rows out at their defaults; the 7² heuristic has dw_rows = 4,
+    # so filling them from the heuristic would build (and record) another schedule than the one asked
+    shape = LayerShape("b7", n=32, h=7, w=7, c=1024, co=1024)
+    assert family.heuristic(shape, H100).dw_rows == 4
+    q = family.GpuParams("root", 4, 7, 1, 8, 1, 4, 16, "global", False, 128)
+    assert "dw_rows" not in family.as_dict(q)
+    assert family.from_options(family.as_dict(q), shape, H100) == q
+    assert family.resolve(shape, H100, {"params": family.as_dict(q)}) == q
 
 
 def test_the_heuristic_stays_the_baseline_when_an_entry_equals_it(tmp_path: Path) -> None:
@@ -515,7 +550,7 @@ def test_the_depthwise_kernel_is_searched_with_its_own_tile() -> None:
     # the axes exist where the depthwise has its own kernel, and only there
     q = family.from_options({"dw_at": "root", "dw_vec": 4, "dw_rows": 2}, shape, H100)
     assert (q.dw_vec, q.dw_rows) == (4, 2) and family.as_dict(q)["dw_vec"] == 4
-    inside = family.from_options({"dw_at": "cblock", "dw_vec": 4, "dw_rows": 2}, shape, H100)
+    inside = family.from_options({"dw_at": "cblock", "tx": 2, "k": 4, "dw_vec": 4, "dw_rows": 2}, shape, H100)
     assert (inside.dw_vec, inside.dw_rows) == (1, 1)
     with pytest.raises(family.ParamsError, match=r"dw_vec must be one of \[1, 2\]"):
         family.from_options({"dw_at": "root", "dw_vec": 4}, DW_KERNEL_CASES[2][0], H100)  # c = 6

@@ -66,6 +66,9 @@ LSU_TO_L1 = 2  # Traffic.lsu binds at 0.25 load instructions a FMA, Traffic.l1 a
 CPU_MAX_VECTORS = 4
 GPU_DW_VEC = (1, 2, 4)  # dw_at=root: channels a thread of the depthwise kernel computes (one vector)
 GPU_DW_ROWS = (1, 2, 4)  # dw_at=root: output rows a thread of the depthwise kernel computes (unrolled)
+# Input channels from which the GPU heuristic gives the depthwise its own kernel (`_wide_heuristic`):
+# a 32 KiB shared tile of every channel holds 32 pixels at 256 channels.
+WIDE_CHANNELS = 256
 LATER_DEFAULTS = {"gemm": "thread", "dw_vec": 1, "dw_rows": 1}  # GPU parameters added after the first runs
 
 
@@ -374,7 +377,10 @@ def canonical(params: Params, shape: LayerShape) -> Params:
 
 def from_options(value: Any, shape: LayerShape, device: DeviceSpec, base: Params | None = None) -> Params:
     """The parameter set of `options["params"]` (a mapping of field -> value; fields left out take the
-    values of `base`, by default the heuristic's), checked; raises ParamsError naming the valid values."""
+    values of `base`, by default the heuristic's, except the later parameters, `LATER_DEFAULTS`: those
+    take their defaults, since `as_dict` leaves them out at their defaults, and so a recorded set reads
+    back as itself whatever the heuristic chooses), checked; raises ParamsError naming the valid
+    values."""
     cls = params_class(device)
     base = base or heuristic(shape, device)
     if value is None:
@@ -391,7 +397,8 @@ def from_options(value: Any, shape: LayerShape, device: DeviceSpec, base: Params
                 f"unknown {device.kind} schedule parameter {unknown[0]!r}; "
                 f"valid parameters: {', '.join(fields)}"
             )
-        given = dict(value)
+        later = LATER_DEFAULTS if cls is GpuParams else {}
+        given = {**later, **value}
         if given.get("gemm") == "warp":  # a warp's lanes lay out its channels: threads_co goes with it
             given.setdefault("threads_co", WARP)
         params = dataclasses.replace(base, **given)
@@ -428,6 +435,8 @@ def heuristic(shape: LayerShape, device: DeviceSpec) -> Params:
             dw_unroll=2,
         )
         return canonical(_fit_cpu(p, s), s)
+    if s.c >= WIDE_CHANNELS:
+        return _wide_heuristic(s, device)
     # A block covers up to 128 output channels, 4 a thread (one float4), so that the depthwise of its
     # pixels is computed once for all of them; 2 x 2 pixels a thread and 4 channels a reduction step
     # stay within 128 registers without spilling (ptxas, sm_90); 128-256 threads a block; the block's
@@ -452,6 +461,39 @@ def heuristic(shape: LayerShape, device: DeviceSpec) -> Params:
         weights="global",
         stage_input=False,
         max_registers=128,
+    )
+    return canonical(fit(p, s, device), s)
+
+
+def _wide_heuristic(s: LayerShape, device: DeviceSpec) -> GpuParams:
+    """The heuristic where the channels are wide (`WIDE_CHANNELS`): the block's depthwise tile of every
+    channel would hold too few pixels to feed a pointwise tile, so the depthwise gets its own kernel
+    (4 output rows a thread) and the pointwise is a GEMM of register tiles: 4 output channels by a row
+    of up to 8 pixels a thread (a divisor of the width where one of 4 or more exists), 16 channels a
+    step, 128 registers; a warp of 32 threads over the channels, the block's rows a divisor of the
+    height, so no block recomputes its neighbour's pixels (`whole_blocks`). The tile the H100's
+    searches kept at 7² and 14² s2 (`tuning/README.md`)."""
+    lanes = min(4, s.co)
+    widths = [d for d in range(1, min(8, s.wo) + 1) if s.wo % d == 0]
+    tx = widths[-1] if widths[-1] >= 4 else min(7, s.wo)
+    threads_co = max(1, min(WARP, s.co // lanes))
+    most = max(1, min(16, 256 // threads_co))
+    threads_y = max(d for d in range(1, min(most, s.ho) + 1) if s.ho % d == 0)
+    if threads_y < 4:  # a prime height: accept a tail rather than a sliver of a block
+        threads_y = min(4, s.ho)
+    p = GpuParams(
+        dw_at="root",
+        lanes=lanes,
+        tx=tx,
+        ty=1,
+        threads_co=threads_co,
+        threads_x=1,
+        threads_y=threads_y,
+        k=max(_divisors(s.c, (1, 2, 4, 8, 16))),
+        weights="global",
+        stage_input=False,
+        max_registers=128,
+        dw_rows=max(v for v in GPU_DW_ROWS if v <= s.ho),
     )
     return canonical(fit(p, s, device), s)
 
