@@ -3,9 +3,9 @@
 One frozen dataclass of parameters per device kind (`CpuParams`, `GpuParams`). For a shape and a device,
 `space` gives the valid values of each parameter, `check` the constraints between them, `heuristic` a
 good guess without measuring, and `apply` schedules the layer of `algorithm.py` with a parameter set.
-The `halide_family` variant builds `options["params"]` (fields left out take the heuristic's values)
-through the ordinary build path of `variants.py`, so the CPU compile cache keys on the resolved
-parameters and every candidate of a search is an ordinary Job.
+The `halide_family` variant builds `options["params"]` (fields left out take the heuristic's values,
+the later ones their defaults: `from_options`) through the ordinary build path of `variants.py`, so the
+CPU compile cache keys on the resolved parameters and every candidate of a search is an ordinary Job.
 
 The parameters, as the issue lists them:
 - where the depthwise result lives (`dw_at`): `root` (its own buffer; on the GPU its own kernel), per
