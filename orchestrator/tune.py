@@ -230,9 +230,9 @@ class FamilySearch:
             entry = [known.params] if known.source == "db" else []
             # ... with the other thread tiles of its depthwise stage, if it has one, its depthwise at
             # the other levels, its threads laid out to leave no tail and no part-filled warp, ...
-            ahead = [*entry, *(q for p in entry for q in family.depthwise_tiles(p, shape, device))]
-            ahead += [q for p in entry for q in family.depthwise_levels(p, shape, device)]
-            ahead += [q for p in entry for q in family.whole_blocks(p, shape, device)]
+            ahead = list(entry)
+            for around in (family.depthwise_tiles, family.depthwise_levels, family.whole_blocks):
+                ahead += [q for p in entry for q in around(p, shape, device)]
             # ... and from the ones other models of the device's kind kept for the shape, screened
             # first; the heuristic stays the baseline (seeds[0]) even when an entry equals it.
             ahead += tuned.relatives(shape, device, db)

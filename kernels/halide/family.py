@@ -474,11 +474,11 @@ def _wide_heuristic(s: LayerShape, device: DeviceSpec) -> GpuParams:
     height, so no block recomputes its neighbour's pixels (`whole_blocks`). The tile the H100's
     searches kept at 7² and 14² s2 (`tuning/README.md`)."""
     lanes = min(4, s.co)
-    widths = [d for d in range(1, min(8, s.wo) + 1) if s.wo % d == 0]
-    tx = widths[-1] if widths[-1] >= 4 else min(7, s.wo)
+    widest = max(_divisors(s.wo, tuple(range(1, 9))))
+    tx = widest if widest >= 4 else min(7, s.wo)
     threads_co = max(1, min(WARP, s.co // lanes))
     most = max(1, min(16, 256 // threads_co))
-    threads_y = max(d for d in range(1, min(most, s.ho) + 1) if s.ho % d == 0)
+    threads_y = max(_divisors(s.ho, tuple(range(1, most + 1))))
     if threads_y < 4:  # a prime height: accept a tail rather than a sliver of a block
         threads_y = min(4, s.ho)
     p = GpuParams(
