@@ -229,9 +229,15 @@ class FamilySearch:
             known = tuned.choose(shape, device, db)
             entry = [known.params] if known.source == "db" else []
             # ... with the other thread tiles of its depthwise stage, if it has one, its depthwise at
-            # the other levels, its threads laid out to leave no tail and no part-filled warp, ...
+            # the other levels, its threads laid out to leave no tail and no part-filled warp, its
+            # longer reduction steps, ...
             ahead = list(entry)
-            for around in (family.depthwise_tiles, family.depthwise_levels, family.whole_blocks):
+            for around in (
+                family.depthwise_tiles,
+                family.depthwise_levels,
+                family.whole_blocks,
+                family.longer_steps,
+            ):
                 ahead += [q for p in entry for q in around(p, shape, device)]
             # ... and from the ones other models of the device's kind kept for the shape, screened
             # first; the heuristic stays the baseline (seeds[0]) even when an entry equals it.

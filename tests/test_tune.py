@@ -167,7 +167,10 @@ def test_a_search_also_starts_from_other_gpus_entries(tmp_path: Path) -> None:
     }
     whole = family.whole_blocks(own, shape, H100)  # own's 8-row blocks leave a tail on 28 rows
     assert whole and all(28 % q.block_y == 0 and q.threads % 32 == 0 for q in whole)
-    ahead = [own, *tiles, *whole, warp, slower]
+    longer = family.longer_steps(own, shape, H100)  # and its longer reduction steps
+    same = [dataclasses.replace(q, k=own.k, max_registers=own.max_registers) for q in longer]
+    assert longer and all(q.k > own.k for q in longer) and set(same) == {own}
+    ahead = [own, *tiles, *whole, *longer, warp, slower]
     assert search.seeds[: 1 + len(ahead)] == [family.heuristic(shape, H100), *ahead]
     assert len(search.seeds) == len(set(search.seeds))
     assert tuned.relatives(shape, H100, {"tuning_db": str(tmp_path / "none.json")}) == []
@@ -193,6 +196,39 @@ def test_whole_blocks_tile_the_output_exactly_with_full_warps() -> None:
     exact = dataclasses.replace(entry, threads_co=32, threads_y=7)
     assert family.whole_blocks(exact, shape, H100) == []  # nothing to mend
     assert family.whole_blocks(family.CpuParams(), shape, CPU) == []
+
+
+def test_longer_steps_unroll_more_channels_a_step_within_the_registers() -> None:
+    # The 7² entry (a thread tile of 8 channels by 7 pixels, 16 channels a step at 255 registers) and
+    # the 14² one (a warp tile of 448 threads, which cannot have more than 128 registers a thread).
+    b7 = LayerShape("b7", n=32, h=7, w=7, c=1024, co=1024)
+    thread = family.from_options(
+        {"dw_at": "root", "dw_rows": 4, "lanes": 8, "tx": 7, "ty": 1, "threads_co": 32, "threads_x": 1,
+         "threads_y": 7, "k": 16, "max_registers": 255},
+        b7,
+        H100,
+    )  # fmt: skip
+    longer = family.longer_steps(thread, b7, H100)
+    assert [(q.k, q.max_registers) for q in longer] == [(32, 255)]  # 64: 56 + 64 x 15 values, hopeless
+    assert dataclasses.replace(longer[0], k=16) == thread  # the same tile otherwise
+    b14 = LayerShape("b14", n=32, h=14, w=14, c=512, co=512)
+    warp = family.from_options(
+        {"dw_at": "cblock", "gemm": "warp", "lanes": 8, "tx": 7, "ty": 1, "threads_co": 32, "threads_x": 2,
+         "threads_y": 7, "k": 16, "max_registers": 128},
+        b14,
+        H100,
+    )  # fmt: skip
+    assert [(q.k, q.max_registers) for q in family.longer_steps(warp, b14, H100)] == [(32, 128)]
+    reason = family.check(dataclasses.replace(warp, k=64), b14, H100)
+    assert reason and "k must be <= 32" in reason  # a warp's steps stay inside its chunk
+    assert family.longer_steps(family.CpuParams(), b7, CPU) == []
+
+    # the step's body is unrolled: twice the FMAs between two back-edges of the reduction loop
+    def body(p: family.GpuParams) -> int:
+        ptx = variants.lower_for(variants.FAMILY, b7, H100, family.build_options(p, {}))["kernels.ptx"]
+        return ptx[ptx.index(".entry _kernel_output") :].count("fma.rn.f32")
+
+    assert body(longer[0]) == 2 * body(thread) == 2 * 16 * 8 * 7
 
 
 def test_the_heuristic_of_wide_blocks_is_a_whole_block_register_gemm() -> None:
@@ -230,11 +266,15 @@ def test_the_heuristic_stays_the_baseline_when_an_entry_equals_it(tmp_path: Path
         entry = {"params": family.as_dict(params), "time_ms": 0.1, "kind": "cuda"}
         tuned.store(db, tuned.entry_key(shape, device), entry)
     search = tune.FamilySearch(shape, H200, tune.TuneConf(db=str(db)), random.Random(0))
-    # the entry's other depthwise tiles come next, then its depthwise at the other levels
+    # the entry's other depthwise tiles come next, then its depthwise at the other levels, its longer
+    # reduction steps (its blocks are whole already)
     tiles = family.depthwise_tiles(heuristic, shape, H200)
     levels = family.depthwise_levels(heuristic, shape, H200)
+    longer = family.longer_steps(heuristic, shape, H200)
     assert len(tiles) == 8 and [p.dw_at for p in levels] == ["root", "cblock", "inline"]
-    assert search.seeds[: 2 + len(tiles) + len(levels)] == [heuristic, *tiles, *levels, staged]
+    assert family.whole_blocks(heuristic, shape, H200) == [] and [p.k for p in longer] == [8, 16, 32]
+    ahead = [heuristic, *tiles, *levels, *longer, staged]
+    assert search.seeds[: len(ahead)] == ahead
     assert len(search.seeds) == len(set(search.seeds))
     first = search.propose(3, [])
     assert [c.baseline for c in first] == [True, False, False]
@@ -488,6 +528,8 @@ WARP_CASES = (
         LayerShape("warp_s2", n=1, h=13, w=10, c=96, co=64, stride=2, relu=False, bias=False),
         {"dw_at": "cblock", "lanes": 1, "tx": 5, "ty": 2, "threads_x": 1, "threads_y": 2, "k": 8},
     ),
+    # a whole chunk a step (`longer_steps`)
+    (LayerShape("warp_s1", n=2, h=9, w=11, c=64, co=80), {"dw_at": "cblock", "lanes": 2, "tx": 3, "k": 32}),
 )
 WARP_BASE = {
     "gemm": "warp",
@@ -499,7 +541,7 @@ WARP_BASE = {
 }
 
 
-@pytest.mark.parametrize("case", WARP_CASES, ids=lambda c: f"{c[0].name}-{c[1]['dw_at']}")
+@pytest.mark.parametrize("case", WARP_CASES, ids=lambda c: f"{c[0].name}-{c[1]['dw_at']}-k{c[1].get('k', 4)}")
 def test_warp_tiles_with_tails_compile_for_cuda(case: tuple[LayerShape, dict[str, object]]) -> None:
     shape, given = case
     params = family.from_options({**WARP_BASE, **given}, shape, H100)
@@ -509,7 +551,7 @@ def test_warp_tiles_with_tails_compile_for_cuda(case: tuple[LayerShape, dict[str
 
 @requires_gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", WARP_CASES, ids=lambda c: f"{c[0].name}-{c[1]['dw_at']}")
+@pytest.mark.parametrize("case", WARP_CASES, ids=lambda c: f"{c[0].name}-{c[1]['dw_at']}-k{c[1].get('k', 4)}")
 def test_warp_tiles_with_tails_match_the_reference_on_a_gpu(
     case: tuple[LayerShape, dict[str, object]],
 ) -> None:
@@ -530,6 +572,11 @@ DW_KERNEL_CASES = (
     (
         LayerShape("dwk_warp", n=2, h=7, w=9, c=64, co=80),
         {**WARP_BASE, "lanes": 2, "dw_vec": 4, "dw_rows": 2},
+    ),
+    # 64 channels a reduction step, unrolled (`longer_steps`), with the whole register file
+    (
+        LayerShape("dwk_k64", n=2, h=7, w=9, c=128, co=72),
+        {"dw_vec": 2, "dw_rows": 2, "lanes": 4, "tx": 3, "ty": 1, "k": 64, "max_registers": 255},
     ),
 )
 

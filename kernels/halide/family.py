@@ -64,6 +64,9 @@ GPU_WARP_SEEDS = 6  # ... and warp-striped tiles (gemm=warp) besides
 L2_TO_L1_BANDWIDTH = 5  # how many times scarcer L2 bandwidth is than the L1 of all SMs (H100: ~30/5.5 TB/s)
 LSU_TO_L1 = 2  # Traffic.lsu binds at 0.25 load instructions a FMA, Traffic.l1 at about 0.5 bytes a lane-FMA
 CPU_MAX_VECTORS = 4
+# Input channels a GPU reduction step unrolls (`k`). Past 16 a step's body outlasts the latency of its
+# first loads, which every step waits out again at its loop's back-edge (`longer_steps`).
+GPU_STEPS = (1, 2, 4, 8, 16, 32, 64)
 GPU_DW_VEC = (1, 2, 4)  # dw_at=root: channels a thread of the depthwise kernel computes (one vector)
 GPU_DW_ROWS = (1, 2, 4)  # dw_at=root: output rows a thread of the depthwise kernel computes (unrolled)
 # Input channels from which the GPU heuristic gives the depthwise its own kernel (`_wide_heuristic`):
@@ -212,7 +215,7 @@ def space(shape: LayerShape, device: DeviceSpec) -> dict[str, tuple[Any, ...]]:
             "threads_co": tuple(range(1, min(32, s.co) + 1)),
             "threads_x": tuple(range(1, min(16, s.wo) + 1)),
             "threads_y": tuple(range(1, min(16, s.ho) + 1)),
-            "k": _divisors(s.c, (1, 2, 4, 8, 16)),
+            "k": _divisors(s.c, GPU_STEPS),
             "weights": GPU_WEIGHTS,
             "stage_input": (False, True),
             "max_registers": MAX_REGISTERS,
@@ -316,6 +319,8 @@ def _check_warp(p: GpuParams, s: LayerShape) -> str | None:
         return f"gemm=warp lays output channels over a warp's lanes: threads_co must be {WARP}"
     if s.c % WARP:
         return f"gemm=warp reduces in chunks of {WARP} channels: c = {s.c} is not a multiple of {WARP}"
+    if p.k > WARP:
+        return f"gemm=warp unrolls steps inside its chunks of {WARP} channels: k must be <= {WARP}, got {p.k}"
     if p.dw_at == "inline":
         return (
             "gemm=warp computes the depthwise once a chunk or reads it: dw_at must be root, block or "
@@ -339,9 +344,11 @@ def register_demand(p: GpuParams, s: LayerShape) -> int:
     when the thread computes the depthwise itself). Used only to reject hopeless spillers."""
     accumulators = p.lanes * p.tx * p.ty
     taps = (p.tx * s.stride + 2) * (p.ty * s.stride + 2)  # a channel's input taps for the tile's pixels
-    if p.gemm == "warp":  # the chunk's depthwise values (one a pixel) and the unrolled steps' weights
+    if p.gemm == "warp":  # the chunk's depthwise values (one a pixel) and a step's weights, which are
+        # loaded at each unrolled step (`_warp_pointwise`): how many steps' weights are live at once is
+        # ptxas's choice, within the cap
         own = taps + KERNEL * KERNEL if p.dw_at == "cblock" else 0  # and, computing it, taps and weights
-        return accumulators + p.tx * p.ty + p.k * p.lanes + own
+        return accumulators + p.tx * p.ty + p.lanes + own
     if p.dw_at in ("cblock", "inline"):
         return accumulators + p.k * (p.lanes + taps)
     return accumulators + p.k * (p.lanes + p.tx * p.ty)
@@ -853,6 +860,28 @@ def depthwise_levels(params: Params, shape: LayerShape, device: DeviceSpec) -> l
         q = canonical(dataclasses.replace(params, dw_at=dw_at), shape)
         if dw_at != params.dw_at and check(q, shape, device) is None:
             out.append(q)
+    return out
+
+
+def longer_steps(params: Params, shape: LayerShape, device: DeviceSpec) -> list[Params]:
+    """`params` with each longer valid reduction step (`k`, unrolled; the whole register file where its
+    own cap no longer fits the step), shortest first. Within a step's unrolled body ptxas issues the
+    next channels' loads under this channel's FMAs, but at the loop's back-edge that pipeline drains,
+    and each step starts by waiting out its first loads' latency with the register tiles' one or two
+    warps a scheduler (one block of 7 warps an SM at 7^2 x 1024): a longer body waits as often for
+    more FMAs. A search tries them on its best schedules first, since its one-step moves change `k`
+    or the cap, rarely both."""
+    if not isinstance(params, GpuParams):
+        return []
+    out = []
+    for k in space(shape, device)["k"]:
+        if k <= params.k:
+            continue
+        for cap in dict.fromkeys((params.max_registers, MAX_REGISTERS[-1])):
+            q = dataclasses.replace(params, k=k, max_registers=cap)
+            if check(q, shape, device) is None:
+                out.append(q)
+                break
     return out
 
 
