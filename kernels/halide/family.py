@@ -67,6 +67,7 @@ CPU_MAX_VECTORS = 4
 # Input channels a GPU reduction step unrolls (`k`). Past 16 a step's body outlasts the latency of its
 # first loads, which every step waits out again at its loop's back-edge (`longer_steps`).
 GPU_STEPS = (1, 2, 4, 8, 16, 32, 64)
+STREAMED_STEP = 32  # of a longer step, `register_demand` counts this many channels' values live
 GPU_DW_VEC = (1, 2, 4)  # dw_at=root: channels a thread of the depthwise kernel computes (one vector)
 GPU_DW_ROWS = (1, 2, 4)  # dw_at=root: output rows a thread of the depthwise kernel computes (unrolled)
 # Input channels from which the GPU heuristic gives the depthwise its own kernel (`_wide_heuristic`):
@@ -349,9 +350,13 @@ def register_demand(p: GpuParams, s: LayerShape) -> int:
         # ptxas's choice, within the cap
         own = taps + KERNEL * KERNEL if p.dw_at == "cblock" else 0  # and, computing it, taps and weights
         return accumulators + p.tx * p.ty + p.lanes + own
+    # A thread's step is one unrolled body, whose loads ptxas streams into its FMAs: of a longer step it
+    # counts 32 channels (the 7² tile of 8 x 7 values, 32 channels a step, loads 480 values a step and
+    # won on the H100: tuning/runs/h100-2026-11-24t).
+    steps = min(p.k, STREAMED_STEP)
     if p.dw_at in ("cblock", "inline"):
-        return accumulators + p.k * (p.lanes + taps)
-    return accumulators + p.k * (p.lanes + p.tx * p.ty)
+        return accumulators + steps * (p.lanes + taps)
+    return accumulators + steps * (p.lanes + p.tx * p.ty)
 
 
 def _max_threads(s: LayerShape) -> int:
