@@ -64,8 +64,8 @@ GPU_WARP_SEEDS = 6  # ... and warp-striped tiles (gemm=warp) besides
 L2_TO_L1_BANDWIDTH = 5  # how many times scarcer L2 bandwidth is than the L1 of all SMs (H100: ~30/5.5 TB/s)
 LSU_TO_L1 = 2  # Traffic.lsu binds at 0.25 load instructions a FMA, Traffic.l1 at about 0.5 bytes a lane-FMA
 CPU_MAX_VECTORS = 4
-# Input channels a GPU reduction step unrolls (`k`). Past 16 a step's body outlasts the latency of its
-# first loads, which every step waits out again at its loop's back-edge (`longer_steps`).
+# Input channels a GPU reduction step unrolls (`k`). A longer step waits at its loop's back-edge as often
+# for more FMAs (`longer_steps`); 32 won on the H100's widest blocks (tuning/README.md).
 GPU_STEPS = (1, 2, 4, 8, 16, 32, 64)
 STREAMED_STEP = 32  # of a longer step, `register_demand` counts this many channels' values live
 GPU_DW_VEC = (1, 2, 4)  # dw_at=root: channels a thread of the depthwise kernel computes (one vector)
@@ -340,9 +340,10 @@ def accumulator_cap(max_registers: int) -> int:
 
 
 def register_demand(p: GpuParams, s: LayerShape) -> int:
-    """A rough count of the registers a thread of `p` keeps live: its accumulators plus one reduction
+    """A rough count of the registers a thread of `p` keeps live: its accumulators plus a reduction
     step's weights and depthwise values (computed from (tx s + 2) x (ty s + 2) input taps a channel
-    when the thread computes the depthwise itself). Used only to reject hopeless spillers."""
+    when the thread computes the depthwise itself), of at most `STREAMED_STEP` channels; for a warp
+    tile, one step's weights and its chunk's depthwise values. Used only to reject hopeless spillers."""
     accumulators = p.lanes * p.tx * p.ty
     taps = (p.tx * s.stride + 2) * (p.ty * s.stride + 2)  # a channel's input taps for the tile's pixels
     if p.gemm == "warp":  # the chunk's depthwise values (one a pixel) and a step's weights, which are
