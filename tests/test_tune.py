@@ -543,7 +543,13 @@ WARP_BASE = {
 }
 
 
-@pytest.mark.parametrize("case", WARP_CASES, ids=lambda c: f"{c[0].name}-{c[1]['dw_at']}-k{c[1].get('k', 4)}")
+def _warp_case_id(case: tuple[LayerShape, dict[str, object]]) -> str:
+    """A WARP_CASES test id: the shape, where the depthwise is, and the step (WARP_BASE's unless given)."""
+    shape, given = case
+    return f"{shape.name}-{given['dw_at']}-k{given.get('k', WARP_BASE['k'])}"
+
+
+@pytest.mark.parametrize("case", WARP_CASES, ids=_warp_case_id)
 def test_warp_tiles_with_tails_compile_for_cuda(case: tuple[LayerShape, dict[str, object]]) -> None:
     shape, given = case
     params = family.from_options({**WARP_BASE, **given}, shape, H100)
@@ -553,7 +559,7 @@ def test_warp_tiles_with_tails_compile_for_cuda(case: tuple[LayerShape, dict[str
 
 @requires_gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", WARP_CASES, ids=lambda c: f"{c[0].name}-{c[1]['dw_at']}-k{c[1].get('k', 4)}")
+@pytest.mark.parametrize("case", WARP_CASES, ids=_warp_case_id)
 def test_warp_tiles_with_tails_match_the_reference_on_a_gpu(
     case: tuple[LayerShape, dict[str, object]],
 ) -> None:
