@@ -166,7 +166,7 @@ def _execute(job: Job, record: Record) -> Record:
     # --- verify ---
     t0 = time.perf_counter()
     try:
-        error, detail = _verify(built, job)
+        error, detail = verify(built, job)
     except Exception as exc:
         return _fail(record, exc, "verify")
     finally:
@@ -209,7 +209,7 @@ def _execute(job: Job, record: Record) -> Record:
     return record
 
 
-def _verify(built: Any, job: Job) -> tuple[float, str]:
+def verify(built: Any, job: Job) -> tuple[float, str]:
     """Relative L2 error of one run on fresh inputs with a poisoned output, and a line explaining it."""
     inputs = make_inputs(job.shape, derive_seed(job.seed, VERIFY))
     placed = built.place(inputs)
