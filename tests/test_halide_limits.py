@@ -49,6 +49,7 @@ from conftest import H100, requires_gpu
 from kernels import registry
 from kernels.device import DeviceSpec, visible_gpu
 from kernels.halide import algorithm, family, variants
+from kernels.halide.tiling import HOST_ALIGNMENT
 from kernels.layer import LayerShape, make_inputs
 
 SHAPE = LayerShape("b14", n=1, h=14, w=14, c=512, co=512)
@@ -115,16 +116,19 @@ def test_block_level_shared_accumulators_are_stored_again_every_reduction_step(t
     assert vector_stores >= CHUNK * THREAD[1] * THREAD[2], vector_stores  # one per pixel, every step
 
 
-def _vector_copy_ptx(width: int, tmp: Path) -> str:
-    """PTX of a GPU copy (times two) of 1024 floats, `width` lanes a thread, as one dense vector."""
+def _vector_copy_ptx(width: int, tmp: Path, alignment: int | None = None) -> str:
+    """PTX of a GPU copy (times two) of 1024 floats, `width` lanes a thread, as one dense vector; the
+    input's host alignment declared as `alignment` bytes (None: Halide's default, the element's size)."""
     inp = hl.ImageParam(hl.Float(32), 1, "inp")
     inp.dim(0).set_bounds(0, 1024)
+    if alignment is not None:
+        inp.set_host_alignment(alignment)
     x, xo, xi, t = hl.Var("x"), hl.Var("xo"), hl.Var("xi"), hl.Var("t")
     f = hl.Func("f")
     f[x] = inp[x] * 2.0
     f.output_buffer().dim(0).set_bounds(0, 1024)
     f.split(x, xo, xi, width).split(xo, xo, t, 32).gpu_blocks(xo).gpu_threads(t).vectorize(xi)
-    path = tmp / f"copy{width}.ptx"
+    path = tmp / f"copy{width}_{alignment}.ptx"
     f.compile_to(
         {hl.OutputFileType.device_code: str(path)}, [hl.Argument(inp)], "f", variants.cuda_target(H100)
     )
@@ -135,6 +139,15 @@ def test_an_eight_lane_vector_is_not_one_pair_of_v4_accesses_but_four_lanes_are(
     four, eight = _vector_copy_ptx(4, tmp_path), _vector_copy_ptx(8, tmp_path)
     assert "ld.global.nc.v4.b32" in four and "st.global.v4.b32" in four
     assert ".v4." not in eight  # 8 lanes: .v2 pieces or scalars (Halide 21)
+
+
+def test_a_two_lane_load_is_one_access_only_where_the_input_declares_its_alignment(tmp_path: Path) -> None:
+    # Halide's own alignment of an input is its element's size: the 8-byte load is split into two scalars
+    loads = re.findall(r"\tld\.global\.nc\.([a-z0-9.]+)", _vector_copy_ptx(2, tmp_path))
+    assert loads == ["b32", "b32"], loads
+    # declared (as algorithm.define does for every input: tiling.HOST_ALIGNMENT), one 8-byte access
+    loads = re.findall(r"\tld\.global\.nc\.([a-z0-9.]+)", _vector_copy_ptx(2, tmp_path, HOST_ALIGNMENT))
+    assert len(loads) == 1 and loads[0] in ("b64", "v2.b32", "v2.f32"), loads
 
 
 def test_the_family_loads_and_stores_in_v4_pieces() -> None:
@@ -252,6 +265,7 @@ import sys
 import halide as hl
 from kernels.device import DeviceSpec
 from kernels.halide import algorithm, family, variants
+from kernels.halide.tiling import HOST_ALIGNMENT
 from kernels.layer import LayerShape
 shape, device = LayerShape(**{shape}), DeviceSpec(**{device})
 L = algorithm.define(shape)

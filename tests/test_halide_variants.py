@@ -7,6 +7,7 @@ here starts cold once), run through the `Built` protocol on poisoned outputs and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from conftest import H100, has_cuda, requires_gpu
 from kernels import registry
 from kernels.device import DeviceSpec, visible_gpu
 from kernels.halide import cache, variants
+from kernels.halide.tiling import HOST_ALIGNMENT
 from kernels.halide.variants import KERNEL_FILTER, UnknownScheduleError
 from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error
 
@@ -90,6 +92,23 @@ def test_cpu_variant_matches_reference(name: str, shape: LayerShape, cache_dir: 
     for seed in (1, 2):  # two input sets through the same build
         error = check(built, shape, seed)
         assert error < TOLERANCE, f"{name} on {shape.label}: relative L2 error {error:.3g}"
+
+
+def test_inputs_off_the_declared_alignment_are_copied_to_it(cache_dir: Path) -> None:
+    # The pipeline declares 16-byte inputs (tiling.HOST_ALIGNMENT) and asserts it on each call: an input
+    # that is a view starting 4 bytes into another array is copied, and the answer is still right.
+    shape = AWKWARD[2]
+    built = registry.get("halide_unfused").build(shape, CPU, {"cache_dir": str(cache_dir)})
+    inputs = make_inputs(shape, 3)
+    backing = np.zeros(inputs.x.size + 1, np.float32)
+    view = backing[1:].reshape(inputs.x.shape)
+    view[...] = inputs.x
+    assert view.ctypes.data % HOST_ALIGNMENT
+    shifted = dataclasses.replace(inputs, x=view)
+    placed = built.place(shifted)
+    assert all(a.ctypes.data % HOST_ALIGNMENT == 0 for a in placed.arrays)
+    built.run(placed)
+    assert relative_l2_error(built.fetch(placed), reference(shape, inputs)) < TOLERANCE
 
 
 def test_compile_cache_hit_is_fast_and_identical(tmp_path: Path) -> None:

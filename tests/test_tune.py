@@ -645,6 +645,20 @@ def test_the_blocks_depthwise_tile_is_searched_and_reuses_input_rows_in_register
     assert shared_loads(dw_vec=4, dw_rows=4) == {"vector": one["vector"] + 6 * 3, "scalar": 0}
 
 
+def test_a_two_channel_depthwise_tile_loads_each_tap_as_one_access() -> None:
+    # The 112² entry's tile: two channels by four rows a thread, the input read through the caches. The
+    # layer's inputs declare their alignment (tiling.HOST_ALIGNMENT), so each pair of channels is one
+    # 8-byte load; at Halide's default alignment each was two 4-byte loads (54 in all).
+    shape = LayerShape("b112", n=32, h=112, w=112, c=32, co=64)
+    given = {"dw_at": "block", "dw_vec": 2, "dw_rows": 4, "stage_input": False, "lanes": 4, "tx": 2, "ty": 2}
+    given |= {"threads_co": 16, "threads_x": 4, "threads_y": 2, "k": 4, "max_registers": 64}
+    p = family.from_options(given, shape, H100)
+    ptx = variants.lower_for("family", shape, H100, family.build_options(p, {}))["kernels.ptx"]
+    widths = re.findall(r"\tld\.global\.nc\.((?:v[24]\.)?b\d+)", ptx)
+    assert "b32" not in widths, widths
+    assert widths.count("b64") + widths.count("v2.b32") == 6 * 3 + 9  # the input taps and the weights
+
+
 # The block's depthwise tile in shared memory with vectors and rows, on shapes that leave tails: block
 # rows not a multiple of dw_rows, stride 2, the input staged in shared memory or read through the caches.
 DW_BLOCK_BASE = {

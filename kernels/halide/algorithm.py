@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import halide as hl
 
+from kernels.halide.tiling import HOST_ALIGNMENT
 from kernels.layer import KERNEL, LayerShape
 
 FUNC_NAMES = ("padded", "depthwise", "pointwise", "output")
@@ -55,7 +56,9 @@ class Layer:
 
 
 def _bind(param: hl.ImageParam, extents: tuple[int, ...]) -> None:
-    """Fix a parameter's bounds (min 0, dense innermost) and give autoschedulers their estimates."""
+    """Fix a parameter's bounds (min 0, dense innermost) and alignment, and give autoschedulers their
+    estimates."""
+    param.set_host_alignment(HOST_ALIGNMENT)
     for d, extent in enumerate(extents):
         param.dim(d).set_bounds(0, extent).set_estimate(0, extent)
     # Dense strides from the extents: C-contiguous NumPy arrays seen in Halide order.

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from kernels.device import DeviceSpec
+from kernels.halide.tiling import HOST_ALIGNMENT
 from kernels.layer import LayerInputs, LayerShape
 from kernels.registry import register
 
@@ -226,8 +227,18 @@ class Placed:
     arrays: tuple[np.ndarray, ...]
 
 
+def _aligned_copy(a: np.ndarray) -> np.ndarray:
+    """A copy of `a` whose data starts at a multiple of HOST_ALIGNMENT bytes."""
+    raw = np.empty(a.nbytes + HOST_ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % HOST_ALIGNMENT
+    out = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def _host_arrays(shape: LayerShape, inputs: LayerInputs) -> tuple[np.ndarray, ...]:
-    """The inputs as C-contiguous float32 (no copy when they already are), shapes checked."""
+    """The inputs as C-contiguous float32 at `tiling.HOST_ALIGNMENT` bytes (no copy when they already
+    are), shapes checked."""
     expected = {
         "x": (shape.n, shape.h, shape.w, shape.c),
         "dw": (3, 3, shape.c),
@@ -239,6 +250,8 @@ def _host_arrays(shape: LayerShape, inputs: LayerInputs) -> tuple[np.ndarray, ..
         a = np.ascontiguousarray(getattr(inputs, field), dtype=np.float32)
         if a.shape != dims:
             raise ValueError(f"input {field} has shape {a.shape}, expected {dims} for {shape.label}")
+        if a.ctypes.data % HOST_ALIGNMENT:  # a view into another array: the pipeline asserts alignment
+            a = _aligned_copy(a)
         arrays.append(a)
     return tuple(arrays)
 
