@@ -8,9 +8,10 @@ import math
 # The widest dense load or store a CUDA schedule asks for, in fp32 lanes: one PTX ld/st .v4.
 PTX_VECTOR = 4
 # Bytes to which every input's host and device pointers are aligned (NumPy and cuMemAlloc give at least
-# that; `variants._host_arrays` copies a view that does not). `algorithm` declares it, which lets the PTX
-# backend load two fp32 lanes as one 8-byte access: at the default (the element's 4 bytes) a 2-lane
-# vector is split into scalar loads (`tests/test_halide_limits.py`). Halide checks it on each call.
+# that; `variants._host_arrays` copies a view that does not). `algorithm` declares it for the input and
+# the filters, which lets the PTX backend load two fp32 lanes as one 8-byte access: at the default (the
+# element's 4 bytes) a 2-lane vector is split into scalar loads (`tests/test_halide_limits.py`). Halide
+# checks it on each call.
 HOST_ALIGNMENT = 16
 
 
