@@ -230,13 +230,14 @@ class FamilySearch:
             entry = [known.params] if known.source == "db" else []
             # ... with the other thread tiles of its depthwise stage, if it has one, its depthwise at
             # the other levels, its threads laid out to leave no tail and no part-filled warp, its
-            # longer reduction steps, ...
+            # longer reduction steps, its other register caps, ...
             ahead = list(entry)
             for around in (
                 family.depthwise_tiles,
                 family.depthwise_levels,
                 family.whole_blocks,
                 family.longer_steps,
+                family.other_caps,
             ):
                 ahead += [q for p in entry for q in around(p, shape, device)]
             # ... and from the ones other models of the device's kind kept for the shape, screened

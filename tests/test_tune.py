@@ -170,10 +170,33 @@ def test_a_search_also_starts_from_other_gpus_entries(tmp_path: Path) -> None:
     longer = family.longer_steps(own, shape, H100)  # and its longer reduction steps
     same = [dataclasses.replace(q, k=own.k, max_registers=own.max_registers) for q in longer]
     assert longer and all(q.k > own.k for q in longer) and set(same) == {own}
-    ahead = [own, *tiles, *whole, *longer, warp, slower]
+    caps = family.other_caps(own, shape, H100)  # and its other register caps
+    assert caps and all(dataclasses.replace(q, max_registers=own.max_registers) == own for q in caps)
+    ahead = [own, *tiles, *whole, *longer, *caps, warp, slower]
     assert search.seeds[: 1 + len(ahead)] == [family.heuristic(shape, H100), *ahead]
     assert len(search.seeds) == len(set(search.seeds))
     assert tuned.relatives(shape, H100, {"tuning_db": str(tmp_path / "none.json")}) == []
+
+
+def test_other_caps_keep_the_tile_and_drop_caps_that_do_not_fit() -> None:
+    # The 112² entry of h100-2026-11-24v: 96 threads at 64 registers, spilling under Nsight
+    shape = LayerShape("b112", n=32, h=112, w=112, c=32, co=64)
+    given = {"dw_at": "block", "dw_vec": 2, "dw_rows": 4, "stage_input": False, "lanes": 4, "tx": 2, "ty": 3}
+    given |= {"threads_co": 16, "threads_x": 3, "threads_y": 2, "k": 16, "max_registers": 64}
+    entry = family.from_options(given, shape, H100)
+    assert [
+        (q.max_registers, dataclasses.replace(q, max_registers=64))
+        for q in family.other_caps(entry, shape, H100)
+    ] == [
+        (128, entry),
+        (255, entry),
+    ]
+    # a block of 1024 threads cannot have 255 registers each (65536 a block): that cap is not offered
+    big = family.from_options(
+        {**given, "threads_co": 16, "threads_x": 8, "threads_y": 8, "tx": 1, "ty": 1}, shape, H100
+    )
+    assert [q.max_registers for q in family.other_caps(big, shape, H100)] == []
+    assert family.other_caps(family.CpuParams(), shape, CPU) == []
 
 
 def test_whole_blocks_tile_the_output_exactly_with_full_warps() -> None:
@@ -275,7 +298,11 @@ def test_the_heuristic_stays_the_baseline_when_an_entry_equals_it(tmp_path: Path
     longer = family.longer_steps(heuristic, shape, H200)
     assert len(tiles) == 8 and [p.dw_at for p in levels] == ["root", "cblock", "inline"]
     assert family.whole_blocks(heuristic, shape, H200) == [] and [p.k for p in longer] == [8, 16, 32]
-    ahead = [heuristic, *tiles, *levels, *longer, staged]
+    caps = family.other_caps(heuristic, shape, H200)
+    assert [p.max_registers for p in caps] == [
+        m for m in family.MAX_REGISTERS if m != heuristic.max_registers
+    ]
+    ahead = [heuristic, *tiles, *levels, *longer, *caps, staged]
     assert search.seeds[: len(ahead)] == ahead
     assert len(search.seeds) == len(set(search.seeds))
     first = search.propose(3, [])

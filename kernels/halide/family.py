@@ -891,6 +891,22 @@ def longer_steps(params: Params, shape: LayerShape, device: DeviceSpec) -> list[
     return out
 
 
+def other_caps(params: Params, shape: LayerShape, device: DeviceSpec) -> list[Params]:
+    """`params` at each other valid register cap (`max_registers`), lowest first. A cap trades spills
+    for occupancy, and the search's one-step moves change it as rarely as any other parameter: the 112²
+    entry of `h100-2026-11-24v` spilled at its 64 registers (485,184 local-memory requests under Nsight,
+    `results/h100/nsight_112`) and its 128-register twin had never been screened. A search tries these
+    on its best schedule first."""
+    if not isinstance(params, GpuParams):
+        return []
+    out = []
+    for cap in space(shape, device)["max_registers"]:
+        q = dataclasses.replace(params, max_registers=cap)
+        if cap != params.max_registers and check(q, shape, device) is None:
+            out.append(q)
+    return out
+
+
 def whole_blocks(params: Params, shape: LayerShape, device: DeviceSpec) -> list[Params]:
     """`params` with its block's threads laid out again so that the blocks tile the output's pixels
     exactly and fill whole warps, where `params` does not: the same register tile, `threads_x` /
