@@ -80,8 +80,8 @@ def define(shape: LayerShape) -> Layer:
     _bind(dwf, (shape.c, KERNEL, KERNEL))
     _bind(pwf, (shape.co, shape.c))
     # The bias keeps Halide's default alignment: declared, a thread's bias was loaded in 8-byte pairs and
-    # its accumulators initialised as 64-bit register pairs, and ptxas scheduled the 7² entry's reduction
-    # 3.7% slower (97.1 against 100.4-101.1 µs, one H100, results/README.md); its loads are a handful.
+    # its accumulators initialised as 64-bit registers, and the 7² entry's pointwise kernel ran 3.5-4.1%
+    # slower (93.1 against 96.4-96.9 µs, A/B on one H100, results/h100/alignment_ab); its loads are few.
     _bind(bias, (shape.co,), aligned=False)
 
     c, x, y, n = hl.Var("c"), hl.Var("x"), hl.Var("y"), hl.Var("n")
