@@ -63,6 +63,7 @@ from kernels.device import DeviceSpec
 from kernels.layer import LayerShape
 from orchestrator.config import CONF_DIR, REPO_ROOT, ConfigError, TimingConf, group_options
 from workers.schema import Job, Record, TimingSpec
+from workers.table import print_rows
 
 FAMILY_STRATEGIES = ("evolve", "random")
 AUTO_STRATEGIES = {  # strategy -> (variant, device kinds, whether it has a random knob)
@@ -714,21 +715,26 @@ def summary(pairs: Sequence[PairResult], t: TuneConf, command: str) -> dict[str,
 
 
 def print_table(result: dict[str, Any]) -> None:
-    """The closing table, plain text (rich is not everywhere this runs)."""
-    head = (
-        f"{'shape':<16}{'device':<8}{'cands':>6}{'best ms':>11}{'baseline ms':>13}{'x base':>8}{'%roof':>7}"
+    """The closing table: per (shape, device), the candidates screened, the best and the baseline."""
+
+    def f(v: Any, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    print_rows(
+        [
+            {
+                "shape": row["shape"],
+                "device": row["device"],
+                "cands": str(row["candidates"]),
+                "best ms": f(row["best_ms"], ".4g"),
+                "baseline ms": f(row["baseline_ms"], ".4g"),
+                "x base": f(row["speedup_vs_baseline"], ".2f"),
+                "%roof": f(row["best_pct_roofline"], ".1f"),
+            }
+            for row in result["pairs"]
+        ],
+        empty="no (shape, device) pairs were searched",
     )
-    _say(head)
-    for row in result["pairs"]:
-
-        def f(v: Any, spec: str) -> str:
-            return "-" if v is None else format(v, spec)
-
-        _say(
-            f"{row['shape']:<16}{row['device']:<8}{row['candidates']:>6}{f(row['best_ms'], '.4g'):>11}"
-            f"{f(row['baseline_ms'], '.4g'):>13}{f(row['speedup_vs_baseline'], '.2f'):>8}"
-            f"{f(row['best_pct_roofline'], '.1f'):>7}"
-        )
 
 
 # --- configuration -------------------------------------------------------------------------------------

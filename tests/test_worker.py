@@ -405,3 +405,27 @@ def test_gpu_without_measurable_ceilings_keeps_datasheet_rates_and_says_so() -> 
     assert device == h100
     assert device.roofs == (66900, 3350)
     assert source.startswith("datasheet (GPU ceilings not measured")
+
+
+@pytest.mark.parametrize("rich_installed", [True, False], ids=["rich", "plain"])
+def test_closing_tables_print_every_row_with_or_without_rich(
+    rich_installed: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from workers.table import print_rows
+
+    if not rich_installed:  # as on the GPU nodes, whose bundle carries Halide and Hydra only
+        monkeypatch.setitem(sys.modules, "rich", None)
+        monkeypatch.setitem(sys.modules, "rich.console", None)
+    rows = [
+        {"shape": "mbv1_7_1024_s1", "time_us": "97.0"},
+        {"shape": "app", "time_us": "6.8"},
+    ]
+    print_rows(rows)
+    lines = capsys.readouterr().out.splitlines()
+    cells = [re.findall(r"[\w.]+", line) for line in lines]
+    assert ["shape", "time_us"] in cells
+    assert ["mbv1_7_1024_s1", "97.0"] in cells and ["app", "6.8"] in cells
+    if not rich_installed:  # aligned: each column starts at the same place on every line
+        assert lines == ["shape           time_us", "mbv1_7_1024_s1  97.0", "app             6.8"]
+    print_rows([], empty="no jobs were run")
+    assert capsys.readouterr().out == "no jobs were run\n"

@@ -32,6 +32,7 @@ from workers.job import summary_row
 from workers.profiling import ProfileConfigError, ProfileSettings, profile_into
 from workers.runner import ChildRunner, ChildStartError, thread_limits
 from workers.schema import Job, Record
+from workers.table import print_rows
 
 
 class CliError(Exception):
@@ -110,24 +111,7 @@ class _Progress:
 
 def print_table(records: Sequence[Record]) -> None:
     """The closing table: variant, shape, status, time_ms, gflops, pct_roofline."""
-    rows = [summary_row(r) for r in records]
-    if not rows:
-        print("no jobs were run")
-        return
-    columns = list(rows[0])
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
-        print("  ".join(c.ljust(widths[c]) for c in columns))
-        for r in rows:
-            print("  ".join(r[c].ljust(widths[c]) for c in columns))
-        return
-    table = Table(*columns)
-    for r in rows:
-        table.add_row(*(r[c] for c in columns))
-    Console().print(table)
+    print_rows([summary_row(r) for r in records], empty="no jobs were run")
 
 
 def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:

@@ -180,7 +180,7 @@ def _execute(job: Job, record: Record) -> Record:
     # --- time ---
     t0 = time.perf_counter()
     try:
-        timing, n_sets = _time(built, job, device)
+        timing, n_sets = time_job(built, job, device)
     except Exception as exc:
         return _fail(record, exc, "time")
     finally:
@@ -227,10 +227,13 @@ def verify(built: Any, job: Job) -> tuple[float, str]:
     return error, f"rel_error {error:.3g} > tolerance {job.tolerance:g}"
 
 
-def _time(built: Any, job: Job, device: DeviceSpec) -> tuple[harness.Timing, int]:
-    """Place fresh timing input sets (enough for a cold cache if asked) and run the harness on them."""
+def time_job(built: Any, job: Job, device: DeviceSpec, first: int = 0) -> tuple[harness.Timing, int]:
+    """Place fresh timing input sets (enough for a cold cache if `job.timing` asks), the `first`-th of
+    the job's timing seeds on, and run the one harness on them; returns the timing and how many sets."""
     n_sets = harness.input_sets_needed(job.shape, job.timing, device)
-    placed = [built.place(make_inputs(job.shape, derive_seed(job.seed, TIMING, i))) for i in range(n_sets)]
+    placed = [
+        built.place(make_inputs(job.shape, derive_seed(job.seed, TIMING, first + i))) for i in range(n_sets)
+    ]
     return harness.measure(built, placed, job.timing, device), n_sets
 
 

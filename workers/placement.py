@@ -36,8 +36,9 @@ from kernels.device import DeviceSpec
 from kernels.layer import make_inputs
 from workers import harness
 from workers.__main__ import CliError, load_jobs
-from workers.job import TIMING, derive_seed, verify
+from workers.job import TIMING, derive_seed, time_job, verify
 from workers.schema import Job
+from workers.table import print_rows
 
 MODES = ("before", "between")
 DEFAULT_OFFSETS_MIB = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48)
@@ -134,12 +135,9 @@ def probe(job: Job, offsets: Sequence[int], modes: Sequence[str]) -> list[dict[s
             print(
                 f"  {job.shape.name} {mode:7s} {mib:3d} MiB  {rows[-1]['time_ms'] * 1e3:8.1f} µs", flush=True
             )
-    cold = dataclasses.replace(job.timing, cold_cache=True)
-    n_sets = harness.input_sets_needed(job.shape, cold, device)
-    sets = [
-        built.place(make_inputs(job.shape, derive_seed(job.seed, TIMING, index + i))) for i in range(n_sets)
-    ]
-    rows.append(_row(job, f"cold ({n_sets} sets)", None, harness.measure(built, sets, cold, device)))
+    cold = dataclasses.replace(job, timing=dataclasses.replace(job.timing, cold_cache=True))
+    timing, n_sets = time_job(built, cold, device, first=index)
+    rows.append(_row(job, f"cold ({n_sets} sets)", None, timing))
     return rows
 
 
@@ -223,11 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.extend(found)
     if not rows:
         return 1
-    table = summary(rows)
-    columns = list(table[0])
-    print("  ".join(columns))
-    for r in table:
-        print("  ".join(r[c] for c in columns))
+    print_rows(summary(rows))
     return 1 if failed else 0
 
 
