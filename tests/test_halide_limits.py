@@ -30,6 +30,10 @@ A third: nothing overlaps one reduction step's loads with the last step's FMAs i
 Halide's way to run a stage ahead of its consumer, leaves calls to the host runtime's semaphores in the
 CUDA kernel, and the driver refuses the module; `prefetch()`, its way to fetch a later iteration's data
 ahead into the caches, stops the compiler with an internal error when the loop is inside a CUDA kernel.
+
+A fourth: a block may use at most 48 KiB of shared memory. Past that a launch needs the function's limit
+raised first, which Halide 21's CUDA runtime never does (on the H100, 49,152 bytes run and 49,156 fail
+with CUDA_ERROR_INVALID_VALUE from cuLaunchKernel), so the staged tiles of `family` stay within 48 KiB.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import halide as hl
+import numpy as np
 import pytest
 from conftest import H100, requires_gpu
 
@@ -298,3 +303,35 @@ def test_prefetching_a_later_reduction_step_inside_a_cuda_kernel_does_not_compil
             r"Internal error at \S*Prefetch\.cpp:\d+ Condition failed: base && base->type\.is_handle\(\)",
             run.stderr,
         )
+
+
+def _shared_tile(floats: int) -> hl.Func:
+    """out(x) = src(x) + src(x + 1), where each block of 256 threads first writes its `floats` + 1
+    values of src into shared memory: a block of (floats + 1) x 4 bytes of shared memory."""
+    x, xo, xi, t, sx, st = (hl.Var(n) for n in ("x", "xo", "xi", "t", "sx", "st"))
+    src, out = hl.Func("src"), hl.Func("out")
+    src[x] = hl.f32(x)
+    out[x] = src[x] + src[x + 1]
+    out.split(x, xo, xi, floats).split(xi, xi, t, 256).reorder(t, xi, xo).gpu_blocks(xo).gpu_threads(t)
+    src.compute_at(out, xo).store_in(hl.MemoryType.GPUShared)
+    src.split(x, sx, st, 256, hl.TailStrategy.GuardWithIf).gpu_threads(st)
+    return out
+
+
+@requires_gpu
+@pytest.mark.gpu
+def test_a_block_may_use_at_most_48_kib_of_shared_memory() -> None:
+    # A block may use more than 48 KiB of shared memory only after the function's limit is raised
+    # (cuFuncSetAttribute, MAX_DYNAMIC_SHARED_SIZE_BYTES); Halide 21's CUDA runtime never raises it, so
+    # a Halide kernel cannot use the rest of the H100's 227 KiB (`family.GPU_SHARED_BYTES`). A block's
+    # depthwise of every channel at 7²x1024 would need 28 KiB a row of pixels, 196 KiB for the image.
+    target = variants.cuda_target(visible_gpu())
+    for floats in (11264, 16384):  # 44 KiB and 64 KiB (+ 4 bytes) a block
+        run = _shared_tile(floats)
+        if floats * 4 < 48 * 1024:
+            out = run.realize([2 * floats], target)
+            out.copy_to_host()
+            assert np.array_equal(np.asarray(out), 2 * np.arange(2 * floats, dtype=np.float32) + 1)
+            continue
+        with pytest.raises(hl.HalideError, match="CUDA_ERROR_INVALID_VALUE"):
+            run.realize([2 * floats], target).copy_to_host()

@@ -56,7 +56,8 @@ MAX_REGISTERS = (64, 128, 255)  # HL_CUDA_JIT_MAX_REGISTERS; 64 is Halide's defa
 GPU_MAX_THREADS = 1024  # threads per block
 GPU_REGISTERS_PER_BLOCK = 65536  # 32-bit registers of one SM, all a block may take (sm_50 .. sm_90)
 # Shared memory a block may use without an opt-in; Halide 21's CUDA runtime never opts in (it calls no
-# cuFuncSetAttribute), so no Halide kernel may use more, on any GPU.
+# cuFuncSetAttribute), so no Halide kernel may use more, on any GPU (on the H100 a block of 49,156 bytes
+# fails to launch: tests/test_halide_limits.py).
 GPU_SHARED_BYTES = 48 * 1024
 GPU_MAX_ACCUMULATORS = 64  # fp32 accumulators a thread may keep in registers (128 with the whole file)
 GPU_MODEL_SEEDS = 12  # register tiles from the traffic model that seed a search
