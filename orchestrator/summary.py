@@ -20,10 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from workers.schema import Record
+from workers.table import WIDE, cell
 
 T = TypeVar("T")
 
-WIDE = 150  # columns of the tables when stdout is not a terminal (a log file, a pipe)
 BASELINES = ("tensorflow", "cudnn")  # frameworks Halide is compared against, in column order
 STATUS_STYLE = {"ok": "green", "wrong": "bold red", "failed": "red", "skipped": "dim"}
 
@@ -34,10 +34,6 @@ class Best:
 
     variant: str
     time_ms: float
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def best_by_framework(records: Sequence[Record]) -> dict[tuple[str, str], dict[str, Best]]:
@@ -121,9 +117,9 @@ def results_table(records: Sequence[Record], title: str) -> Table:
             r.params.get("variant", "?"),
             r.params.get("framework", "?"),
             f"[{style}]{status}[/]" if style else status,
-            _fmt(r.metrics.get("time_ms"), ".4g"),
-            _fmt(r.metrics.get("gflops"), ".1f"),
-            _fmt(r.metrics.get("pct_roofline"), ".1f"),
+            cell(r.metrics.get("time_ms"), ".4g"),
+            cell(r.metrics.get("gflops"), ".1f"),
+            cell(r.metrics.get("pct_roofline"), ".1f"),
         )
     return table
 

@@ -63,7 +63,7 @@ from kernels.device import DeviceSpec
 from kernels.layer import LayerShape
 from orchestrator.config import CONF_DIR, REPO_ROOT, ConfigError, TimingConf, group_options
 from workers.schema import Job, Record, TimingSpec
-from workers.table import print_rows
+from workers.table import cell, print_rows
 
 FAMILY_STRATEGIES = ("evolve", "random")
 AUTO_STRATEGIES = {  # strategy -> (variant, device kinds, whether it has a random knob)
@@ -716,20 +716,16 @@ def summary(pairs: Sequence[PairResult], t: TuneConf, command: str) -> dict[str,
 
 def print_table(result: dict[str, Any]) -> None:
     """The closing table: per (shape, device), the candidates screened, the best and the baseline."""
-
-    def f(v: Any, spec: str) -> str:
-        return "-" if v is None else format(v, spec)
-
     print_rows(
         [
             {
                 "shape": row["shape"],
                 "device": row["device"],
                 "cands": str(row["candidates"]),
-                "best ms": f(row["best_ms"], ".4g"),
-                "baseline ms": f(row["baseline_ms"], ".4g"),
-                "x base": f(row["speedup_vs_baseline"], ".2f"),
-                "%roof": f(row["best_pct_roofline"], ".1f"),
+                "best ms": cell(row["best_ms"], ".4g"),
+                "baseline ms": cell(row["baseline_ms"], ".4g"),
+                "x base": cell(row["speedup_vs_baseline"], ".2f"),
+                "%roof": cell(row["best_pct_roofline"], ".1f"),
             }
             for row in result["pairs"]
         ],

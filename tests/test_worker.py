@@ -413,7 +413,7 @@ def test_closing_tables_print_every_row_with_or_without_rich(
 ) -> None:
     from workers.table import print_rows
 
-    if not rich_installed:  # as on the GPU nodes, whose bundle carries Halide and Hydra only
+    if not rich_installed:  # as where only the GPU nodes' bundle (Halide, Hydra) is installed
         monkeypatch.setitem(sys.modules, "rich", None)
         monkeypatch.setitem(sys.modules, "rich.console", None)
     rows = [

@@ -28,6 +28,7 @@ from kernels.device import DeviceSpec
 from kernels.layer import make_inputs, reference, relative_l2_error
 from workers import harness, hostinfo, metrics
 from workers.schema import Job, Record
+from workers.table import cell
 
 VERIFY, TIMING = 1, 2  # seed streams: verification inputs and timing inputs never coincide
 MAX_ERROR_CHARS = 500
@@ -241,8 +242,7 @@ def summary_row(record: Record) -> Mapping[str, str]:
     """variant, shape, status, time_ms, gflops, pct_roofline of a record, formatted for a table."""
 
     def fmt(name: str, spec: str) -> str:
-        value = record.metrics.get(name)
-        return format(value, spec) if value is not None else "-"
+        return cell(record.metrics.get(name), spec)
 
     return {
         "variant": record.params.get("variant", record.key.split(".")[0]),

@@ -1,12 +1,19 @@
 """One way to print a closing table of strings: rich where it is installed, aligned plain text where it
-is not (the GPU nodes' bundle carries Halide and Hydra only). Used by the worker CLI, the placement
-probe and the schedule search."""
+is not (the GPU nodes' bundle of ../shared/device/make-bundle.sh does not carry it). Used by the worker
+CLI, the placement probe, the schedule search and, for its cells and width, the experiment summary."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-WIDE = 150  # columns when stdout is not a terminal
+WIDE = 150  # columns of a table when stdout is not a terminal (a log file, a pipe): do not wrap at 80
+
+
+def cell(value: Any, spec: str) -> str:
+    """`value` formatted by `spec` for a table, or "-" when there is none."""
+    return "-" if value is None else format(value, spec)
 
 
 def print_rows(rows: Sequence[Mapping[str, str]], empty: str = "nothing to show") -> None:
@@ -27,7 +34,4 @@ def print_rows(rows: Sequence[Mapping[str, str]], empty: str = "nothing to show"
     table = Table(*columns)
     for r in rows:
         table.add_row(*(r[c] for c in columns))
-    console = Console()
-    if not console.is_terminal:  # a log or a pipe: no terminal width to fit, so do not wrap at 80
-        console = Console(width=WIDE)
-    console.print(table)
+    Console(width=None if sys.stdout.isatty() else WIDE).print(table)
