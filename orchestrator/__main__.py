@@ -15,7 +15,6 @@ printing them, and `_one_line` rewrites them. Set HYDRA_FULL_ERROR=1 yourself to
 from __future__ import annotations
 
 import logging
-import os
 import re
 import socket
 import sys
@@ -38,6 +37,7 @@ from orchestrator.config import (
     ConfigError,
     experiment_names,
     group_options,
+    hydra_raises,
 )
 
 log = logging.getLogger("orchestrator")
@@ -294,30 +294,30 @@ def _one_line(exc: BaseException, argv: list[str]) -> str:
 
 def main() -> None:
     """Entry point: run Hydra, turning bad input into one line on stderr and exit code 2."""
-    user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its multi-line report
     argv = sys.argv[1:]
-    try:
-        _hydra_main()
-        if _bad_input:
-            raise _bad_input[0]
-    except KeyboardInterrupt:
-        print(
-            "interrupted (any MLflow run in progress was ended KILLED; the journal keeps every finished job)",
-            file=sys.stderr,
-        )
-        sys.exit(EXIT_INTERRUPTED)
-    except (ConfigError, HydraException, OmegaConfBaseException) as exc:
-        if user_wants_traceback:
-            raise
-        print(f"error: {_one_line(exc, argv)}".replace("\n", " "), file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    except Exception as exc:
-        if user_wants_traceback or not type(exc).__module__.startswith("mlflow"):
-            raise
-        # The tracking store refused (unwritable database, server error): runs opened were ended FAILED.
-        print(f"error: MLflow: {_collapse(str(exc))}", file=sys.stderr)
-        sys.exit(1)
+    with hydra_raises() as user_wants_traceback:
+        try:
+            _hydra_main()
+            if _bad_input:
+                raise _bad_input[0]
+        except KeyboardInterrupt:
+            print(
+                "interrupted (any MLflow run in progress was ended KILLED; "
+                "the journal keeps every finished job)",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_INTERRUPTED)
+        except (ConfigError, HydraException, OmegaConfBaseException) as exc:
+            if user_wants_traceback:
+                raise
+            print(f"error: {_one_line(exc, argv)}".replace("\n", " "), file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+        except Exception as exc:
+            if user_wants_traceback or not type(exc).__module__.startswith("mlflow"):
+                raise
+            # The tracking store refused (unwritable database, server error): runs opened were ended FAILED.
+            print(f"error: MLflow: {_collapse(str(exc))}", file=sys.stderr)
+            sys.exit(1)
 
 
 if __name__ == "__main__":

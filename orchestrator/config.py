@@ -9,6 +9,9 @@ Values live in the YAML files; the defaults here only say what a missing key mea
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +139,23 @@ SCHEMAS: dict[str, type] = {
 DISPATCH_MODES = ("ray", "export")
 STAND_INS = ("cpu",)  # what may stand in for a GPU model (tests and dry runs on machines without one)
 AUTO_DEVICES = "auto"  # devices=[auto]: every GPU model the Ray cluster's nodes declare
+
+
+@contextlib.contextmanager
+def hydra_raises() -> Iterator[bool]:
+    """Inside: HYDRA_FULL_ERROR=1, so that Hydra raises its errors to the caller (who makes one line of
+    them) instead of printing its multi-line report. Yields whether the user had set it (they want the
+    traceback). The variable is restored on the way out: an entry point called in-process (the tests)
+    must not leave it set for the processes started after it, which would then print tracebacks."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield before == "1"
+    finally:
+        if before is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
 
 
 def _repo_root() -> str:

@@ -61,7 +61,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from kernels.device import DeviceSpec
 from kernels.layer import LayerShape
-from orchestrator.config import CONF_DIR, REPO_ROOT, ConfigError, TimingConf, group_options
+from orchestrator.config import CONF_DIR, REPO_ROOT, ConfigError, TimingConf, group_options, hydra_raises
 from workers.schema import Job, Record, TimingSpec
 from workers.table import cell, print_rows
 
@@ -978,9 +978,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import os
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
-        run(argv)
+        with hydra_raises():
+            run(argv)
     except KeyboardInterrupt:
         print("interrupted (a MLflow run in progress was ended KILLED)", file=sys.stderr)
         return 130

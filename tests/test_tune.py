@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import os
 import random
 import re
 import sys
@@ -463,8 +464,14 @@ def test_search_through_ray_into_mlflow(tmp_path: Path) -> None:
     assert parent.info.status == "FINISHED" and any(k.startswith("best_ms.") for k in parent.data.metrics)
 
 
-def test_bad_tune_input_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_tune_input_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     assert tune.main(["+experiment=smoke", "tune.strategy=nope", "--local"]) == 2
+    # called in-process, it leaves no HYDRA_FULL_ERROR behind (processes started later would print
+    # tracebacks instead of one line)
+    assert "HYDRA_FULL_ERROR" not in os.environ
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "valid strategies: evolve, random, adams2019" in err
     assert tune.main(["+experiment=smoke", "tune.budgets=3"]) == 2
