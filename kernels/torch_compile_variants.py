@@ -14,7 +14,8 @@ ones, so the harness counts every kernel of a call (`kernel_filter` None); the b
 
 Each build compiles a fresh function: Dynamo's state is reset and Inductor's and Triton's caches start
 empty (`torch._inductor.utils.fresh_cache`), so `compile_s` is a cold compile (autotuning included) and no
-earlier build's code or choices (another shape, or TF32 where this one is strict) are reused. The TF32
+earlier build's code or choices (another shape, or TF32 where this one is strict) are reused (the first
+build in a process also pays Inductor's imports and the start of its compile workers). The TF32
 switches are process-global and Dynamo guards on them: they are set to the variant's flavour while
 compiling and around every run, and restored after, so variants sharing a worker process never see each
 other's flags. A run that would make Dynamo compile again (a later build reset its state, or a guard
