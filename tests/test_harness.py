@@ -339,3 +339,30 @@ def test_the_flush_kernels_are_dropped_by_name_and_stream() -> None:
     assert samples == pytest.approx([0.023] * 3) and note == "3 kernel(s) per launch"
     with pytest.raises(RuntimeError, match="3 of its device events in a window of 3 calls, expected 2"):
         harness.drop_flush_events(flushed_window(3), signature, 3, per_flush=2)
+
+
+class FlushRecorder:
+    """Where a GPU's L2 flush would run: records how many runs the Built had made at each flush."""
+
+    nbytes, l2_bytes, per_flush = 8, 4, 0
+    signature: frozenset = frozenset()
+
+    def __init__(self, built: CountingReference) -> None:
+        self.built, self.at = built, []
+
+    def __call__(self) -> None:
+        self.at.append(len(self.built.used))
+
+
+def test_without_cupti_a_flushed_gpu_timing_times_each_call_after_its_flush() -> None:
+    """The host-clock fallback of a cold GPU timing (here: torch sees no GPU): one flush before every
+    call, outside the timed region, and one sample per call (no back-to-back windows)."""
+    if harness._torch_profiler()[0] is not None:
+        pytest.skip("CUPTI is usable here: the fallback is not taken")
+    built = CountingReference(TINY)
+    flusher = FlushRecorder(built)
+    spec = TimingSpec(warmup=0, min_repeats=5, max_repeats=5, min_time_s=0, stable_spread=0)
+    call = harness.summarize([1.0])
+    t = harness._measure_gpu_kernels(built, placed_sets(built, TINY, 2), spec, call, flusher)
+    assert t.time_source == "host" and t.note.endswith("host clock of each call after its L2 flush")
+    assert t.samples == 5 and flusher.at == [0, 1, 2, 3, 4]  # a flush before each of the five calls
