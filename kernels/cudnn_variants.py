@@ -1,7 +1,7 @@
 """cuDNN baselines through PyTorch: what most GPU users would compare a hand-written layer against.
 
-The layer is `F.conv2d(groups=C)` (depthwise 3x3) then a 1x1 `F.conv2d` with the bias, then ReLU in
-place, fp32:
+The layer is `kernels.torch_layer.torch_layer`: `F.conv2d(groups=C)` (depthwise 3x3) then a 1x1
+`F.conv2d` with the bias, then ReLU in place, fp32, run eagerly:
     cudnn_nchw        NCHW tensors (PyTorch sends fp32 NCHW depthwise to its own CUDA kernel)
     cudnn_cl          channels_last tensors (the depthwise goes to cuDNN)
     cublas_mm         channels_last depthwise through cuDNN, then the pointwise as one matrix product
@@ -11,31 +11,44 @@ place, fp32:
     ..._tf32          TF32 allowed in cuDNN and cuBLAS; the others run strict fp32
 Both TF32 switches, and `cudnn.benchmark`, are process-global, so every run sets them again.
 
-TensorFlow's SAME padding puts the odd row or column at the bottom/right; PyTorch's `padding=` is
-symmetric. Where they differ (stride 2 on an even size) the run pads explicitly with `F.pad`, a cost
-any PyTorch user of this layer pays; elsewhere the convolution pads by itself.
-
-PyTorch is imported lazily (the `torch` extra is optional); `torch_layer` also runs on the CPU, which
-is how the math is tested on a machine without a GPU.
+PyTorch is imported lazily (the `torch` extra is optional); `build(..., "cpu")` runs the same code on
+the CPU, which is how the math is tested on a machine without a GPU.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from kernels.device import DeviceSpec
-from kernels.layer import KERNEL, LayerInputs, LayerShape
+from kernels.layer import LayerShape
 from kernels.registry import register
+from kernels.torch_layer import (  # re-exported: the cuDNN variants' names before the shared module
+    NO_CUDA,
+    NO_TORCH,
+    TorchPlaced,
+    TorchPlacement,
+    calls,
+    check,
+    same_padding,
+    torch_layer,
+    zeros,
+)
 
-NO_TORCH = "PyTorch not installed (install the `torch` extra)"
-NO_CUDA = "PyTorch sees no CUDA GPU"
+__all__ = [
+    "NO_CUDA",
+    "NO_TORCH",
+    "SPECS",
+    "CudnnBuilt",
+    "CudnnSpec",
+    "build",
+    "check",
+    "same_padding",
+    "torch_layer",
+]
+
 LAYOUTS = ("nchw", "cl", "mm")  # mm: channels_last, the pointwise as a matrix product
 
 # The GPU kernels of one run, as the PyTorch profiler listed them on an H100 (torch 2.11, cuDNN 9.19):
@@ -78,67 +91,18 @@ class CudnnSpec:
 SPECS = tuple(CudnnSpec(layout, tf32) for layout in LAYOUTS for tf32 in (False, True))
 
 
-def same_padding(shape: LayerShape) -> tuple[int, int, int, int]:
-    """TensorFlow's SAME padding as (top, bottom, left, right)."""
-    total_h = max((shape.ho - 1) * shape.stride + KERNEL - shape.h, 0)
-    total_w = max((shape.wo - 1) * shape.stride + KERNEL - shape.w, 0)
-    return shape.pad_top, total_h - shape.pad_top, shape.pad_left, total_w - shape.pad_left
-
-
-def torch_layer(
-    torch: ModuleType, shape: LayerShape, x: Any, dw: Any, pw: Any, bias: Any, matmul: bool = False
-) -> Any:
-    """The layer on NCHW-shaped tensors (either memory format): x (n,c,h,w), dw (c,1,3,3), pw (co,c,1,1).
-
-    With `matmul` the pointwise is one `addmm` of the (n*ho*wo, c) pixels by the (c, co) weights; on
-    channels_last tensors both are views, so cuBLAS reads them in place and writes channels_last."""
-    F = torch.nn.functional
-    top, bottom, left, right = same_padding(shape)
-    if (top, left) == (bottom, right):
-        y = F.conv2d(x, dw, stride=shape.stride, padding=(top, left), groups=shape.c)
-    else:
-        y = F.conv2d(F.pad(x, (left, right, top, bottom)), dw, stride=shape.stride, groups=shape.c)
-    if matmul:
-        pixels = y.permute(0, 2, 3, 1).reshape(-1, shape.c)
-        weights = pw.reshape(shape.co, shape.c).t()
-        z = torch.addmm(bias, pixels, weights) if bias is not None else pixels @ weights
-        y = z.view(shape.n, shape.ho, shape.wo, shape.co).permute(0, 3, 1, 2)
-    else:
-        y = F.conv2d(y, pw, bias)
-    return torch.relu_(y) if shape.relu else y
-
-
-@dataclass
-class _Placed:
-    """Input tensors resident on the device, and the output of the last run."""
-
-    x: Any
-    dw: Any
-    pw: Any
-    bias: Any  # None when the layer has no bias
-    out: Any
-
-
-class CudnnBuilt:
+class CudnnBuilt(TorchPlacement):
     """The layer through PyTorch on one device, with cuDNN's algorithm chosen during the build."""
 
     def __init__(self, spec: CudnnSpec, shape: LayerShape, device: str, benchmark: bool = True) -> None:
-        import torch
-
-        self.torch, self.spec, self.shape, self.benchmark = torch, spec, shape, benchmark
-        self.device = torch.device(device)
-        self.gpu = self.device.type == "cuda"
-        self.format = torch.contiguous_format if spec.layout == "nchw" else torch.channels_last
+        super().__init__(shape, device, channels_last=spec.layout != "nchw")
+        torch = self.torch
+        self.spec, self.benchmark = spec, benchmark
         self.kernel_filter: str | None = KERNEL_FILTER if self.gpu else None
-        self.build_params: Mapping[str, str] = {}
-        if self.gpu:
-            name = torch.cuda.get_device_name(self.device).replace(" ", "_")
-            backend = f"cudnn-{torch.backends.cudnn.version()}-{name}"
-        else:
-            backend = "host"
+        backend = f"cudnn-{torch.backends.cudnn.version()}-{self.gpu_name()}" if self.gpu else "host"
         self.target = f"torch-{torch.__version__}-{backend}" + "-benchmark" * (benchmark and self.gpu)
 
-        dummy = self.place(_zeros(shape))  # build = cuDNN's algorithm choice (benchmark) on a placed input
+        dummy = self.place(zeros(shape))  # build = cuDNN's algorithm choice (benchmark) on a placed input
         start = time.perf_counter()
         self.run(dummy)
         self.sync()
@@ -152,7 +116,7 @@ class CudnnBuilt:
         backends.cuda.matmul.allow_tf32 = self.spec.tf32
         backends.cudnn.benchmark = self.benchmark
 
-    def _describe(self, placed: _Placed) -> str:
+    def _describe(self, placed: TorchPlaced) -> str:
         """What PyTorch runs: the calls, the flags, and the backend it selects for each convolution."""
         torch, s = self.torch, self.shape
         top, bottom, left, right = same_padding(s)
@@ -161,13 +125,7 @@ class CudnnBuilt:
             f"# {self.spec.name}, {s.label}, target {self.target}",
             f"memory format: {self.format}; allow_tf32 (cudnn, matmul): {self.spec.tf32}; "
             f"cudnn.benchmark: {self.benchmark}",
-            f"F.pad(x, (l={left}, r={right}, t={top}, b={bottom}))" if padded else "no explicit padding",
-            f"F.conv2d(x, dw{tuple(placed.dw.shape)}, stride={s.stride}, "
-            f"padding={(0, 0) if padded else (top, left)}, groups={s.c})",
-            f"torch.addmm(bias, y as ({s.n * s.ho * s.wo}, {s.c}), pw as ({s.c}, {s.co}))"
-            if self.spec.matmul
-            else f"F.conv2d(y, pw{tuple(placed.pw.shape)}, bias={'yes' if s.bias else 'None'})",
-            "torch.relu_(y)" if s.relu else "no relu",
+            *calls(s, placed.pw, self.spec.matmul),
         ]
         try:  # a private API: lose the line, not the variant
             x = placed.x
@@ -190,64 +148,12 @@ class CudnnBuilt:
             lines.append(f"backends: unavailable ({type(e).__name__}: {e})")
         return "\n".join(lines) + "\n"
 
-    def place(self, inputs: LayerInputs) -> _Placed:
-        """Copy the inputs to the device as NCHW-shaped tensors in this variant's memory format."""
-        torch, fmt = self.torch, self.format
-
-        def put(a: np.ndarray, perm: tuple[int, ...]) -> Any:
-            t = torch.from_numpy(np.ascontiguousarray(a)).to(self.device).permute(*perm)
-            return t.contiguous(memory_format=fmt)
-
-        x = put(inputs.x, (0, 3, 1, 2))  # NHWC -> (n, c, h, w)
-        dw = put(inputs.dw[:, :, :, None], (2, 3, 0, 1))  # (3, 3, c, 1) -> (c, 1, 3, 3)
-        pw = put(inputs.pw[None, None], (3, 2, 0, 1))  # (1, 1, c, co) -> (co, c, 1, 1)
-        bias = torch.from_numpy(inputs.bias).to(self.device) if self.shape.bias else None
-        placed = _Placed(x, dw, pw, bias, None)
-        self.poison(placed)
-        return placed
-
-    def poison(self, placed: _Placed) -> None:
-        """Make the kept output NaN, so a run that produced nothing fails verification."""
-        s = self.shape
-        out = self.torch.full((s.n, s.co, s.ho, s.wo), float("nan"), device=self.device)
-        placed.out = out.contiguous(memory_format=self.format)
-
-    def run(self, placed: _Placed) -> None:
+    def run(self, placed: TorchPlaced) -> None:
         """Launch the layer once and keep its output (asynchronous on the GPU)."""
         self._set_flags()
         placed.out = torch_layer(
             self.torch, self.shape, placed.x, placed.dw, placed.pw, placed.bias, self.spec.matmul
         )
-
-    def sync(self) -> None:
-        """Wait for every queued kernel (PyTorch's CPU ops are synchronous)."""
-        if self.gpu:
-            self.torch.cuda.synchronize(self.device)
-
-    def fetch(self, placed: _Placed) -> np.ndarray:
-        """The last output on the host, NHWC float32."""
-        return np.ascontiguousarray(placed.out.permute(0, 2, 3, 1).cpu().numpy())
-
-
-def _zeros(shape: LayerShape) -> LayerInputs:
-    s = shape
-    return LayerInputs(
-        x=np.zeros((s.n, s.h, s.w, s.c), np.float32),
-        dw=np.zeros((KERNEL, KERNEL, s.c), np.float32),
-        pw=np.zeros((s.c, s.co), np.float32),
-        bias=np.zeros(s.co, np.float32),
-    )
-
-
-def check(shape: LayerShape, device: DeviceSpec) -> str | None:
-    """Why the cuDNN variants cannot run on `device`: PyTorch missing, or no CUDA GPU visible to it."""
-    if importlib.util.find_spec("torch") is None:
-        return NO_TORCH
-    import torch
-
-    if device.is_gpu and not torch.cuda.is_available():
-        return NO_CUDA
-    return None
 
 
 def build(spec: CudnnSpec, shape: LayerShape, device: str, benchmark: bool = True) -> CudnnBuilt:

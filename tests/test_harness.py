@@ -268,3 +268,101 @@ def test_metrics_without_device_rates_or_time() -> None:
     assert set(metrics.derive(APP, CPU, time_ms=0.0)) == {"arithmetic_intensity"}
     with pytest.raises(ValueError, match="positive peak"):
         metrics.roofline_floor_ms(APP, 0, 1)
+
+
+# --- cold L2 on a GPU: the flush's size, the method, and its kernels left out (no GPU needed) ---------
+
+GPU = DeviceSpec("h200", "cuda", "NVIDIA H200", 67000.0, 4800.0, sm_count=132, cuda_capability=90)
+COLD = TimingSpec(cold_cache=True)
+
+
+def test_l2_flush_writes_twice_the_l2() -> None:
+    assert harness.l2_flush_bytes(60 * 2**20) == 120 * 2**20
+    assert harness.l2_flush_bytes(10) == 24  # whole 4-byte words: 3 words, twice
+    with pytest.raises(ValueError, match="L2 size must be positive"):
+        harness.l2_flush_bytes(0)
+
+
+def test_cold_cache_method() -> None:
+    assert harness.cold_cache_method(TimingSpec(), GPU, can_flush=True) == "warm"
+    assert harness.cold_cache_method(COLD, GPU, can_flush=True) == "l2_flush"
+    assert harness.cold_cache_method(COLD, GPU, can_flush=False) == "input_rotation"  # no torch CUDA
+    assert harness.cold_cache_method(COLD, CPU, can_flush=True) == "input_rotation"  # the CPU's LLC
+
+
+def test_cold_cache_lines_of_a_record() -> None:
+    assert harness.describe_cold_cache("l2_flush", 2 * 62914560, 62914560) == (
+        "L2 flushed before each timed call: 125829120 bytes written (2x the 62914560-byte L2), "
+        "outside the timed region"
+    )
+    assert harness.describe_cold_cache("input_rotation", 96_370_560, 32 * 2**20) == (
+        "input rotation: sets spanning 96370560 bytes (2.87x the 33554432-byte last cache)"
+    )
+    assert harness.describe_cold_cache("warm", 0, 0) == "warm: no flush, no rotation"
+    with pytest.raises(ValueError, match="must be one of"):
+        harness.describe_cold_cache("cold", 0, 0)
+
+
+def test_a_gpu_that_flushes_needs_no_extra_input_sets() -> None:
+    rotated = math.ceil(harness.COLD_CACHE_FACTOR * harness.last_level_cache_bytes(GPU) / APP.min_bytes) + 1
+    expected = 1 if harness.gpu_can_flush() else rotated
+    assert harness.input_sets_needed(APP, COLD, GPU) == expected
+
+
+def test_cpu_cold_cache_still_rotates_inputs() -> None:
+    built = CountingReference(TINY)
+    spec = TimingSpec(warmup=0, min_repeats=4, max_repeats=4, min_time_s=0, cold_cache=True)
+    n = harness.input_sets_needed(TINY, spec, CPU)
+    t = harness.measure(built, placed_sets(built, TINY, n), spec, CPU)
+    assert t.cold_cache == "input_rotation" and t.input_sets == n > 1 and t.flush_bytes == 0
+    assert t.clock_tags["clock_source"] == "none" and not t.clock_metrics
+
+
+def flushed_window(launches: int) -> list[DeviceEvent]:
+    """Per launch, the flush's fill on its own stream (21), then the variant's kernels on torch's stream
+    (7): a pad fill of another type, a cuDNN convolution, and a fill with the flush's very name."""
+    events, t = [], 0.0
+    for _ in range(launches):
+        events.append(DeviceEvent("vectorized_elementwise_kernel<4, FillFunctor<int>>", t, 30.0, 21))
+        events.append(DeviceEvent("vectorized_elementwise_kernel<4, FillFunctor<float>>", t + 40, 1.0, 7))
+        events.append(DeviceEvent("sm90_xmma_fprop_implicit_gemm", t + 42, 20.0, 7))
+        events.append(DeviceEvent("vectorized_elementwise_kernel<4, FillFunctor<int>>", t + 63, 2.0, 7))
+        t += 100
+    return events
+
+
+def test_the_flush_kernels_are_dropped_by_name_and_stream() -> None:
+    signature = {("vectorized_elementwise_kernel<4, FillFunctor<int>>", 21)}
+    kept = harness.drop_flush_events(flushed_window(3), signature, 3, per_flush=1)
+    assert len(kept) == 9 and all(e.stream == 7 for e in kept)  # the variant's same-named fill is kept
+    samples, note = kernel_samples_ms(kept, None, 3)
+    assert samples == pytest.approx([0.023] * 3) and note == "3 kernel(s) per launch"
+    with pytest.raises(RuntimeError, match="3 of its device events in a window of 3 calls, expected 2"):
+        harness.drop_flush_events(flushed_window(3), signature, 3, per_flush=2)
+
+
+class FlushRecorder:
+    """Where a GPU's L2 flush would run: records how many runs the Built had made at each flush."""
+
+    nbytes, l2_bytes, per_flush = 8, 4, 0
+    signature: frozenset = frozenset()
+
+    def __init__(self, built: CountingReference) -> None:
+        self.built, self.at = built, []
+
+    def __call__(self) -> None:
+        self.at.append(len(self.built.used))
+
+
+def test_without_cupti_a_flushed_gpu_timing_times_each_call_after_its_flush() -> None:
+    """The host-clock fallback of a cold GPU timing (here: torch sees no GPU): one flush before every
+    call, outside the timed region, and one sample per call (no back-to-back windows)."""
+    if harness._torch_profiler()[0] is not None:
+        pytest.skip("CUPTI is usable here: the fallback is not taken")
+    built = CountingReference(TINY)
+    flusher = FlushRecorder(built)
+    spec = TimingSpec(warmup=0, min_repeats=5, max_repeats=5, min_time_s=0, stable_spread=0)
+    call = harness.summarize([1.0])
+    t = harness._measure_gpu_kernels(built, placed_sets(built, TINY, 2), spec, call, flusher)
+    assert t.time_source == "host" and t.note.endswith("host clock of each call after its L2 flush")
+    assert t.samples == 5 and flusher.at == [0, 1, 2, 3, 4]  # a flush before each of the five calls

@@ -12,12 +12,21 @@ Modelled on tritonbench's `do_bench` and Kernel Tuner's benchmark loop. Two cloc
   `Timing.time_source`.
 
 Inputs are placed by the caller once, outside any timed region, and the harness rotates among the
-placed sets; for a cold cache the caller places `input_sets_needed(...)` fresh sets, enough to
-exceed the last-level cache.
+placed sets. A cold cache (`TimingSpec.cold_cache`) is had two ways (`cold_cache_method`):
+
+- `l2_flush`, on a GPU where torch runs CUDA: before every timed call, outside the timed region, the
+  harness waits for the variant, overwrites a device buffer of COLD_CACHE_FACTOR times the L2 size on a
+  stream of its own and waits for that too. The flush's kernels are told apart in the CUPTI window by
+  their name and stream, learnt from profiling one flush alone, and left out of the kernel time.
+- `input_rotation`, on a CPU (or a GPU without torch): the caller places `input_sets_needed(...)` fresh
+  sets, together larger than COLD_CACHE_FACTOR last-level caches, and the harness rotates among them.
+
+On a GPU the SM clock and temperature are read around the timing (`workers.clocks`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import re
@@ -32,11 +41,13 @@ import numpy as np
 from kernels.device import DeviceSpec
 from kernels.layer import LayerShape
 from kernels.registry import Built
+from workers import clocks
 from workers.schema import TimingSpec
 
 CPU_CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")
 DEFAULT_GPU_L2_BYTES = 64 * 2**20  # used when torch cannot report the GPU's L2 size
-COLD_CACHE_FACTOR = 2  # the rotated sets together span this many last-level caches
+COLD_CACHE_FACTOR = 2  # the L2 flush writes, or the rotated sets together span, this many last-level caches
+COLD_METHODS = ("warm", "l2_flush", "input_rotation")  # how a timing treated the cache (`cold_cache_method`)
 MAX_INPUT_SETS = 512  # a cap for tiny shapes, whose sets would otherwise number in the thousands
 PROFILER_WINDOW_S = 0.05  # a CUPTI window spans at least this much launch time (amortises its cost)
 NOT_KERNELS = re.compile(r"^(Memcpy|Memset)\b")  # device activities that are copies, not kernels
@@ -63,6 +74,12 @@ class Timing:
     # CUPTI only: median time per launch (ms) of each kernel name of a launch, in launch order, so that
     # a two-kernel variant's depthwise and pointwise are told apart without Nsight (`kernel_split_ms`).
     kernels: dict[str, float] = field(default_factory=dict)
+    cold_cache: str = "warm"  # one of COLD_METHODS
+    flush_bytes: int = 0  # l2_flush: bytes each flush wrote
+    l2_bytes: int = 0  # l2_flush: the L2 size the flush was sized from
+    # GPU: SM clock and temperature around the timing (`workers.clocks`), or a tag saying why not
+    clock_metrics: dict[str, float] = field(default_factory=dict)
+    clock_tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def median_ms(self) -> float:
@@ -163,14 +180,83 @@ def last_level_cache_bytes(device: DeviceSpec) -> int:
     return gpu_l2_bytes() if device.is_gpu else cpu_last_level_cache_bytes()
 
 
+def cold_cache_method(spec: TimingSpec, device: DeviceSpec, can_flush: bool) -> str:
+    """How a timing keeps the cache cold (one of COLD_METHODS): `warm` unless `spec.cold_cache`; on a GPU
+    whose L2 the harness can flush (`can_flush`: torch runs CUDA here), `l2_flush`; else `input_rotation`."""
+    if not spec.cold_cache:
+        return "warm"
+    return "l2_flush" if device.is_gpu and can_flush else "input_rotation"
+
+
+def l2_flush_bytes(l2_bytes: int) -> int:
+    """Bytes one L2 flush writes: COLD_CACHE_FACTOR times the L2, in whole 4-byte words."""
+    if l2_bytes <= 0:
+        raise ValueError(f"the L2 size must be positive, got {l2_bytes}")
+    return COLD_CACHE_FACTOR * math.ceil(l2_bytes / 4) * 4
+
+
+def describe_cold_cache(method: str, nbytes: int, cache_bytes: int) -> str:
+    """One line for a record: what was done to the cache, and the bytes (flushed, or spanned by the sets)."""
+    if method == "l2_flush":
+        return (
+            f"L2 flushed before each timed call: {nbytes} bytes written "
+            f"({nbytes / cache_bytes:.3g}x the {cache_bytes}-byte L2), outside the timed region"
+        )
+    if method == "input_rotation":
+        ratio = f"{nbytes / cache_bytes:.3g}x" if cache_bytes > 0 else "an unknown multiple of"
+        return f"input rotation: sets spanning {nbytes} bytes ({ratio} the {cache_bytes}-byte last cache)"
+    if method == "warm":
+        return "warm: no flush, no rotation"
+    raise ValueError(f"cold-cache method must be one of {list(COLD_METHODS)}, got {method!r}")
+
+
 def input_sets_needed(shape: LayerShape, spec: TimingSpec, device: DeviceSpec) -> int:
-    """How many input sets the caller should place: `spec.input_sets`, raised for a cold cache so that
-    the sets (inputs, weights and output each) span COLD_CACHE_FACTOR last-level caches."""
+    """How many input sets the caller should place: `spec.input_sets`, raised for a cold cache kept by
+    input rotation so that the sets (inputs, weights and output each) span COLD_CACHE_FACTOR last-level
+    caches (an L2 flush needs no more sets)."""
     n = max(1, spec.input_sets)
-    if spec.cold_cache:
+    if cold_cache_method(spec, device, device.is_gpu and gpu_can_flush()) == "input_rotation":
         llc = last_level_cache_bytes(device)
         n = max(n, math.ceil(COLD_CACHE_FACTOR * llc / shape.min_bytes) + 1)
     return min(n, MAX_INPUT_SETS)
+
+
+def gpu_can_flush() -> bool:
+    """Whether torch runs CUDA here, which the L2 flush uses."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+class L2Flusher:
+    """Overwrites `l2_flush_bytes(l2_bytes)` of device memory on a CUDA stream of its own and waits for it:
+    called between timed calls, so that each call starts with an L2 that holds none of its data. L2 is
+    physical, so the flush, made in torch's CUDA context, also evicts what a Halide kernel in its own
+    context left."""
+
+    def __init__(self, torch: Any, l2_bytes: int) -> None:
+        self.torch, self.l2_bytes = torch, l2_bytes
+        self.nbytes = l2_flush_bytes(l2_bytes)
+        self.stream = torch.cuda.Stream()
+        self.buffer = torch.empty(self.nbytes // 4, dtype=torch.int32, device="cuda")
+        self.signature: set[tuple[str, int | None]] = set()  # (name, stream) of the flush's device events
+        self.per_flush = 0  # device events of one flush
+
+    def __call__(self) -> None:
+        with self.torch.cuda.stream(self.stream):
+            self.buffer.zero_()
+        self.stream.synchronize()
+
+    def learn(self) -> None:
+        """Profile one flush alone: the names and stream of its device events, and how many there are."""
+        events = _profiled_device_events(self)
+        self.signature = {(e.name, e.stream) for e in events}
+        self.per_flush = len(events)
+        if not events:
+            raise _NoKernels("profiler saw no kernel of the L2 flush")
 
 
 # --- CUDA kernel time from profiler events ----------------------------------------------------------
@@ -183,6 +269,7 @@ class DeviceEvent:
     name: str
     start_us: float
     duration_us: float
+    stream: int | None = None  # the profiler's stream id (device_resource_id), where it reports one
 
 
 def select_kernels(events: Iterable[DeviceEvent], kernel_filter: str | None) -> list[DeviceEvent]:
@@ -194,6 +281,23 @@ def select_kernels(events: Iterable[DeviceEvent], kernel_filter: str | None) -> 
     pattern = re.compile(kernel_filter) if kernel_filter else None
     chosen = [e for e in events if (pattern.search(e.name) if pattern else not NOT_KERNELS.match(e.name))]
     return sorted(chosen, key=lambda e: e.start_us)
+
+
+def drop_flush_events(
+    events: Iterable[DeviceEvent], signature: set[tuple[str, int | None]], launches: int, per_flush: int
+) -> list[DeviceEvent]:
+    """`events` without the L2 flush's (those whose (name, stream) is in `signature`), after checking
+    that there are exactly `per_flush` of them per launch: a kernel of the flush must never be counted
+    as the variant's, and a variant's kernel never dropped as the flush's."""
+    events = list(events)
+    kept = [e for e in events if (e.name, e.stream) not in signature]
+    dropped = len(events) - len(kept)
+    if dropped != launches * per_flush:
+        raise RuntimeError(
+            f"L2 flush: {dropped} of its device events in a window of {launches} calls, "
+            f"expected {per_flush} per call"
+        )
+    return kept
 
 
 def kernel_samples_ms(
@@ -273,7 +377,12 @@ def _profiled_device_events(launch: Callable[[], None]) -> list[DeviceEvent]:
         launch()
     # FunctionEvent.device_type is DeviceType.CUDA for kernels, memcpys and memsets; times are in us.
     return [
-        DeviceEvent(e.name, float(e.time_range.start), float(e.time_range.elapsed_us()))
+        DeviceEvent(
+            e.name,
+            float(e.time_range.start),
+            float(e.time_range.elapsed_us()),
+            getattr(e, "device_resource_id", None),
+        )
         for e in prof.events()
         if str(e.device_type).endswith("CUDA")
     ]
@@ -290,9 +399,13 @@ def measure(built: Built, placed_sets: Sequence[Any], spec: TimingSpec, device: 
     for i in range(max(spec.warmup, 0)):
         built.run(placed_sets[i % n_sets])
     built.sync()
+    method = cold_cache_method(spec, device, device.is_gpu and gpu_can_flush())
+    flusher = _flusher() if method == "l2_flush" else None
+    before_call = _before_call(built, flusher)
 
     def one_call(have: int) -> list[float]:
         placed = placed_sets[have % n_sets]
+        before_call()
         t0 = time.perf_counter_ns()
         built.run(placed)
         built.sync()
@@ -302,17 +415,47 @@ def measure(built: Built, placed_sets: Sequence[Any], spec: TimingSpec, device: 
     gc.collect()  # a collection pause inside a sample would be measured as kernel time
     gc.disable()
     try:
-        calls, stable, elapsed = _sample_until_stable(one_call, spec)
-        call = summarize(calls)
-        if not device.is_gpu:
-            return Timing(
-                call.median, call.minimum, call.p25, call.p75, call.spread, call.n,
-                call.median, call.n, "wall", n_sets, stable, elapsed,
-            )  # fmt: skip
-        return _measure_gpu_kernels(built, placed_sets, spec, call)
+        with clocks.watch(device) as watched:  # on a CPU, only the tag saying there is no SM clock
+            calls, stable, elapsed = _sample_until_stable(one_call, spec)
+            call = summarize(calls)
+            if device.is_gpu:
+                timing = _measure_gpu_kernels(built, placed_sets, spec, call, flusher)
+            else:
+                timing = Timing(
+                    call.median, call.minimum, call.p25, call.p75, call.spread, call.n,
+                    call.median, call.n, "wall", n_sets, stable, elapsed,
+                )  # fmt: skip
+        return dataclasses.replace(
+            timing,
+            cold_cache=method,
+            flush_bytes=flusher.nbytes if flusher else 0,
+            l2_bytes=flusher.l2_bytes if flusher else 0,
+            clock_metrics=watched.report.metrics,
+            clock_tags=watched.report.tags,
+        )
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+def _flusher() -> L2Flusher:
+    """An L2 flusher for torch's current CUDA device, sized from the L2 the device reports."""
+    import torch
+
+    return L2Flusher(torch, int(torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size))
+
+
+def _before_call(built: Built, flusher: L2Flusher | None) -> Callable[[], None]:
+    """What runs before each timed call, outside its timed region: nothing when warm; with an L2 flush,
+    wait for the variant's last call (a flush that overlapped it would slow it down), then flush."""
+    if flusher is None:
+        return lambda: None
+
+    def flush() -> None:
+        built.sync()
+        flusher()
+
+    return flush
 
 
 def launches_per_window(spec: TimingSpec, call_ms: float) -> int:
@@ -322,14 +465,19 @@ def launches_per_window(spec: TimingSpec, call_ms: float) -> int:
     return max(1, min(spec.max_repeats, max(spec.min_repeats, wanted)))
 
 
-def _measure_gpu_kernels(built: Built, placed_sets: Sequence[Any], spec: TimingSpec, call: Summary) -> Timing:
-    """Kernel time on a GPU: CUPTI windows when available, else host-clock windows."""
+def _measure_gpu_kernels(
+    built: Built, placed_sets: Sequence[Any], spec: TimingSpec, call: Summary, flusher: L2Flusher | None
+) -> Timing:
+    """Kernel time on a GPU: CUPTI windows when available, else host-clock windows. With `flusher`, every
+    launch follows a flush whose device events are dropped from the window (`drop_flush_events`)."""
     n_sets = len(placed_sets)
     window = launches_per_window(spec, call.median)
     launched = [0]
+    before_call = _before_call(built, flusher)
 
     def launch(count: int) -> None:
         for _ in range(count):
+            before_call()
             built.run(placed_sets[launched[0] % n_sets])
             launched[0] += 1
         built.sync()
@@ -345,6 +493,8 @@ def _measure_gpu_kernels(built: Built, placed_sets: Sequence[Any], spec: TimingS
         def cupti_window(have: int) -> list[float]:
             count = window_size(have)
             events = _profiled_device_events(lambda: launch(count))
+            if flusher is not None:
+                events = drop_flush_events(events, flusher.signature, count, flusher.per_flush)
             samples, how = kernel_samples_ms(events, built.kernel_filter, count)
             if not samples:
                 raise _NoKernels(how)
@@ -355,6 +505,8 @@ def _measure_gpu_kernels(built: Built, placed_sets: Sequence[Any], spec: TimingS
         try:
             torch.cuda.init()
             _profiled_device_events(lambda: launch(1))  # CUPTI's first session pays its set-up
+            if flusher is not None:
+                flusher.learn()
             samples, stable, elapsed = _sample_until_stable(cupti_window, spec)
         except _NoKernels as exc:
             note = f"{exc}; fell back to the host clock"
@@ -367,16 +519,31 @@ def _measure_gpu_kernels(built: Built, placed_sets: Sequence[Any], spec: TimingS
                 "cupti", n_sets, stable, elapsed, notes[-1], median_split(split),
             )  # fmt: skip
 
-    def host_window(have: int) -> list[float]:  # one sample per window: the window's mean
-        t0 = time.perf_counter_ns()
-        launch(window)
-        return [(time.perf_counter_ns() - t0) / 1e6 / window]
+    if flusher is not None:  # a flush between launches: each call timed alone, the flush outside
 
-    samples, stable, elapsed = _sample_until_stable(host_window, spec)
+        def flushed_call(have: int) -> list[float]:
+            before_call()
+            t0 = time.perf_counter_ns()
+            built.run(placed_sets[launched[0] % n_sets])
+            launched[0] += 1
+            built.sync()
+            return [(time.perf_counter_ns() - t0) / 1e6]
+
+        samples, stable, elapsed = _sample_until_stable(flushed_call, spec)
+        how = "host clock of each call after its L2 flush"
+    else:
+
+        def host_window(have: int) -> list[float]:  # one sample per window: the window's mean
+            t0 = time.perf_counter_ns()
+            launch(window)
+            return [(time.perf_counter_ns() - t0) / 1e6 / window]
+
+        samples, stable, elapsed = _sample_until_stable(host_window, spec)
+        how = f"means of back-to-back windows of {window} launches"
     s = summarize(samples)
     return Timing(
         s.median, s.minimum, s.p25, s.p75, s.spread, s.n, call.median, call.n,
-        "host", n_sets, stable, elapsed, f"{note}; means of back-to-back windows of {window} launches",
+        "host", n_sets, stable, elapsed, f"{note}; {how}",
     )  # fmt: skip
 
 

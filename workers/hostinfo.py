@@ -38,7 +38,7 @@ from kernels.device import DeviceSpec
 SGEMM_N = 2048  # matrix size of the peak measurement (17 GFLOP a product)
 COPY_BYTES = 256 * 2**20  # bytes per array of the bandwidth measurement
 REPEATS = 5  # best of this many (twice as many copies: each is short)
-LIBRARIES = ("halide", "tensorflow", "torch", "numpy")  # versions reported as tags
+LIBRARIES = ("halide", "tensorflow", "torch", "triton", "numpy")  # versions as tags (triton: torch.compile)
 NOT_INSTALLED = "not installed"
 
 

@@ -187,6 +187,9 @@ def _execute(job: Job, record: Record) -> Record:
     finally:
         record.metrics["measure_s"] = time.perf_counter() - t0
     record.params["timing.input_sets_used"] = str(n_sets)
+    record_cold_cache(record, timing, n_sets * shape.min_bytes, device)
+    record.metrics.update(timing.clock_metrics)
+    record.tags.update(timing.clock_tags)
     record.tags["time_source"] = timing.time_source
     if timing.note:
         record.tags["time_note"] = timing.note[:MAX_ERROR_CHARS]
@@ -208,6 +211,23 @@ def _execute(job: Job, record: Record) -> Record:
     record.metrics = {k: float(v) for k, v in record.metrics.items() if math.isfinite(v)}
     record.tags["status"] = "ok"
     return record
+
+
+def record_cold_cache(record: Record, timing: harness.Timing, sets_bytes: int, device: DeviceSpec) -> None:
+    """What the timing did to the cache: param `timing.cold_cache_method` (warm, l2_flush,
+    input_rotation), tag `cold_cache` (one line with the bytes), metric `cold_cache_bytes` (bytes each L2
+    flush wrote, or the rotated input sets spanned; `sets_bytes`) when the cache was kept cold."""
+    method = timing.cold_cache
+    record.params["timing.cold_cache_method"] = method
+    if method == "warm":
+        record.tags["cold_cache"] = harness.describe_cold_cache(method, 0, 0)
+        return
+    if method == "l2_flush":
+        nbytes, cache = timing.flush_bytes, timing.l2_bytes
+    else:
+        nbytes, cache = sets_bytes, harness.last_level_cache_bytes(device)
+    record.tags["cold_cache"] = harness.describe_cold_cache(method, nbytes, cache)
+    record.metrics["cold_cache_bytes"] = float(nbytes)
 
 
 def verify(built: Any, job: Job) -> tuple[float, str]:

@@ -14,7 +14,8 @@ spacer allocation of each offset (MiB):
 - `between`: the inputs are placed first, then the spacer, then the output, so the output moves against
   the inputs.
 
-It also measures the job cold (input sets rotated past twice the L2; `TimingSpec.cold_cache`). Rows go to
+It also measures the job cold (`TimingSpec.cold_cache`: L2 flushed before each call, where torch runs
+CUDA; else input sets rotated past twice the L2). Rows go to
 DIR/placement.jsonl, one per measurement, and a table of each job's fastest, median and slowest
 placement to stdout.
 """
@@ -137,7 +138,7 @@ def probe(job: Job, offsets: Sequence[int], modes: Sequence[str]) -> list[dict[s
             )
     cold = dataclasses.replace(job, timing=dataclasses.replace(job.timing, cold_cache=True))
     timing, n_sets = time_job(built, cold, device, first=index)
-    rows.append(_row(job, f"cold ({n_sets} sets)", None, timing))
+    rows.append(_row(job, f"cold ({timing.cold_cache}, {n_sets} sets)", None, timing))
     return rows
 
 
