@@ -74,6 +74,8 @@ class Outcome:
 
 
 class Strategy(Protocol):
+    """What proposes a search's candidates for one (shape, device)."""
+
     def propose(self, n: int, outcomes: Sequence[Outcome]) -> list[Candidate]:
         """Up to `n` new candidates, given every outcome so far (never one already tried)."""
         ...
@@ -193,6 +195,7 @@ class AutoSearch:
 
 
 def make_strategy(shape: LayerShape, device: DeviceSpec, t: TuneConf, rng: random.Random) -> Strategy:
+    """The strategy of tune.strategy for one (shape, device): an autoscheduler's, else the family's."""
     if t.strategy in AUTO_STRATEGIES:
         return AutoSearch(shape, device, t, rng)
     return FamilySearch(shape, device, t, rng)

@@ -32,6 +32,7 @@ class Inputs:
 
 
 def source_line(inp: Inputs, device: str) -> str:
+    """The italic line under a device heading: experiment, device, parent runs or bundles, command."""
     rows = [r for r in inp.dataset.rows if r["device_key"] == device]
     parents = sorted({short(r.get("parent_run_id")) for r in rows if r.get("parent_run_id")})
     sources = sorted({str(r["source"]) for r in rows if r.get("source")})
@@ -45,6 +46,7 @@ def source_line(inp: Inputs, device: str) -> str:
 
 
 def problems(rows: Sequence[Row], device: str, framework: str) -> str:
+    """The wrong or failed records of one framework on one device, named with their one-line errors."""
     bad = [r for r in analysis.problems(rows, framework) if r["device_key"] == device]
     if not bad:
         return ""

@@ -14,6 +14,7 @@ from orchestrator.summary import by_shape_variant_device
 
 
 def devices_section(rows: Sequence[Row]) -> str:
+    """## Devices: each device's roofs, hosts and ok records per framework, and what is missing."""
     table, missing = [], []
     for d in analysis.devices(rows):
         f = device_facts(rows, d)

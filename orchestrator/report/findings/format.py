@@ -37,6 +37,7 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def value_range(values: Sequence[float], fmt: Any) -> str:
+    """`lo to hi` of the values as `fmt` writes them (one value when both read the same); `-` for none."""
     values = [v for v in values if v is not None]
     if not values:
         return "-"
@@ -45,18 +46,22 @@ def value_range(values: Sequence[float], fmt: Any) -> str:
 
 
 def of_shapes(count: int, total: int) -> str:
+    """`3 of 5 shapes`."""
     return f"{count} of {total} shape{'s' if total != 1 else ''}"
 
 
 def num(value: float | None, spec: str) -> str:
+    """`value` in format `spec`, or `-` for None."""
     return "-" if value is None else format(value, spec)
 
 
 def mean(entries: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    """The mean of `key` over the entries that have it, or None."""
     values = [e[key] for e in entries if e.get(key) is not None]
     return statistics.fmean(values) if values else None
 
 
 def clip(text: str, n: int = 160) -> str:
+    """`text` on one line, backticks made quotes, cut to `n` characters."""
     text = " ".join(str(text).split()).replace("`", "'")
     return text if len(text) <= n else text[: n - 3] + "..."

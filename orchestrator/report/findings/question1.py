@@ -14,6 +14,7 @@ from orchestrator.report.load import device_facts
 
 
 def section(inp: Inputs) -> str:
+    """## 1: per device, the best Halide against the best of each baseline group, and where it loses."""
     rows = inp.dataset.rows
     out = ["## 1. Why is Halide slow on depthwise separable layers?"]
     for device in analysis.devices(rows):

@@ -17,6 +17,7 @@ LIMITER_PCT = 60.0  # reading rule of question 2: a unit at or above this % of i
 
 
 def section(inp: Inputs) -> str:
+    """## 2: per GPU, % of the roofline, Nsight Compute's reading and the pointwise kernel alone."""
     rows = inp.dataset.rows
     out = ["## 2. What keeps it from higher GPU utilisation?"]
     gpus = [d for d in analysis.devices(rows) if device_facts(rows, d)["kind"] == "cuda"]

@@ -14,6 +14,7 @@ from orchestrator.report.load import Row, device_facts
 
 
 def section(inp: Inputs) -> str:
+    """## 3: per device, the fusion ablation against the bytes fusion saves."""
     rows = inp.dataset.rows
     out = ["## 3. Does fusing depthwise with pointwise make sense?"]
     if not inp.fusion:

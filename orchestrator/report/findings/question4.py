@@ -14,6 +14,7 @@ from orchestrator.report.load import REPO_ROOT, Row, device_facts, ok_rows
 
 
 def section(inp: Inputs) -> str:
+    """## 4: per device, the room under the roofline, faster peers, searched schedules and the goals."""
     rows = inp.dataset.rows
     out = ["## 4. Can we do better?"]
     for device in analysis.devices(rows):

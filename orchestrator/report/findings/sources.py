@@ -13,6 +13,7 @@ from orchestrator.report.load import Row, ok_rows
 
 
 def source_section(inp: Inputs) -> str:
+    """## Source: where the records came from, how they were selected and timed, and the versions."""
     ds = inp.dataset
     counts = analysis.status_counts(ds.rows)
     lines = [
@@ -73,6 +74,7 @@ def _timing_line(rows: Sequence[Row]) -> str:
 
 
 def figures_section(inp: Inputs) -> str:
+    """## Figures: the figures drawn per device, or why there are none."""
     if not inp.figures:
         return "## Figures\n\nNo figure: no ok record to draw."
     lines = ["## Figures", ""]
