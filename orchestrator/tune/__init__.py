@@ -18,9 +18,9 @@ The package, one job a module:
     strategies  candidates and outcomes; `random`/`evolve` over the family, the autoschedulers
     executors   where jobs run: Ray dispatch, or child worker processes (`--local`)
     sinks       where records go: MLflow through the recorder, or a results bundle
-    search      the screening rounds and the re-timing of the best; resuming from earlier searches
+    loop        the search: screening rounds, then the best re-timed; resuming from earlier searches
     database    the winners into the tuning database; `--merge`
-    summary     summary.json and the closing table
+    results     summary.json and the closing table
     cli         `run` and `main` (bad input: one line on stderr, exit code 2)
 """
 
@@ -40,7 +40,7 @@ from orchestrator.tune.config import (
 )
 from orchestrator.tune.database import db_entry, merge_db, write_db
 from orchestrator.tune.executors import Executor, LocalExecutor, RayExecutor
-from orchestrator.tune.search import (
+from orchestrator.tune.loop import (
     CANDIDATE_TAG,
     ROUND_TAG,
     RUNG_TAG,
@@ -51,9 +51,9 @@ from orchestrator.tune.search import (
     plan_pairs,
     search,
 )
+from orchestrator.tune.results import print_table, summary
 from orchestrator.tune.sinks import BundleSink, RecorderSink, Sink
 from orchestrator.tune.strategies import AutoSearch, Candidate, FamilySearch, Outcome, Strategy, make_strategy
-from orchestrator.tune.summary import print_table, summary
 
 __all__ = [
     "AUTO_STRATEGIES",

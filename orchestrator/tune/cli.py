@@ -31,9 +31,9 @@ from orchestrator.tune.config import (
 )
 from orchestrator.tune.database import merge_db, write_db
 from orchestrator.tune.executors import Executor, LocalExecutor, RayExecutor
-from orchestrator.tune.search import STRATEGY_TAG, PairResult, load_prior, plan_pairs, say, search
+from orchestrator.tune.loop import STRATEGY_TAG, PairResult, load_prior, plan_pairs, say, search
+from orchestrator.tune.results import print_table, summary
 from orchestrator.tune.sinks import BundleSink, RecorderSink
-from orchestrator.tune.summary import print_table, summary
 from workers.schema import TimingSpec
 
 QUIET_LOGGERS = ("alembic", "mlflow", "ray", "urllib3")

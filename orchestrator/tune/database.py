@@ -16,7 +16,7 @@ from typing import Any
 
 from orchestrator.config import ConfigError
 from orchestrator.tune.config import TuneConf, db_path
-from orchestrator.tune.search import PairResult, say
+from orchestrator.tune.loop import PairResult, say
 
 
 def db_entry(pair: PairResult, t: TuneConf, command: str) -> dict[str, Any] | None:

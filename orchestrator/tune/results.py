@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.tune.config import TuneConf
-from orchestrator.tune.search import PairResult
+from orchestrator.tune.loop import PairResult
 from workers.table import cell, print_rows
 
 
