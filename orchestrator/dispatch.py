@@ -243,9 +243,6 @@ class RayDispatcher:
             self.close()
             raise
 
-    # Kept for callers of the #2 interface.
-    _check = check
-
     def close(self) -> None:
         """Cancel pending tasks and leave Ray (shutting down a local instance)."""
         if self._ray is None:

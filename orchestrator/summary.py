@@ -1,9 +1,10 @@
 """The terminal summary at the end of an experiment: every result, then Halide against the baselines.
 
 Per device and shape: each variant's median time, GFLOP/s, % of roofline and status; then, per shape,
-the best Halide variant against the best TensorFlow (and cuDNN, where it ran) variant, with the
-geometric mean of the speedups over the shapes where both ran. Only `ok` records count as results:
-a `wrong` one has no speed by design.
+the best Halide variant against the best variant of each baseline group (TensorFlow, cuDNN, cuBLAS, ...,
+strict fp32 and TF32 apart), with the geometric mean of the speedups over the shapes where both ran.
+The comparisons are `orchestrator.analytics`'s, as the parent run's metrics and the report's are. Only
+`ok` records count as results: a `wrong` one has no speed by design.
 """
 
 from __future__ import annotations
@@ -13,69 +14,24 @@ import math
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator import analytics
 from workers.schema import Record
 from workers.table import WIDE, cell
 
 T = TypeVar("T")
 
-BASELINES = ("tensorflow", "cudnn")  # frameworks Halide is compared against, in column order
 STATUS_STYLE = {"ok": "green", "wrong": "bold red", "failed": "red", "skipped": "dim"}
 
 
-@dataclass(frozen=True)
-class Best:
-    """The fastest `ok` variant of a framework on one shape."""
-
-    variant: str
-    time_ms: float
-
-
-def best_by_framework(records: Sequence[Record]) -> dict[tuple[str, str], dict[str, Best]]:
-    """(device, shape) → framework → its fastest ok variant."""
-    best: dict[tuple[str, str], dict[str, Best]] = defaultdict(dict)
-    for r in records:
-        t = r.metrics.get("time_ms")
-        if r.status != "ok" or t is None or not t > 0:
-            continue
-        where = (r.params.get("device", "?"), r.params.get("shape", "?"))
-        framework = r.params.get("framework", "?")
-        if framework not in best[where] or t < best[where][framework].time_ms:
-            best[where][framework] = Best(r.params.get("variant", "?"), t)
-    return best
-
-
-def geomean(values: Sequence[float]) -> float | None:
-    """Geometric mean of positive values; None when there are none."""
-    values = [v for v in values if v > 0 and math.isfinite(v)]
-    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
-
-
-def speedups(records: Sequence[Record]) -> dict[str, dict[tuple[str, str], float]]:
-    """baseline framework → (device, shape) → best baseline time / best Halide time."""
-    out: dict[str, dict[tuple[str, str], float]] = {b: {} for b in BASELINES}
-    for where, fw in best_by_framework(records).items():
-        if "halide" not in fw:
-            continue
-        for b in BASELINES:
-            if b in fw:
-                out[b][where] = fw[b].time_ms / fw["halide"].time_ms
-    return out
-
-
 def summary_metrics(records: Sequence[Record]) -> dict[str, float]:
-    """Parent-run metrics: geometric-mean speedup of the best Halide over each baseline framework."""
-    metrics = {}
-    for baseline, per_shape in speedups(records).items():
-        g = geomean(list(per_shape.values()))
-        if g is not None:
-            metrics[f"geomean_speedup_halide_vs_{baseline}"] = g
-    return metrics
+    """Parent-run metrics: the geometric-mean speedup of the best Halide over each baseline group, strict
+    fp32 and TF32 apart (`orchestrator.analytics` names them)."""
+    return analytics.speedup_metrics(analytics.timed_records(records))
 
 
 def results_table(records: Sequence[Record], title: str) -> Table:
@@ -125,9 +81,11 @@ def results_table(records: Sequence[Record], title: str) -> Table:
 
 
 def speedup_table(records: Sequence[Record]) -> Table | None:
-    """Best Halide vs best baseline per shape, with the geometric mean; None when nothing to compare."""
-    best = best_by_framework(records)
-    present = [b for b in BASELINES if any("halide" in fw and b in fw for fw in best.values())]
+    """Per device and shape, the best Halide against the best of each baseline group (strict fp32 and TF32
+    apart), with the geometric mean of each; None when nothing ran beside Halide."""
+    results = analytics.timed_records(records)
+    best = analytics.best_per_group(results)
+    present = analytics.baselines_present(best)
     if not present:
         return None
     table = Table(
@@ -135,27 +93,22 @@ def speedup_table(records: Sequence[Record]) -> Table | None:
     )
     for col in ("device", "shape", "best Halide", "ms"):
         table.add_column(col, justify="right" if col == "ms" else "left")
-    for b in present:
-        table.add_column(f"best {b}")
-        table.add_column("ms", justify="right")
-        table.add_column("speedup", justify="right")
-    for (device, shape), fw in best.items():
-        if "halide" not in fw:
+    for g in present:
+        table.add_column(f"vs {analytics.label(g)}", justify="right")
+    for (device, shape), at in best.items():
+        if analytics.SUBJECT not in at:
             continue
-        h = fw["halide"]
+        h = at[analytics.SUBJECT]
         row = [device, shape, h.variant, f"{h.time_ms:.4g}"]
-        for b in present:
-            if b in fw:
-                row += [fw[b].variant, f"{fw[b].time_ms:.4g}", f"{fw[b].time_ms / h.time_ms:.2f}x"]
-            else:
-                row += ["-", "-", "-"]
+        for g in present:
+            b = at.get(g)
+            row.append(f"{b.time_ms / h.time_ms:.2f}x ({b.variant} {b.time_ms:.4g})" if b else "-")
         table.add_row(*row)
     table.add_section()
     row = ["", "geometric mean", "", ""]
-    for b, per_shape in speedups(records).items():
-        if b in present:
-            g = geomean(list(per_shape.values()))
-            row += ["", f"{len(per_shape)} shapes", f"[bold]{g:.2f}x[/]" if g else "-"]
+    for per_where in analytics.speedups(results, present).values():
+        gm = analytics.geomean(per_where.values())
+        row.append(f"[bold]{gm:.2f}x[/] ({len(per_where)} shapes)" if gm else "-")
     table.add_row(*row)
     return table
 

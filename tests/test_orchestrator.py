@@ -18,8 +18,9 @@ from mlflow.tracking import MlflowClient
 
 from kernels.device import DeviceSpec
 from kernels.layer import LayerShape
+from orchestrator.analytics import geomean, speedups, timed_records
 from orchestrator.record import Recorder
-from orchestrator.summary import geomean, print_summary, speedups, summary_metrics
+from orchestrator.summary import print_summary, summary_metrics
 from workers.schema import Job, Record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,7 +165,9 @@ def test_recorder_ignores_mlflow_run_id_in_the_environment(
 
 
 # --- the summary --------------------------------------------------------------------------------------
-def test_summary_compares_best_halide_with_best_tensorflow(capsys: pytest.CaptureFixture[str]) -> None:
+def test_summary_compares_best_halide_with_best_tensorflow_strict_and_tf32_apart(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     records = []
     for shape, halide_ms, tf_ms in (("a", 1.0, 2.0), ("b", 1.0, 8.0)):
         for variant, fw, t in (
@@ -172,6 +175,7 @@ def test_summary_compares_best_halide_with_best_tensorflow(capsys: pytest.Captur
             ("unfused", "halide", halide_ms * 3),
             ("tf_separable", "tensorflow", tf_ms),
             ("tf_twostep", "tensorflow", tf_ms * 2),
+            ("tf_separable_tf32", "tensorflow", tf_ms / 4),  # faster, but TF32: its own baseline
         ):
             r = _record(_job(variant), "ok", t, fw)
             r.params["shape"] = shape
@@ -179,12 +183,22 @@ def test_summary_compares_best_halide_with_best_tensorflow(capsys: pytest.Captur
     wrong = _record(_job("fused_tile"), "wrong", None, "halide")
     wrong.metrics["time_ms"] = 0.001  # a wrong result never counts, whatever it says
     records.append(wrong)
-    assert speedups(records)["tensorflow"] == {("cpu", "a"): 2.0, ("cpu", "b"): 8.0}
-    assert summary_metrics(records)["geomean_speedup_halide_vs_tensorflow"] == pytest.approx(4.0)
+    found = speedups(timed_records(records))
+    assert found == {
+        "tensorflow": {("cpu", "a"): 2.0, ("cpu", "b"): 8.0},
+        "tensorflow_tf32": {("cpu", "a"): 0.5, ("cpu", "b"): 2.0},
+    }
+    assert summary_metrics(records) == {
+        "geomean_speedup_halide_vs_tensorflow": pytest.approx(4.0),
+        "geomean_speedup_halide_vs_tensorflow_tf32": pytest.approx(1.0),
+    }
     assert geomean([]) is None
     print_summary(records, "unit")
     out = capsys.readouterr().out
-    assert "4.00x" in out and "tf_separable" in out and "wrong" in out
+    assert "vs TensorFlow (fp32)" in out and "vs TensorFlow (TF32)" in out and "wrong" in out
+    assert "8.00x (tf_separable 8)" in out and "2.00x (tf_separable_tf32 2)" in out
+    geomean_row = next(line for line in out.splitlines() if "geometric mean" in line)
+    assert geomean_row.index("4.00x") < geomean_row.index("1.00x")  # strict column first
 
 
 def test_ctrl_c_while_a_child_is_written_logs_it_once_and_counts_it(tmp_path: Path) -> None:

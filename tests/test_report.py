@@ -397,7 +397,7 @@ def test_the_committed_two_gpu_run_reports_both_gpus_at_once(tmp_path: Path) -> 
 
 
 def test_across_gpu_models_marks_a_tuned_schedule_that_came_from_the_heuristic() -> None:
-    from orchestrator.report.findings import _across_devices
+    from orchestrator.report.findings.devices import across_devices
 
     shape = APP.as_params()
     rows = []
@@ -406,5 +406,52 @@ def test_across_gpu_models_marks_a_tuned_schedule_that_came_from_the_heuristic()
                   "device_kind": "cuda", "peak_gflops": "50000", "mem_gbps": "3000",
                   "schedule_source": source}  # fmt: skip
         rows.append(row_from_parts(params, {"time_ms": t}, {"status": "ok"}, run_id=device))
-    text = _across_devices(dataset_from_rows("x", rows).rows)
+    text = across_devices(dataset_from_rows("x", rows).rows)
     assert "| app | halide_tuned | 1 ms | 2 ms (h) | 2.00 |" in text and "used the family's heuristic" in text
+
+
+# --- the goals question 4 checks (conf/report/goals.yaml) -------------------------------------------------
+def test_the_goals_are_read_from_conf_and_a_bad_goals_file_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator.report import __main__ as report_cli
+    from orchestrator.report.findings import goals
+
+    stated = goals.load_goals()
+    assert stated.source == "issue #6" and [g.kind for g in stated.goals] == [
+        "speedup_geomean", "roofline_geomean", "not_slower", "max_time_ms", "speedup_geomean",
+    ]  # fmt: skip
+    first = stated.goals[0]
+    assert (first.device_prefix, first.baseline, first.threshold, first.batch) == ("h100", "cudnn", 2.0, 32)
+    assert first.shapes == stated.goals[1].shapes and len(first.shapes) == 5  # one YAML anchor, two goals
+
+    good = goals.GOALS_FILE.read_text()
+    cases = {
+        "treshold": (good.replace("threshold: 2.0", "treshold: 2.0"),
+                     "goal 1: unknown key 'treshold'; valid keys: device_prefix, text, kind, threshold, "
+                     "baseline, shapes, batch, experiment"),
+        "kind": (good.replace("kind: not_slower", "kind: faster"),
+                 "goal 3: unknown kind 'faster'; valid kinds: speedup_geomean, roofline_geomean, not_slower, "
+                 "max_time_ms"),
+        "baseline": (good.replace("baseline: cudnn_tf32", "baseline: halide"),
+                     "goal 3: kind not_slower needs a baseline group"),
+        "top": (good.replace("source:", "origin:"), "unknown key 'origin'; valid keys: source, goals"),
+    }  # fmt: skip
+    for name, (text, expected) in cases.items():
+        bad = tmp_path / f"{name}.yaml"
+        bad.write_text(text)
+        with pytest.raises(goals.GoalsError) as caught:
+            goals.load_goals(bad)
+        assert expected in str(caught.value) and "\n" not in str(caught.value), name
+
+    # the report's command line: one line on stderr, exit code 2, when the goals file is bad
+    bundle = ROOT / "results" / "h100" / "nsight_k32" / "nsight_k32_k16_7"
+    if not (bundle / "records.jsonl").is_file():
+        pytest.skip(f"{bundle.relative_to(ROOT)} is not in this checkout")
+    monkeypatch.setattr(goals, "GOALS_FILE", tmp_path / "treshold.yaml")
+    assert report_cli.main(["--bundle", str(bundle), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "valid keys: device_prefix" in err
+    monkeypatch.setattr(goals, "GOALS_FILE", tmp_path / "missing.yaml")
+    assert report_cli.main(["--bundle", str(bundle), "--out", str(tmp_path / "out")]) == 2
+    assert "cannot read the goals file" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 from matplotlib import ticker
 
 from orchestrator.report import analysis
-from orchestrator.report.load import BASELINE_LABELS, BASELINES, Row, device_facts
+from orchestrator.report.load import Row, device_facts
 
 MARKERS = {"halide": "o", "tensorflow": "s", "cudnn": "^", "cublas": "v", "numpy": "X"}
 DPI = 130
@@ -158,7 +158,7 @@ def speedups(
 ) -> Path | None:
     """Best Halide against the best of each baseline group per shape (baseline time / Halide time)."""
     entries = [e for e in table if e["device"] == device]
-    groups = [g for g in BASELINES if any(e.get(f"{g}_speedup") for e in entries)]
+    groups = [g for g in analysis.BASELINES if any(e.get(f"{g}_speedup") for e in entries)]
     if not entries or not groups:
         return None
     colors = {"tensorflow": "tab:orange", "tensorflow_tf32": "moccasin", "cudnn": "tab:green",
@@ -171,7 +171,7 @@ def speedups(
         bars = [(x, y) for x, y in zip(xs, ys, strict=True) if y]
         # bars start at 1 (parity): a win rises, a loss hangs down
         ax.bar([x for x, _ in bars], [y - 1 for _, y in bars], width, bottom=1, color=colors[g],
-               edgecolor="black", linewidth=0.4, label=f"vs best {BASELINE_LABELS[g]}")  # fmt: skip
+               edgecolor="black", linewidth=0.4, label=f"vs best {analysis.BASELINE_LABELS[g]}")  # fmt: skip
         for x, y in bars:
             ax.annotate(f"{y:.2f}x", (x, y), ha="center", va="bottom" if y >= 1 else "top", fontsize=6)
     ax.axhline(1.0, color="black", lw=1)

@@ -1,6 +1,6 @@
 """Several GPUs of one node: how a run's jobs were spread over them, and whether they agree.
 
-Two questions a multi-GPU sweep must answer before its numbers are trusted (issue #7):
+Two questions a multi-GPU sweep must answer before its numbers are trusted:
 - did the GPUs work at the same time, each on its own job? From each record's `started_at` /
   `ended_at` tags and its `gpu_index`: per run, the wall time against the sum of its jobs, the most jobs
   running at once, and the number of job pairs that overlapped on one GPU (it must be 0);

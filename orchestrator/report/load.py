@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from kernels.layer import LayerShape, ShapeError
+from orchestrator import analytics
 
 Row = dict[str, Any]
 
@@ -41,16 +42,6 @@ BOOL_PARAMS = ("bias", "relu")
 # Metrics that state a speed: present only on ok rows.
 SPEED_METRICS = ("call_ms", "gflops", "gbps", "pct_peak", "pct_roofline", "floor_ms")
 SPEED_PREFIXES = ("time_", "ncu.", "nsys.")
-FRAMEWORKS = ("halide", "tensorflow", "cudnn", "cublas", "numpy")
-# Baseline groups the report compares Halide with: strict fp32 and TF32 are separate (TF32 rounds the
-# pointwise inputs to 10 mantissa bits and uses tensor cores, which Halide 21 never emits).
-BASELINES = ("tensorflow", "tensorflow_tf32", "cudnn", "cudnn_tf32")
-BASELINE_LABELS = {
-    "tensorflow": "TensorFlow (fp32)",
-    "tensorflow_tf32": "TensorFlow (TF32)",
-    "cudnn": "cuDNN (fp32)",
-    "cudnn_tf32": "cuDNN (TF32)",
-}
 
 
 class ReportInputError(ValueError):
@@ -68,12 +59,6 @@ def _number(text: Any, kind: type) -> Any:
     except (TypeError, ValueError):
         return None
     return value if kind is not float or math.isfinite(value) else None
-
-
-def baseline_group(framework: str, variant: str) -> str:
-    """`framework`, with `_tf32` appended for a TF32 variant (its name says tf32): the comparison group."""
-    split = "tf32" in variant and framework in ("tensorflow", "cudnn", "cublas")
-    return f"{framework}_tf32" if split else framework
 
 
 def row_from_parts(
@@ -117,7 +102,7 @@ def row_from_parts(
     row.setdefault("framework", "?")
     row.setdefault("shape", "?")
     row.setdefault("device", "?")
-    row["group"] = baseline_group(str(row["framework"]), str(row["variant"]))
+    row["group"] = analytics.group(str(row["framework"]), str(row["variant"]))  # strict fp32 or TF32
     # The roofline's rates are the measured ceilings a record carries (roof_*: SGEMM and copy measured on
     # the node), as the worker's own floor_ms / pct_roofline are; the datasheet rates stay as datasheet_*.
     row["datasheet_gflops"], row["datasheet_gbps"] = row.get("peak_gflops"), row.get("mem_gbps")

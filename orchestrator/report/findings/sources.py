@@ -1,0 +1,85 @@
+"""The sections on where the records came from (Source, with the timing used) and the figures drawn."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+from orchestrator.report import analysis
+from orchestrator.report.findings.common import Inputs
+from orchestrator.report.findings.format import md_table
+from orchestrator.report.load import Row, ok_rows
+
+
+def source_section(inp: Inputs) -> str:
+    """## Source: where the records came from, how they were selected and timed, and the versions."""
+    ds = inp.dataset
+    counts = analysis.status_counts(ds.rows)
+    lines = [
+        "## Source",
+        "",
+        f"- Records: {ds.origin}.",
+        f"- Selection: {ds.selection}"
+        + (f"; {ds.superseded} older run(s) of the same measurement left out." if ds.superseded else "."),
+        f"- {len(ds.rows)} records: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "wrong", "failed",
+                                                                                        "skipped")) + ".",
+    ]  # fmt: skip
+    for tag, label in (("version.git", "code commit"), ("halide_version", "Halide"),
+                       ("tensorflow_version", "TensorFlow"), ("torch_version", "PyTorch")):  # fmt: skip
+        values = sorted({str(r[tag]) for r in ds.rows if r.get(tag)})
+        if values:
+            lines.append(f"- {label}: {', '.join(values)}.")
+    lines.append(_timing_line(ds.rows))
+    if ds.bundles:
+        lines.append(
+            "- Bundles: "
+            + ", ".join(f"`{b}`" for b in ds.bundles)
+            + " (each made by `python -m workers run`)."
+        )
+    if ds.parents:
+        table = []
+        for p in ds.parents:
+            started = (
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(p.start_time / 1000)) if p.start_time else "?"
+            )
+            if p.source == "ingest":
+                bundle = p.bundle or "BUNDLE"
+                made = (
+                    f"`python -m workers run JOBS --out {bundle}`; `python -m orchestrator.ingest {bundle}`"
+                )
+            else:
+                made = (
+                    f"`python -m orchestrator +experiment={ds.experiment}` (full config: its `config.yaml`)"
+                )
+            table.append((f"`{p.run_id}`", p.name, started, p.source, p.children, made))
+        lines += [
+            "",
+            md_table(("parent run", "name", "started", "source", "records used", "produced by"), table),
+        ]
+    return "\n".join(lines)
+
+
+def _timing_line(rows: Sequence[Row]) -> str:
+    """How the ok records were timed: harness settings and clock, with how many records used each."""
+    keys = ("warmup", "min_repeats", "max_repeats", "max_time_s", "cold_cache")
+    settings = Counter(
+        (", ".join(f"{k} {r.get(f'timing.{k}', '?')}" for k in keys), str(r.get("time_source", "?")))
+        for r in ok_rows(rows)
+    )
+    if not settings:
+        return "- Timing: no ok record."
+    used = "; ".join(f"{s} (clock: {clock}) for {n} record(s)" for (s, clock), n in settings.most_common())
+    return f"- Timing: {used}."
+
+
+def figures_section(inp: Inputs) -> str:
+    """## Figures: the figures drawn per device, or why there are none."""
+    if not inp.figures:
+        return "## Figures\n\nNo figure: no ok record to draw."
+    lines = ["## Figures", ""]
+    names = {"roofline": "roofline", "fusion": "fusion ablation", "speedups": "speedups against baselines"}
+    for device, figs in inp.figures.items():
+        for kind, path in figs.items():
+            lines.append(f"- `{device}` {names.get(kind, kind)}: ![{kind} {device}]({path.as_posix()})")
+    return "\n".join(lines)
