@@ -53,7 +53,7 @@ from conftest import H100, requires_gpu
 
 from kernels import registry
 from kernels.device import DeviceSpec, visible_gpu
-from kernels.halide import algorithm, family, variants
+from kernels.halide import algorithm, builder, family, names, targets
 from kernels.halide.tiling import HOST_ALIGNMENT
 from kernels.layer import LayerShape, make_inputs
 
@@ -67,7 +67,7 @@ def _output_kernel(L: algorithm.Layer, tmp: Path) -> str:
     """PTX of the output kernel of the scheduled layer `L`."""
     path = tmp / "layer.stmt"
     L.output.compile_to_lowered_stmt(
-        str(path), L.arguments, hl.StmtOutputFormat.Text, variants.cuda_target(H100)
+        str(path), L.arguments, hl.StmtOutputFormat.Text, targets.cuda_target(H100)
     )
     text = path.read_text(errors="replace")
     start = text.index(".entry _kernel_output")
@@ -135,7 +135,7 @@ def _vector_copy_ptx(width: int, tmp: Path, alignment: int | None = None) -> str
     f.split(x, xo, xi, width).split(xo, xo, t, 32).gpu_blocks(xo).gpu_threads(t).vectorize(xi)
     path = tmp / f"copy{width}_{alignment}.ptx"
     f.compile_to(
-        {hl.OutputFileType.device_code: str(path)}, [hl.Argument(inp)], "f", variants.cuda_target(H100)
+        {hl.OutputFileType.device_code: str(path)}, [hl.Argument(inp)], "f", targets.cuda_target(H100)
     )
     return path.read_text()
 
@@ -159,7 +159,7 @@ def test_the_family_loads_and_stores_in_v4_pieces() -> None:
     shape = LayerShape("b14", n=32, h=14, w=14, c=512, co=512)
     p = family.GpuParams("root", 8, 7, 1, 16, 2, 8, 8, "global", False, 255)
     assert family.check(p, shape, H100) is None
-    ptx = variants.lower_for(variants.FAMILY, shape, H100, family.build_options(p, {}))["kernels.ptx"]
+    ptx = builder.lower_for(names.FAMILY, shape, H100, family.build_options(p, {}))["kernels.ptx"]
     kernel = ptx[ptx.index(".entry _kernel_output") :]
     loop = kernel[kernel.index("Inner Loop Header") : kernel.index("bra", kernel.index("Inner Loop Header"))]
     loads = re.findall(r"\tld\.global\.nc\.([a-z0-9.]+)", loop)
@@ -177,7 +177,7 @@ def _warp_gemm_ptx(tmp: Path, accumulators_at_block: bool = False) -> str:
     """PTX of the output kernel of the family's `gemm` = warp schedule of WARP_TILE on SHAPE, with the
     accumulators at the warp (as the family computes them) or moved out to the block."""
     L = algorithm.define(SHAPE)
-    family.apply(WARP_TILE, L, variants.cuda_target(H100))
+    family.apply_gpu(WARP_TILE, L, targets.cuda_target(H100))
     if accumulators_at_block:
         L.pointwise.compute_at(L.output, L.c)  # the block loop: outside both warps
     return _output_kernel(L, tmp)
@@ -220,7 +220,7 @@ ASYNC_SHAPE = LayerShape("b14a", n=2, h=14, w=14, c=512, co=512)
 
 
 def _with_async(apply_gpu: Any, staged: str | None) -> Any:
-    """`family._apply_gpu` followed, when `staged` names a Func, by `async()` on the wrapper that holds
+    """`family.apply_gpu` followed, when `staged` names a Func, by `async()` on the wrapper that holds
     each reduction step's values of it (weights or depthwise), so it is computed ahead of the step."""
 
     def apply(p: family.GpuParams, L: algorithm.Layer, target: Any) -> dict[str, object]:
@@ -244,7 +244,7 @@ def test_async_stages_inside_a_cuda_kernel_call_the_host_runtimes_semaphores(
     kernels = {}
     for given in (staged, None):
         L = algorithm.define(ASYNC_SHAPE)
-        _with_async(family._apply_gpu, given)(_async_params(H100), L, variants.cuda_target(H100))
+        _with_async(family.apply_gpu, given)(_async_params(H100), L, targets.cuda_target(H100))
         kernels[given] = set(re.findall(r"halide_semaphore_\w+", _output_kernel(L, tmp_path)))
     assert {"halide_semaphore_init", "halide_semaphore_release"} <= kernels[staged]
     assert not kernels[None]  # without `async` the same kernel calls nothing
@@ -254,7 +254,7 @@ def test_async_stages_inside_a_cuda_kernel_call_the_host_runtimes_semaphores(
 @pytest.mark.gpu
 def test_async_stages_inside_a_cuda_kernel_do_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
     device = visible_gpu("gpu", 1.0, 1.0)
-    monkeypatch.setattr(family, "_apply_gpu", _with_async(family._apply_gpu, "pointwise_filter"))
+    monkeypatch.setattr(family, "_apply_gpu", _with_async(family.apply_gpu, "pointwise_filter"))
     # The driver refuses the module, whose PTX calls functions no device code defines (H100, 2026-11-24:
     # "CUDA: cuModuleLoadData failed: CUDA_ERROR_INVALID_PTX").
     with pytest.raises(hl.HalideError, match="CUDA_ERROR_INVALID_PTX"):
@@ -269,13 +269,12 @@ PREFETCH = """
 import sys
 import halide as hl
 from kernels.device import DeviceSpec
-from kernels.halide import algorithm, family, variants
-from kernels.halide.tiling import HOST_ALIGNMENT
+from kernels.halide import algorithm, family, targets
 from kernels.layer import LayerShape
 shape, device = LayerShape(**{shape}), DeviceSpec(**{device})
 L = algorithm.define(shape)
-target = variants.cuda_target(device)
-family._apply_gpu(family.from_options({tile}, shape, device), L, target)
+target = targets.cuda_target(device)
+family.apply_gpu(family.from_options({tile}, shape, device), L, target)
 if int(sys.argv[1]):
     L.pointwise.update().prefetch(L.depthwise, hl.RVar("ro"), hl.RVar("ro"), int(sys.argv[1]))
 L.output.compile_to_lowered_stmt("/dev/null", L.arguments, hl.StmtOutputFormat.Text, target)
@@ -325,7 +324,7 @@ def test_a_block_may_use_at_most_48_kib_of_shared_memory() -> None:
     # (cuFuncSetAttribute, MAX_DYNAMIC_SHARED_SIZE_BYTES); Halide 21's CUDA runtime never raises it, so
     # a Halide kernel cannot use the rest of the H100's 227 KiB (`family.GPU_SHARED_BYTES`). A block's
     # depthwise of every channel at 7²x1024 would need 28 KiB a row of pixels, 196 KiB for the image.
-    target = variants.cuda_target(visible_gpu())
+    target = targets.cuda_target(visible_gpu())
     for floats in (11264, 16384):  # 44 KiB and 64 KiB (+ 4 bytes) a block
         run = _shared_tile(floats)
         if floats * 4 < 48 * 1024:

@@ -24,7 +24,7 @@ from conftest import H100, requires_gpu
 
 from kernels import registry
 from kernels.device import DeviceSpec, visible_gpu
-from kernels.halide import algorithm, family, tuned, variants
+from kernels.halide import algorithm, builder, family, names, targets, tuned
 from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error
 from orchestrator import tune
 from orchestrator.config import ConfigError
@@ -70,9 +70,9 @@ def test_sampled_gpu_candidates_compile_for_cuda(shape: LayerShape) -> None:
     candidates = family.seeds(shape, H100) + [family.sample(shape, H100, rng) for _ in range(4)]
     assert {p.dw_at for p in candidates} == set(family.GPU_DW_AT)
     for params in candidates:
-        artifacts = variants.lower_for("family", shape, H100, {"params": family.as_dict(params)})
+        artifacts = builder.lower_for("family", shape, H100, {"params": family.as_dict(params)})
         kernels = re.findall(r"\.entry\s+(\w+)\(", artifacts["kernels.ptx"])
-        assert kernels and all(re.match(variants.KERNEL_FILTER, k) for k in kernels), kernels
+        assert kernels and all(re.match(names.KERNEL_FILTER, k) for k in kernels), kernels
         assert len(kernels) == (2 if params.dw_at == "root" else 1)
         assert ("GPUShared" in artifacts["lowered.stmt"]) == (family.shared_bytes(params, shape) > 0)
 
@@ -167,7 +167,7 @@ def test_a_search_also_starts_from_other_gpus_entries(tmp_path: Path) -> None:
         (v, r) for v in (1, 2, 4) for r in (1, 2, 4) if (v, r) != (1, 1)
     }
     whole = family.whole_blocks(own, shape, H100)  # own's 8-row blocks leave a tail on 28 rows
-    assert whole and all(28 % q.block_y == 0 and q.threads % 32 == 0 for q in whole)
+    assert whole and all(28 % q.tile.block_y == 0 and q.tile.threads % 32 == 0 for q in whole)
     longer = family.longer_steps(own, shape, H100)  # and its longer reduction steps
     same = [dataclasses.replace(q, k=own.k, max_registers=own.max_registers) for q in longer]
     assert longer and all(q.k > own.k for q in longer) and set(same) == {own}
@@ -215,7 +215,7 @@ def test_whole_blocks_tile_the_output_exactly_with_full_warps() -> None:
     # 8 x 7 = 56 threads would tile exactly but leave a warp a quarter empty: not offered
     assert [(q.threads_co, q.threads_x, q.threads_y) for q in whole] == [(32, 1, 1), (32, 1, 7)]
     for q in whole:
-        assert family._tail_waste(q, shape) == 1 and q.threads % 32 == 0
+        assert family._tail_waste(q, shape) == 1 and q.tile.threads % 32 == 0
         assert (q.lanes, q.tx, q.ty, q.k, q.dw_at, q.dw_rows) == (4, 7, 1, 16, "root", 4)
     exact = dataclasses.replace(entry, threads_co=32, threads_y=7)
     assert family.whole_blocks(exact, shape, H100) == []  # nothing to mend
@@ -251,7 +251,7 @@ def test_longer_steps_unroll_more_channels_a_step_within_the_registers() -> None
 
     # the step's body is unrolled: twice the FMAs between two back-edges of the reduction loop
     def body(p: family.GpuParams) -> int:
-        ptx = variants.lower_for(variants.FAMILY, b7, H100, family.build_options(p, {}))["kernels.ptx"]
+        ptx = builder.lower_for(names.FAMILY, b7, H100, family.build_options(p, {}))["kernels.ptx"]
         return ptx[ptx.index(".entry _kernel_output") :].count("fma.rn.f32")
 
     assert body(longer[0]) == 2 * body(thread) == 2 * 16 * 8 * 7
@@ -328,10 +328,10 @@ def test_bad_params_name_the_valid_choices() -> None:
 
 
 def test_cache_key_covers_the_parameters() -> None:
-    shape, target = AWKWARD[0], variants.cpu_target()
-    a = variants._key_parts("family", shape, CPU, target, {"params": {"dw_at": "root"}})
-    b = variants._key_parts("family", shape, CPU, target, {"params": {"dw_at": "cblock"}})
-    same = variants._key_parts("family", shape, CPU, target, {"params": {"dw_at": "root"}})
+    shape, target = AWKWARD[0], targets.cpu_target()
+    a = builder._key_parts("family", shape, CPU, target, {"params": {"dw_at": "root"}})
+    b = builder._key_parts("family", shape, CPU, target, {"params": {"dw_at": "cblock"}})
+    same = builder._key_parts("family", shape, CPU, target, {"params": {"dw_at": "root"}})
     assert a["params"]["dw_at"] == "root"
     assert a == same and a != b
 
@@ -542,7 +542,7 @@ def test_a_warp_computes_each_chunks_depthwise_once_in_the_layers_one_kernel(str
     assert fused in family.depthwise_levels(
         family.from_options({**tile, "dw_at": "root"}, shape, H100), shape, H100
     )
-    ptx = variants.lower_for("family", shape, H100, family.build_options(fused, {}))["kernels.ptx"]
+    ptx = builder.lower_for("family", shape, H100, family.build_options(fused, {}))["kernels.ptx"]
     assert re.findall(r"\.entry _kernel_([a-z]+)", ptx) == ["output"]
     assert "__local_depot" not in ptx
     chunk = re.search(r'rc\$x\.rxo"(.*?)rxi', ptx, re.S)  # the chunk loop's body, before its steps
@@ -592,7 +592,7 @@ def _warp_case_id(case: tuple[LayerShape, dict[str, object]]) -> str:
 def test_warp_tiles_with_tails_compile_for_cuda(case: tuple[LayerShape, dict[str, object]]) -> None:
     shape, given = case
     params = family.from_options({**WARP_BASE, **given}, shape, H100)
-    artifacts = variants.lower_for("family", shape, H100, family.build_options(params, {}))
+    artifacts = builder.lower_for("family", shape, H100, family.build_options(params, {}))
     assert "shfl.sync" in artifacts["kernels.ptx"] and "__local_depot" not in artifacts["kernels.ptx"]
 
 
@@ -631,7 +631,7 @@ DW_KERNEL_CASES = (
 def _ptx_loads(params: family.Params, shape: LayerShape, space: str, kernel: str = "") -> dict[str, int]:
     """The vector and scalar loads from state space `space` (a regex: `shared`, `global\\.nc`) in the
     PTX of `params` for `shape` on the H100: in the kernel named `kernel`, or in all of them."""
-    ptx = variants.lower_for("family", shape, H100, family.build_options(params, {}))["kernels.ptx"]
+    ptx = builder.lower_for("family", shape, H100, family.build_options(params, {}))["kernels.ptx"]
     if kernel:
         start = ptx.index(f".entry {kernel}")
         ptx = ptx[start : ptx.find(".entry", start + 1)]
@@ -695,7 +695,7 @@ def test_a_two_channel_depthwise_tile_loads_each_tap_as_one_access() -> None:
     assert [q.host_alignment() for q in (L.input, L.depthwise_filter, L.pointwise_filter)] == [16] * 3
     assert L.bias.host_alignment() == 4  # Halide's default: the 7² entry ran 3.7% slower with it declared
     p = family.from_options(given, shape, H100)
-    ptx = variants.lower_for("family", shape, H100, family.build_options(p, {}))["kernels.ptx"]
+    ptx = builder.lower_for("family", shape, H100, family.build_options(p, {}))["kernels.ptx"]
     widths = re.findall(r"\tld\.global\.nc\.((?:v[24]\.)?b\d+)", ptx)
     assert "b32" not in widths, widths
     assert widths.count("b64") + widths.count("v2.b32") == 6 * 3 + 9  # the input taps and the weights
@@ -739,7 +739,7 @@ def test_block_depthwise_tiles_with_tails_compile_for_cuda(
     shape, given = case
     params = _tile_params("block", case, H100)
     assert (params.dw_vec, params.dw_rows, params.dw_at) == (given["dw_vec"], given["dw_rows"], "block")
-    artifacts = variants.lower_for("family", shape, H100, family.build_options(params, {}))
+    artifacts = builder.lower_for("family", shape, H100, family.build_options(params, {}))
     assert "__local_depot" not in artifacts["kernels.ptx"]
 
 
@@ -749,7 +749,7 @@ def test_depthwise_kernel_tiles_with_tails_compile_for_cuda(
 ) -> None:
     shape, _ = case
     params = _tile_params("root", case, H100)
-    artifacts = variants.lower_for("family", shape, H100, family.build_options(params, {}))
+    artifacts = builder.lower_for("family", shape, H100, family.build_options(params, {}))
     assert len(re.findall(r"\.entry\s+(\w+)\(", artifacts["kernels.ptx"])) == 2
 
 

@@ -12,14 +12,13 @@ into place, so two processes building the same key both succeed and one entry su
 Where no C++ compiler or Python headers exist, `toolchain_problem` says why and callers fall back
 to JIT compilation (every build then compiles).
 
-CUDA pipelines are JIT-compiled per process instead (see `variants`): the generated extension
+CUDA pipelines are JIT-compiled per process instead (see `builder`): the generated extension
 copies buffers between host and device on every call, and GPU nodes run one long-lived worker.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -35,19 +34,13 @@ from typing import Any
 
 import halide as hl
 
+from kernels.halide.targets import halide_version
+
 CACHE_FORMAT = 1  # bump when the entry layout changes
 ENV_VAR = "DSCONV_CACHE_DIR"
 DEFAULT_DIR = Path("~/.cache/dsconv/halide")
 FN_NAME = "dsconv"
 META = "meta.json"
-
-
-def halide_version() -> str:
-    """The installed Halide's version (part of every key)."""
-    try:
-        return importlib.metadata.version("halide")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def cache_root(options: Mapping[str, Any]) -> Path:

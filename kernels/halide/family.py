@@ -34,6 +34,8 @@ inwards), so every valid parameter set is correct on any shape; `check` rejects 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import math
 import random
@@ -42,7 +44,21 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from kernels.device import DeviceSpec
-from kernels.halide.tiling import PTX_VECTOR, BlockExtents, tail_waste
+from kernels.halide.targets import host_threads, host_vector
+from kernels.halide.tiling import (
+    DEPTHWISE_SHARED_BYTES,
+    PTX_VECTOR,
+    BlockPlan,
+    GpuTile,
+    MicroTile,
+    channel_block,
+    cpu_accumulators,
+    gpu_tile,
+    micro_tile,
+    plan_blocks,
+    reduction_step,
+    tail_waste,
+)
 from kernels.layer import KERNEL, LayerShape
 
 CPU_DW_AT = ("root", "tile", "cblock", "inline")
@@ -102,7 +118,7 @@ class CpuParams:
 
 
 @dataclass(frozen=True)
-class GpuParams(BlockExtents):
+class GpuParams:
     """A CUDA schedule of the family: thread blocks of `threads_co` x `threads_x` x `threads_y` threads,
     each accumulating `lanes` output channels (one vector) by `tx` x `ty` pixels in registers, `k` input
     channels per unrolled reduction step; the depthwise at `dw_at`; the block's padded input
@@ -143,6 +159,11 @@ class GpuParams(BlockExtents):
 
     kind = "cuda"
 
+    @functools.cached_property
+    def tile(self) -> GpuTile:
+        """The thread block of register tiles these parameters lay out (block extents, threads)."""
+        return GpuTile(self.lanes, self.tx, self.ty, self.threads_co, self.threads_x, self.threads_y)
+
 
 Params = CpuParams | GpuParams
 
@@ -166,27 +187,11 @@ def as_dict(params: Params) -> dict[str, Any]:
 
 def digest(params: Params) -> str:
     """A stable short name of a parameter set (for logs and artifact names)."""
-    import hashlib
-
     blob = json.dumps({"kind": params.kind, **as_dict(params)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-# --- the host CPU's vector unit --------------------------------------------------------------------
-
-
-def _cpu_vector() -> tuple[int, int]:
-    """(fp32 lanes of the natural vector, vector registers) of this host's Halide target."""
-    from kernels.halide import schedules_cpu, variants
-
-    target = variants.cpu_target()
-    return schedules_cpu.vector_lanes(target), schedules_cpu.vector_registers(target)
-
-
-def _cpu_accumulators(registers: int) -> int:
-    from kernels.halide import schedules_cpu
-
-    return schedules_cpu._ACCUMULATORS.get(registers, 12)
+# --- the space -------------------------------------------------------------------------------------
 
 
 def _pow2_upto(limit: int, start: int = 1) -> tuple[int, ...]:
@@ -199,9 +204,6 @@ def _pow2_upto(limit: int, start: int = 1) -> tuple[int, ...]:
 
 def _divisors(c: int, candidates: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(d for d in candidates if d <= c and c % d == 0)
-
-
-# --- the space -------------------------------------------------------------------------------------
 
 
 def space(shape: LayerShape, device: DeviceSpec) -> dict[str, tuple[Any, ...]]:
@@ -225,10 +227,8 @@ def space(shape: LayerShape, device: DeviceSpec) -> dict[str, tuple[Any, ...]]:
             "dw_vec": _divisors(s.c, GPU_DW_VEC),
             "dw_rows": tuple(v for v in GPU_DW_ROWS if v <= s.ho),
         }
-    natural, _ = _cpu_vector()
+    natural, _ = host_vector()
     lanes = sorted({min(v, s.co) for v in (natural, max(1, natural // 2))})
-    from kernels.halide.schedules_cpu import _channel_block
-
     return {
         "dw_at": CPU_DW_AT,
         "lanes": tuple(lanes),
@@ -237,21 +237,21 @@ def space(shape: LayerShape, device: DeviceSpec) -> dict[str, tuple[Any, ...]]:
         "ty": tuple(range(1, min(4, s.ho) + 1)),
         "row_tiles": _pow2_upto(s.ho),
         "chunks": _pow2_upto(min(8, s.co)),
-        "kc": tuple(sorted({*_divisors(s.c, (1, 2, 4, 8, 16, 32, 64)), _channel_block(s.c, natural)})),
+        "kc": tuple(sorted({*_divisors(s.c, (1, 2, 4, 8, 16, 32, 64)), channel_block(s.c, natural)})),
         "dw_unroll": (1, 2, 4),
     }
 
 
 def shared_bytes(p: GpuParams, shape: LayerShape) -> int:
     """Shared memory one thread block of `p` allocates for `shape`."""
-    s = shape
+    s, t = shape, p.tile
     total = 0
     if p.dw_at == "block":
-        total += 4 * s.c * p.block_x * p.block_y
+        total += 4 * s.c * t.block_x * t.block_y
         if p.stage_input:
-            total += 4 * s.c * ((p.block_x - 1) * s.stride + KERNEL) * ((p.block_y - 1) * s.stride + KERNEL)
+            total += 4 * s.c * ((t.block_x - 1) * s.stride + KERNEL) * ((t.block_y - 1) * s.stride + KERNEL)
     if p.weights == "shared":
-        total += 4 * p.block_co * s.c
+        total += 4 * t.block_co * s.c
     return total
 
 
@@ -274,29 +274,30 @@ def check(params: Params, shape: LayerShape, device: DeviceSpec) -> str | None:
         p = params
         if p.lanes * p.vectors > s.co:
             return f"lanes x vectors = {p.lanes * p.vectors} exceeds co = {s.co}"
-        _, registers = _cpu_vector()
-        budget = _cpu_accumulators(registers)
+        _, registers = host_vector()
+        budget = cpu_accumulators(registers)
         if p.vectors * p.tx * p.ty > budget:
             return f"vectors x tx x ty = {p.vectors * p.tx * p.ty} accumulators exceed {budget} registers"
         if p.chunks > math.ceil(s.co / (p.lanes * p.vectors)):
             return f"chunks = {p.chunks} exceeds the {math.ceil(s.co / (p.lanes * p.vectors))} co tiles"
         return None
     p = params
+    t = p.tile
     if p.gemm == "warp":
         reason = _check_warp(p, s)
         if reason:
             return reason
-    if p.block_co > s.co or p.block_x > s.wo or p.block_y > s.ho:
+    if t.block_co > s.co or t.block_x > s.wo or t.block_y > s.ho:
         return (
-            f"block tile {p.block_co}x{p.block_x}x{p.block_y} (co x px x py) exceeds the output "
+            f"block tile {t.block_co}x{t.block_x}x{t.block_y} (co x px x py) exceeds the output "
             f"{s.co}x{s.wo}x{s.ho}"
         )
-    if p.threads > GPU_MAX_THREADS:
-        return f"{p.threads} threads per block exceed {GPU_MAX_THREADS}"
-    if p.threads < min(32, _max_threads(s)):
-        return f"{p.threads} threads per block: fewer than a warp"
-    if p.threads * p.max_registers > GPU_REGISTERS_PER_BLOCK:
-        return f"{p.threads} threads x {p.max_registers} registers exceed {GPU_REGISTERS_PER_BLOCK} per block"
+    if t.threads > GPU_MAX_THREADS:
+        return f"{t.threads} threads per block exceed {GPU_MAX_THREADS}"
+    if t.threads < min(32, _max_threads(s)):
+        return f"{t.threads} threads per block: fewer than a warp"
+    if t.threads * p.max_registers > GPU_REGISTERS_PER_BLOCK:
+        return f"{t.threads} threads x {p.max_registers} registers exceed {GPU_REGISTERS_PER_BLOCK} per block"
     if p.lanes * p.tx * p.ty > accumulator_cap(p.max_registers):
         return (
             f"lanes x tx x ty = {p.lanes * p.tx * p.ty} accumulators exceed "
@@ -307,8 +308,8 @@ def check(params: Params, shape: LayerShape, device: DeviceSpec) -> str | None:
         return f"about {demand} registers a thread needed, far above the cap of {p.max_registers}"
     if p.stage_input and p.dw_at != "block":
         return "stage_input applies to dw_at=block only"
-    if p.dw_at == "block" and p.dw_rows > p.block_y:
-        return f"dw_rows = {p.dw_rows} exceeds the block's {p.block_y} rows (threads_y x ty)"
+    if p.dw_at == "block" and p.dw_rows > t.block_y:
+        return f"dw_rows = {p.dw_rows} exceeds the block's {t.block_y} rows (threads_y x ty)"
     smem = shared_bytes(p, s)
     if smem > GPU_SHARED_BYTES:
         return f"{smem} bytes of shared memory per block exceed {GPU_SHARED_BYTES}"
@@ -430,13 +431,9 @@ def heuristic(shape: LayerShape, device: DeviceSpec) -> Params:
     (the micro-tile and block plan of `fused_tile`); on the GPU, the rules below."""
     s = shape
     if not device.is_gpu:
-        from kernels.halide import algorithm, schedules_cpu
-
-        L = algorithm.define(shape)
-        target = _host_target()
-        t = schedules_cpu.micro_tile(L, target)
-        plan = schedules_cpu.plan_blocks(L, t, schedules_cpu.host_threads(), depthwise_in_task=True)
-        natural, _ = _cpu_vector()
+        natural, registers = host_vector()
+        t = micro_tile(s, natural, registers)
+        plan = plan_blocks(s, t, host_threads(), depthwise_in_task=True)
         p = CpuParams(
             dw_at="tile",
             lanes=t.lanes,
@@ -445,7 +442,7 @@ def heuristic(shape: LayerShape, device: DeviceSpec) -> Params:
             ty=t.ty,
             row_tiles=max(1, plan.rows // t.ty),
             chunks=plan.chunks,
-            kc=schedules_cpu._channel_block(s.c, natural),
+            kc=channel_block(s.c, natural),
             dw_unroll=2,
         )
         return canonical(_fit_cpu(p, s), s)
@@ -512,12 +509,6 @@ def _wide_heuristic(s: LayerShape, device: DeviceSpec) -> GpuParams:
     return canonical(fit(p, s, device), s)
 
 
-def _host_target() -> Any:
-    from kernels.halide import variants
-
-    return variants.cpu_target()
-
-
 def _nearest(value: int, valid: tuple[int, ...]) -> int:
     """The valid value closest to `value` on a log scale (ties: the smaller)."""
     return min(valid, key=lambda v: (abs(math.log2(v) - math.log2(max(value, 1))), v))
@@ -528,8 +519,8 @@ def _fit_cpu(p: CpuParams, s: LayerShape) -> CpuParams:
     lanes = _nearest(p.lanes, values["lanes"])
     vectors = max(1, min(p.vectors, s.co // lanes, CPU_MAX_VECTORS))
     tx, ty = min(p.tx, s.wo, 8), min(p.ty, s.ho, 4)
-    _, registers = _cpu_vector()
-    budget = _cpu_accumulators(registers)
+    _, registers = host_vector()
+    budget = cpu_accumulators(registers)
     while vectors * tx * ty > budget:
         if tx >= ty and tx > 1:
             tx -= 1
@@ -591,7 +582,7 @@ def _repair(q: GpuParams, s: LayerShape, device: DeviceSpec, reason: str) -> Gpu
     r = dataclasses.replace
     if reason.startswith("gemm=warp"):
         return r(q, gemm="thread")
-    if q.gemm == "warp" and "block tile" in reason and q.block_co > s.co:
+    if q.gemm == "warp" and "block tile" in reason and q.tile.block_co > s.co:
         return r(q, lanes=q.lanes // 2) if q.lanes > 1 else r(q, gemm="thread")
     if "registers exceed" in reason:
         return r(q, max_registers=64) if q.max_registers > 64 else r(q, threads_y=max(1, q.threads_y // 2))
@@ -615,13 +606,13 @@ def _repair(q: GpuParams, s: LayerShape, device: DeviceSpec, reason: str) -> Gpu
         if q.k > 1:
             return r(q, k=q.k // 2)
         higher = [
-            m for m in MAX_REGISTERS if m > q.max_registers and q.threads * m <= GPU_REGISTERS_PER_BLOCK
+            m for m in MAX_REGISTERS if m > q.max_registers and q.tile.threads * m <= GPU_REGISTERS_PER_BLOCK
         ]
         if higher:
             return r(q, max_registers=higher[0])
         return r(q, ty=q.ty // 2) if q.ty > 1 else r(q, tx=max(1, q.tx // 2), lanes=max(1, q.lanes // 2))
     if reason.startswith("dw_rows"):
-        return r(q, dw_rows=max(v for v in GPU_DW_ROWS if v <= q.block_y))
+        return r(q, dw_rows=max(v for v in GPU_DW_ROWS if v <= q.tile.block_y))
     if "accumulators" in reason:
         return r(q, ty=q.ty // 2) if q.ty > 1 else r(q, tx=max(1, q.tx // 2))
     if "shared memory" in reason:
@@ -635,9 +626,9 @@ def _repair(q: GpuParams, s: LayerShape, device: DeviceSpec, reason: str) -> Gpu
             return r(q, threads_x=q.threads_x // 2)
         return r(q, dw_at="cblock")
     if "block tile" in reason:
-        if q.block_co > s.co:
+        if q.tile.block_co > s.co:
             return r(q, threads_co=max(1, q.threads_co // 2)) if q.threads_co > 1 else r(q, lanes=1)
-        if q.block_x > s.wo:
+        if q.tile.block_x > s.wo:
             return r(q, threads_x=max(1, q.threads_x // 2)) if q.threads_x > 1 else r(q, tx=1)
         return r(q, threads_y=max(1, q.threads_y // 2)) if q.threads_y > 1 else r(q, ty=1)
     return heuristic_fallback(s, device)
@@ -701,34 +692,25 @@ def named(shape: LayerShape, device: DeviceSpec) -> dict[str, Params]:
     (schedules_cpu / schedules_gpu), where the family can express them: the same tiles and the same
     place for the depthwise (on the GPU, `fused_tile`'s depthwise is mapped onto the block's threads
     the family's way). Seeds of the search, so that it starts from what is known to work."""
-    from kernels.halide import algorithm
-
-    L = algorithm.define(shape)
     s = shape
     out: dict[str, Params] = {}
     if not device.is_gpu:
-        from kernels.halide import schedules_cpu as cpu
-
-        natural, _ = _cpu_vector()
-        t = cpu.micro_tile(L, _host_target())
+        natural, registers = host_vector()
+        t = micro_tile(s, natural, registers)
         for name, dw_at in (("unfused", "root"), ("fused_tile", "tile"), ("fused_cblock", "cblock")):
-            plan = cpu.plan_blocks(L, t, cpu.host_threads(), depthwise_in_task=dw_at == "tile")
+            plan = plan_blocks(s, t, host_threads(), depthwise_in_task=dw_at == "tile")
             p = CpuParams(
                 dw_at, t.lanes, t.vectors, t.tx, t.ty, max(1, plan.rows // t.ty), plan.chunks,
-                cpu._channel_block(s.c, natural), 2,
+                channel_block(s.c, natural), 2,
             )  # fmt: skip
             out[name] = canonical(_fit_cpu(p, s), s)
         return out
-    from kernels.halide import schedules_gpu as gpu
-
-    k = gpu._reduction_unroll(s.c, 8)
+    k = reduction_step(s.c, 8)
+    shared_pixels = max(1, DEPTHWISE_SHARED_BYTES // (4 * s.c))
     tiles = {
-        "unfused": ("root", gpu.thread_tile(L, max_block_co=64, max_block_pixels=1 << 20)),
-        "fused_tile": (
-            "block",
-            gpu.thread_tile(L, max_block_co=128, max_block_pixels=max(1, gpu._SHARED_BYTES // (4 * s.c))),
-        ),
-        "fused_cblock": ("cblock", gpu.thread_tile(L, max_block_co=64, max_block_pixels=1 << 20)),
+        "unfused": ("root", gpu_tile(s, max_block_co=64, max_block_pixels=1 << 20)),
+        "fused_tile": ("block", gpu_tile(s, max_block_co=128, max_block_pixels=shared_pixels)),
+        "fused_cblock": ("cblock", gpu_tile(s, max_block_co=64, max_block_pixels=1 << 20)),
     }
     for name, (dw_at, t) in tiles.items():
         p = GpuParams(
@@ -761,10 +743,10 @@ class Traffic:
 
 
 def traffic(p: GpuParams, shape: LayerShape) -> Traffic:
-    """`Traffic` of `p` on `shape` (threads are laid out with `threads_co` fastest, as `_apply_gpu` does).
+    """`Traffic` of `p` on `shape` (threads are laid out with `threads_co` fastest, as `apply_gpu` does).
     For `gemm` = warp a step's depthwise values come from other lanes (`shfl`, counted as load
     instructions: they issue on the same memory pipe), and a warp loads a chunk's once, coalesced."""
-    block_co, block_px = p.block_co, p.block_x * p.block_y
+    block_co, block_px = p.tile.block_co, p.tile.block_x * p.tile.block_y
     l2 = 4 * (block_co + block_px) / (block_co * block_px)
     if p.gemm == "warp":
         px = p.tx * p.ty
@@ -783,7 +765,11 @@ def traffic(p: GpuParams, shape: LayerShape) -> Traffic:
 
 def _tail_waste(p: GpuParams, s: LayerShape) -> float:
     """Work done per useful work of `p`'s blocks over the whole output."""
-    return tail_waste(s.co, p.block_co) * tail_waste(s.wo, p.block_x) * tail_waste(s.ho, p.block_y)
+    return (
+        tail_waste(s.co, p.tile.block_co)
+        * tail_waste(s.wo, p.tile.block_x)
+        * tail_waste(s.ho, p.tile.block_y)
+    )
 
 
 def model_seeds(
@@ -816,18 +802,18 @@ def model_seeds(
                                 p = GpuParams(
                                     dw_at, lanes, tx, ty, tco, txx, tyy, k, "global", False, regs, gemm
                                 )
-                                if not 64 <= p.threads <= 256 or check(p, s, device) is not None:
+                                if not 64 <= p.tile.threads <= 256 or check(p, s, device) is not None:
                                     continue
                                 blocks = (
-                                    math.ceil(s.co / p.block_co)
-                                    * math.ceil(s.wo / p.block_x)
-                                    * math.ceil(s.ho / p.block_y)
+                                    math.ceil(s.co / p.tile.block_co)
+                                    * math.ceil(s.wo / p.tile.block_x)
+                                    * math.ceil(s.ho / p.tile.block_y)
                                     * s.n
                                 )
                                 if blocks < max(1, device.sm_count):
                                     continue
                                 ranked.append((traffic(p, s).cost * _tail_waste(p, s), p))
-    ranked.sort(key=lambda r: (r[0], -r[1].threads, r[1].dw_at))
+    ranked.sort(key=lambda r: (r[0], -r[1].tile.threads, r[1].dw_at))
     # The model sees no latency: half the seeds keep a thread within 128 registers (more warps a
     # block's SM can hold), half use the whole register file (more work a warp has in flight).
     out: list[GpuParams] = []
@@ -919,8 +905,8 @@ def whole_blocks(params: Params, shape: LayerShape, device: DeviceSpec) -> list[
     if not isinstance(params, GpuParams):
         return []
     s, p = shape, params
-    tailed_x, tailed_y = tail_waste(s.wo, p.block_x) > 1, tail_waste(s.ho, p.block_y) > 1
-    if not (tailed_x or tailed_y or p.threads % WARP):
+    tailed_x, tailed_y = tail_waste(s.wo, p.tile.block_x) > 1, tail_waste(s.ho, p.tile.block_y) > 1
+    if not (tailed_x or tailed_y or p.tile.threads % WARP):
         return []
     values = space(s, device)
 
@@ -936,9 +922,9 @@ def whole_blocks(params: Params, shape: LayerShape, device: DeviceSpec) -> list[
         for txx in xs:
             for tyy in ys:
                 q = canonical(dataclasses.replace(p, threads_co=tco, threads_x=txx, threads_y=tyy), s)
-                if q != p and q not in out and q.threads % WARP == 0 and check(q, s, device) is None:
+                if q != p and q not in out and q.tile.threads % WARP == 0 and check(q, s, device) is None:
                     out.append(q)
-    return sorted(out, key=lambda q: abs(math.log(q.threads / p.threads)))
+    return sorted(out, key=lambda q: abs(math.log(q.tile.threads / p.tile.threads)))
 
 
 def seeds(shape: LayerShape, device: DeviceSpec) -> list[Params]:
@@ -966,50 +952,32 @@ def seeds(shape: LayerShape, device: DeviceSpec) -> list[Params]:
 # --- the schedules ---------------------------------------------------------------------------------
 
 
-def apply(params: Params, L: Any, target: Any) -> dict[str, object]:
-    """Schedule the layer `L` (from `algorithm.define`) with `params` for `target`; returns the decisions
+def apply_cpu(p: CpuParams, L: Any, target: Any) -> dict[str, object]:
+    """Schedule the layer `L` (from `algorithm.define`) with CPU parameters `p`; returns the decisions
     (the parameters and derived sizes) for the record."""
-    if isinstance(params, CpuParams):
-        return _apply_cpu(params, L, target)
-    return _apply_gpu(params, L, target)
-
-
-def _apply_cpu(p: CpuParams, L: Any, target: Any) -> dict[str, object]:
-    import halide as hl
-
-    from kernels.halide import schedules_cpu as cpu
+    from kernels.halide import blocks
 
     s = L.shape
-    t = cpu.MicroTile(p.lanes, p.vectors, p.tx, p.ty)
+    t = MicroTile(p.lanes, p.vectors, p.tx, p.ty)
     rows = min(p.row_tiles, max(1, s.ho // p.ty)) * p.ty
-    plan = cpu.BlockPlan(rows, p.chunks)
-    task, xo = cpu._tile_output(L, t, plan)
-    u = cpu._pointwise_in_registers(L, xo, t)
-    d = L.depthwise
+    plan = BlockPlan(rows, p.chunks)
+    task, xo = blocks.tile_output(L, t, plan)
+    u = blocks.pointwise_in_registers(L, xo, t)
     decisions: dict[str, object] = {"params": asdict(p), "rows_per_task": rows}
     if p.dw_at == "root":
-        threads = cpu.host_threads()
-        dyo, dyi = hl.Var("dyo"), hl.Var("dyi")
-        dw_rows = max(1, math.ceil(s.ho / max(1, math.ceil(4 * threads / s.n))))
-        d.compute_root().split(L.y, dyo, dyi, dw_rows, hl.TailStrategy.ShiftInwards)
-        d.reorder(L.c, L.x, dyi, dyo, L.n).fuse(dyo, L.n, dyo).parallel(dyo)
-        cpu._depthwise_vectorized(L, p.lanes, p.dw_unroll)
-        decisions["depthwise_rows_per_task"] = dw_rows
+        decisions["depthwise_rows_per_task"] = blocks.depthwise_root(L, host_threads(), p.lanes, p.dw_unroll)
     elif p.dw_at == "tile":
-        d.compute_at(L.output, task)
-        cpu._depthwise_vectorized(L, p.lanes, p.dw_unroll)
+        L.depthwise.compute_at(L.output, task)
+        blocks.depthwise_vectorized(L, p.lanes, p.dw_unroll)
     elif p.dw_at == "cblock":
-        ro, ri = hl.RVar("rco"), hl.RVar("rci")
-        u.split(L.rc.x, ro, ri, p.kc).reorder(L.c, L.x, L.y, ri, ro)
-        d.compute_at(L.pointwise, ro).store_in(hl.MemoryType.Stack).bound_extent(L.c, p.kc)
-        d.reorder(L.c, L.x, L.y).vectorize(L.c, p.kc).unroll(L.x).unroll(L.y)
+        blocks.depthwise_in_reduction(L, u, p.kc)
     # inline: the depthwise is recomputed inside the pointwise reduction, once per register tile.
     return decisions
 
 
 def _threads_over(f: Any, dims: list[Any], p: GpuParams, prefix: str) -> Any:
     """Map a block-level stage's loops `dims` (innermost first) onto the block's own threads: the loops
-    are fused into one index, split into steps of `p.threads` and laid over the same threads_co x
+    are fused into one index, split into steps of `p.tile.threads` and laid over the same threads_co x
     threads_x x threads_y grid as the output, innermost dimension fastest (coalesced over channels).
     Returns the innermost thread loop: what is computed there, one thread computes for one of its steps."""
     import halide as hl
@@ -1021,7 +989,7 @@ def _threads_over(f: Any, dims: list[Any], p: GpuParams, prefix: str) -> Any:
         fused = nxt
     to, ti = hl.Var(f"{prefix}to"), hl.Var(f"{prefix}ti")
     t0, t1, t2, t12 = (hl.Var(f"{prefix}t{i}") for i in ("0", "1", "2", "12"))
-    f.split(fused, to, ti, p.threads, hl.TailStrategy.GuardWithIf)
+    f.split(fused, to, ti, p.tile.threads, hl.TailStrategy.GuardWithIf)
     f.split(ti, t12, t0, p.threads_co).split(t12, t2, t1, p.threads_x)
     f.reorder(t0, t1, t2, to).gpu_threads(t0, t1, t2)
     return t0
@@ -1062,7 +1030,9 @@ def _vector_access(f: Any, v: Any, extent: int) -> Any:
     return f.unroll(v) if extent > PTX_VECTOR else f
 
 
-def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
+def apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
+    """Schedule the layer `L` (from `algorithm.define`) with GPU parameters `p`; returns the decisions
+    (the parameters and derived sizes) for the record."""
     import halide as hl
 
     s = L.shape
@@ -1073,8 +1043,8 @@ def _apply_gpu(p: GpuParams, L: Any, target: Any) -> dict[str, object]:
     d = L.depthwise
     decisions: dict[str, object] = {
         "params": as_dict(p),
-        "block": [p.block_co, p.block_x, p.block_y],
-        "threads": p.threads,
+        "block": [p.tile.block_co, p.tile.block_x, p.tile.block_y],
+        "threads": p.tile.threads,
         "shared_bytes": shared_bytes(p, s),
     }
     if p.dw_at == "root":
@@ -1131,7 +1101,7 @@ def _thread_pointwise(p: GpuParams, L: Any) -> Any:
     o = L.output
     ci, xi, yi = hl.Var("ci"), hl.Var("xi"), hl.Var("yi")
     cii, xii, yii = hl.Var("cii"), hl.Var("xii"), hl.Var("yii")
-    o.tile([c, x, y], [ci, xi, yi], [p.block_co, p.block_x, p.block_y])
+    o.tile([c, x, y], [ci, xi, yi], [p.tile.block_co, p.tile.block_x, p.tile.block_y])
     o.tile([ci, xi, yi], [cii, xii, yii], [p.lanes, p.tx, p.ty])
     o.gpu_threads(ci, xi, yi).fuse(y, n, n).gpu_blocks(c, x, n)
     _vector_access(o, cii, p.lanes).unroll(xii).unroll(yii)
@@ -1182,7 +1152,7 @@ def _warp_pointwise(p: GpuParams, L: Any) -> Any:
     reg = hl.MemoryType.Register
     ci, xi, yi, wx, wy = (hl.Var(v) for v in ("ci", "xi", "yi", "wx", "wy"))
     cio, cii, xii, yii = (hl.Var(v) for v in ("cio", "cii", "xii", "yii"))
-    o.tile([c, x, y], [ci, xi, yi], [p.block_co, p.block_x, p.block_y])
+    o.tile([c, x, y], [ci, xi, yi], [p.tile.block_co, p.tile.block_x, p.tile.block_y])
     o.split(xi, wx, xii, p.tx).split(yi, wy, yii, p.ty)
     if vec > 1:
         o.vectorize(ci, vec)
@@ -1231,17 +1201,3 @@ def build_options(params: Params, options: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(params, GpuParams) and options.get("cuda_max_registers") is None:
         out["cuda_max_registers"] = params.max_registers
     return out
-
-
-def build(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any]) -> Any:
-    """The body of the `halide_family` variant: build `options["params"]` (completed by the heuristic)."""
-    from kernels.halide import variants
-
-    params = resolve(shape, device, options)
-    built = variants.build(variants.FAMILY, shape, device, build_options(params, options))
-    built.artifacts["params.json"] = json.dumps(
-        {"kind": params.kind, "params": as_dict(params)}, indent=1, sort_keys=True
-    )
-    if isinstance(params, GpuParams):  # the pointwise's layout, a param to filter and label runs by
-        built.build_params["gemm"] = params.gemm
-    return built
