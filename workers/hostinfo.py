@@ -12,7 +12,6 @@ virtual machine mean little, so the practical ceilings are measured once per hos
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fcntl
 import functools
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from kernels.device import DeviceSpec
+from kernels.host import available_cores, cpu_model
 
 SGEMM_N = 2048  # matrix size of the peak measurement (17 GFLOP a product)
 COPY_BYTES = 256 * 2**20  # bytes per array of the bandwidth measurement
@@ -45,23 +45,6 @@ NOT_INSTALLED = "not installed"
 def cache_dir() -> Path:
     """Where measurements are cached: $DSCONV_CACHE_DIR, else ~/.cache/dsconv."""
     return Path(os.environ.get("DSCONV_CACHE_DIR") or Path.home() / ".cache" / "dsconv")
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its affinity mask), which is what the kernels get."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (or platform.processor())."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def library_version(name: str) -> str:

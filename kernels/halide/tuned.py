@@ -8,7 +8,7 @@ looks the job's shape and device up; a shape never tuned there falls back to the
 
 Keys: the shape's sizes (`1x56x56x128-128s1`, with `-nobias` / `-norelu` when those are off; the
 catalog name is not part of it, so aliases share an entry), the device model (a GPU: the catalog's
-model name; the host CPU: its model name from `workers.hostinfo` and the cores the kernels use, since
+model name; the host CPU: its model name and the cores the kernels use (`kernels.host`), since
 the parallel grain depends on them) and the Halide version. The file is JSON, entries sorted by key,
 written atomically under a lock, so two searches on one machine never lose each other's entries.
 """
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kernels import host
 from kernels.device import DeviceSpec
 from kernels.halide import family
 from kernels.halide.targets import halide_version
@@ -55,10 +56,7 @@ def device_model(device: DeviceSpec) -> str:
     """The device model in the key: a GPU's catalog model; the host CPU's model name and cores."""
     if device.is_gpu:
         return device.model
-    from workers import hostinfo
-
-    cores = device.cores or hostinfo.available_cores()
-    return f"{hostinfo.cpu_model()} ({cores} cores)"
+    return f"{host.cpu_model()} ({device.cores or host.available_cores()} cores)"
 
 
 def entry_key(shape: LayerShape, device: DeviceSpec, version: str | None = None) -> str:
