@@ -24,7 +24,7 @@ tile is again copied per thread.
 A second limit is in the PTX backend's vector width: a dense vector of 8 fp32 lanes is not emitted as two
 .v4 accesses but as .v2 pieces or scalars, multiplying the load instructions of the pointwise reduction
 (the SM issues one load a clock against four FMAs). The family therefore vectorises in pieces of
-`PTX_VECTOR` lanes (`family._vector_access`), and these tests check both the limit and the remedy.
+`PTX_VECTOR` lanes (`family.gpu`), and these tests check both the limit and the remedy.
 
 A third: nothing overlaps one reduction step's loads with the last step's FMAs inside a kernel. `async()`,
 Halide's way to run a stage ahead of its consumer, leaves calls to the host runtime's semaphores in the
@@ -54,6 +54,7 @@ from conftest import H100, requires_gpu
 from kernels import registry
 from kernels.device import DeviceSpec, visible_gpu
 from kernels.halide import algorithm, builder, family, names, targets
+from kernels.halide.family import gpu as family_gpu
 from kernels.halide.tiling import HOST_ALIGNMENT
 from kernels.layer import LayerShape, make_inputs
 
@@ -100,7 +101,7 @@ def _staged_gemm_ptx(accumulators: hl.MemoryType, tmp: Path, staging_threads: in
     L.depthwise.compute_root().gpu_tile(c, x, ci, xi, 32, 7, hl.TailStrategy.GuardWithIf)
     for staged, prefix in ((L.pointwise_filter.in_(), "w"), (L.depthwise.in_(), "d")):
         staged.compute_at(pw, ro).store_in(hl.MemoryType.GPUShared)
-        family._threads_over(staged, list(staged.args()), copiers, prefix)
+        family_gpu.threads_over(staged, list(staged.args()), copiers, prefix)
     return _output_kernel(L, tmp)
 
 
@@ -177,7 +178,7 @@ def _warp_gemm_ptx(tmp: Path, accumulators_at_block: bool = False) -> str:
     """PTX of the output kernel of the family's `gemm` = warp schedule of WARP_TILE on SHAPE, with the
     accumulators at the warp (as the family computes them) or moved out to the block."""
     L = algorithm.define(SHAPE)
-    family.apply_gpu(WARP_TILE, L, targets.cuda_target(H100))
+    family_gpu.apply_gpu(WARP_TILE, L, targets.cuda_target(H100))
     if accumulators_at_block:
         L.pointwise.compute_at(L.output, L.c)  # the block loop: outside both warps
     return _output_kernel(L, tmp)
@@ -220,7 +221,7 @@ ASYNC_SHAPE = LayerShape("b14a", n=2, h=14, w=14, c=512, co=512)
 
 
 def _with_async(apply_gpu: Any, staged: str | None) -> Any:
-    """`family.apply_gpu` followed, when `staged` names a Func, by `async()` on the wrapper that holds
+    """`family.gpu.apply_gpu` followed, when `staged` names a Func, by `async()` on the wrapper that holds
     each reduction step's values of it (weights or depthwise), so it is computed ahead of the step."""
 
     def apply(p: family.GpuParams, L: algorithm.Layer, target: Any) -> dict[str, object]:
@@ -244,7 +245,7 @@ def test_async_stages_inside_a_cuda_kernel_call_the_host_runtimes_semaphores(
     kernels = {}
     for given in (staged, None):
         L = algorithm.define(ASYNC_SHAPE)
-        _with_async(family.apply_gpu, given)(_async_params(H100), L, targets.cuda_target(H100))
+        _with_async(family_gpu.apply_gpu, given)(_async_params(H100), L, targets.cuda_target(H100))
         kernels[given] = set(re.findall(r"halide_semaphore_\w+", _output_kernel(L, tmp_path)))
     assert {"halide_semaphore_init", "halide_semaphore_release"} <= kernels[staged]
     assert not kernels[None]  # without `async` the same kernel calls nothing
@@ -254,7 +255,7 @@ def test_async_stages_inside_a_cuda_kernel_call_the_host_runtimes_semaphores(
 @pytest.mark.gpu
 def test_async_stages_inside_a_cuda_kernel_do_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
     device = visible_gpu("gpu", 1.0, 1.0)
-    monkeypatch.setattr(family, "_apply_gpu", _with_async(family.apply_gpu, "pointwise_filter"))
+    monkeypatch.setattr(builder, "apply_gpu", _with_async(family_gpu.apply_gpu, "pointwise_filter"))
     # The driver refuses the module, whose PTX calls functions no device code defines (H100, 2026-11-24:
     # "CUDA: cuModuleLoadData failed: CUDA_ERROR_INVALID_PTX").
     with pytest.raises(hl.HalideError, match="CUDA_ERROR_INVALID_PTX"):
@@ -270,11 +271,12 @@ import sys
 import halide as hl
 from kernels.device import DeviceSpec
 from kernels.halide import algorithm, family, targets
+from kernels.halide.family.gpu import apply_gpu
 from kernels.layer import LayerShape
 shape, device = LayerShape(**{shape}), DeviceSpec(**{device})
 L = algorithm.define(shape)
 target = targets.cuda_target(device)
-family.apply_gpu(family.from_options({tile}, shape, device), L, target)
+apply_gpu(family.from_options({tile}, shape, device), L, target)
 if int(sys.argv[1]):
     L.pointwise.update().prefetch(L.depthwise, hl.RVar("ro"), hl.RVar("ro"), int(sys.argv[1]))
 L.output.compile_to_lowered_stmt("/dev/null", L.arguments, hl.StmtOutputFormat.Text, target)

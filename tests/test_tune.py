@@ -210,12 +210,12 @@ def test_whole_blocks_tile_the_output_exactly_with_full_warps() -> None:
         shape,
         H100,
     )  # fmt: skip
-    assert family._tail_waste(entry, shape) == pytest.approx(8 / 7)
+    assert family.block_tail_waste(entry, shape) == pytest.approx(8 / 7)
     whole = family.whole_blocks(entry, shape, H100)
     # 8 x 7 = 56 threads would tile exactly but leave a warp a quarter empty: not offered
     assert [(q.threads_co, q.threads_x, q.threads_y) for q in whole] == [(32, 1, 1), (32, 1, 7)]
     for q in whole:
-        assert family._tail_waste(q, shape) == 1 and q.tile.threads % 32 == 0
+        assert family.block_tail_waste(q, shape) == 1 and q.tile.threads % 32 == 0
         assert (q.lanes, q.tx, q.ty, q.k, q.dw_at, q.dw_rows) == (4, 7, 1, 16, "root", 4)
     exact = dataclasses.replace(entry, threads_co=32, threads_y=7)
     assert family.whole_blocks(exact, shape, H100) == []  # nothing to mend
@@ -265,7 +265,7 @@ def test_the_heuristic_of_wide_blocks_is_a_whole_block_register_gemm() -> None:
         assert (p.dw_at, p.gemm, p.lanes, p.ty, p.threads_co, p.threads_y, p.k) == (
             "root", "thread", 4, 1, 32, rows, 16
         )  # fmt: skip
-        assert p.tx == 7 and (family._tail_waste(p, shape) == 1 or h == 13)
+        assert p.tx == 7 and (family.block_tail_waste(p, shape) == 1 or h == 13)
     # narrower blocks keep the block's shared depthwise tile
     assert family.heuristic(LayerShape("b56", n=32, h=56, w=56, c=128, co=128), H100).dw_at == "block"
 

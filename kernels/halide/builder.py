@@ -39,8 +39,12 @@ from kernels.halide import (
     schedules_gpu,
     tiling,
 )
-from kernels.halide import family as family_module
-from kernels.halide.family import apply_cpu, apply_gpu
+from kernels.halide.family import cpu as family_cpu
+from kernels.halide.family import heuristic as family_heuristic
+from kernels.halide.family import params as family_params
+from kernels.halide.family import space as family_space
+from kernels.halide.family.cpu import apply_cpu
+from kernels.halide.family.gpu import apply_gpu
 from kernels.halide.names import FAMILY, KERNEL_FILTER, check_schedule
 from kernels.halide.targets import cpu_target, cuda_target, halide_version, host_threads, require_device
 from kernels.halide.tiling import HOST_ALIGNMENT
@@ -140,9 +144,8 @@ def _key_parts(
         parts["source"] = cache.source_digest(_module_sources(algorithm, autoschedule))
     elif name == FAMILY:
         parts["params"] = family.as_dict(family.resolve(shape, device, options))
-        parts["source"] = cache.source_digest(
-            _module_sources(algorithm, schedules_cpu, blocks, tiling, family_module)
-        )
+        modules = (algorithm, blocks, tiling, family_cpu, family_params, family_space, family_heuristic)
+        parts["source"] = cache.source_digest(_module_sources(*modules))
     else:
         parts["source"] = cache.source_digest(_module_sources(algorithm, schedules_cpu, blocks, tiling))
     return parts
