@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -171,6 +172,55 @@ def test_cache_key_covers_schedule_shape_and_source() -> None:
         assert cache.cache_key(other) != cache.cache_key(base)
     auto = builder._key_parts("auto_adams2019", shape, CPU, target, {"autoscheduler": {"beam_size": 2}})
     assert auto["params"]["beam_size"] == "2"
+
+
+def test_cache_key_hashes_every_source_file_a_build_imports(tmp_path: Path) -> None:
+    """The key's sources are computed from the import statements: tiling.py, which the schedules import
+    through the building blocks, is among them, so editing it (in a copy of the package) makes a new key;
+    a module the CPU build never imports (the CUDA schedules) is not, so editing it keeps the key."""
+    shutil.copytree(
+        cache.REPO_ROOT / "kernels", tmp_path / "kernels", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    names_of = {
+        scheduler: {p.relative_to(tmp_path).as_posix() for p in builder.key_sources(scheduler, tmp_path)}
+        for scheduler in ("kernels.halide.schedules_cpu", "kernels.halide.family.cpu")
+    }
+    for files in names_of.values():
+        assert {
+            "kernels/halide/tiling.py",
+            "kernels/halide/blocks.py",
+            "kernels/halide/algorithm.py",
+        } <= files
+        assert {"kernels/halide/builder.py", "kernels/halide/cache.py", "kernels/layer.py"} <= files
+        assert "kernels/halide/schedules_gpu.py" not in files
+    assert "kernels/halide/family/space.py" in names_of["kernels.halide.family.cpu"]
+
+    def digest() -> str:
+        return cache.source_digest(builder.key_sources("kernels.halide.schedules_cpu", tmp_path), tmp_path)
+
+    before = digest()
+    assert digest() == before
+    (tmp_path / "kernels/halide/schedules_gpu.py").write_text("# not imported by a CPU build\n")
+    assert digest() == before
+    tiling = tmp_path / "kernels/halide/tiling.py"
+    tiling.write_text(tiling.read_text().replace("PTX_VECTOR = 4", "PTX_VECTOR = 2"))
+    assert digest() != before
+
+
+def test_cache_key_is_the_same_in_another_process() -> None:
+    code = (
+        "import json; from kernels.device import DeviceSpec; from kernels.layer import LayerShape;"
+        "from kernels.halide import builder, cache, targets;"
+        "s = LayerShape('k', 1, 9, 7, 24, 40, 2); d = DeviceSpec('cpu', 'cpu', 'host CPU', 100.0, 10.0);"
+        "print(json.dumps([cache.cache_key(builder._key_parts(n, s, d, targets.cpu_target(), {}))"
+        " for n in ('unfused', 'family')]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(cache.REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shape, target = LayerShape("k", 1, 9, 7, 24, 40, 2), targets.cpu_target()
+    here = [cache.cache_key(builder._key_parts(n, shape, CPU, target, {})) for n in ("unfused", "family")]
+    assert json.loads(done.stdout) == here and here[0] != here[1]
 
 
 def test_cache_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -22,27 +22,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import halide as hl
 import numpy as np
 
 from kernels.device import DeviceSpec
-from kernels.halide import (
-    algorithm,
-    autoschedule,
-    blocks,
-    cache,
-    family,
-    schedules_cpu,
-    schedules_gpu,
-    tiling,
-)
-from kernels.halide.family import cpu as family_cpu
-from kernels.halide.family import heuristic as family_heuristic
-from kernels.halide.family import params as family_params
-from kernels.halide.family import space as family_space
+from kernels.halide import algorithm, autoschedule, cache, family, schedules_cpu, schedules_gpu, targets
 from kernels.halide.family.cpu import apply_cpu
 from kernels.halide.family.gpu import apply_gpu
 from kernels.halide.names import FAMILY, KERNEL_FILTER, check_schedule
@@ -99,10 +85,6 @@ def _schedule_artifacts(fn: Callable[..., Any], decisions: Mapping[str, Any] | N
     return {"schedule.py": schedule_source(fn), "decisions.json": decisions_json(decisions)}
 
 
-def _module_sources(*modules: ModuleType) -> str:
-    return "\n".join(inspect.getsource(m) for m in modules)
-
-
 def schedule_layer(
     name: str, shape: LayerShape, device: DeviceSpec, target: Any, options: Mapping[str, Any]
 ) -> tuple[Any, Any, dict[str, str]]:
@@ -125,6 +107,18 @@ def schedule_layer(
     return layer, layer.pipeline(), _schedule_artifacts(fn, decisions)
 
 
+def key_sources(scheduler: str, root: Path = cache.REPO_ROOT) -> list[Path]:
+    """The source files (under `root`) that make a CPU build of a schedule from module `scheduler`: that
+    module and every project module it imports, transitively (the algorithm, the building blocks, the
+    tile arithmetic...), the cache and targets that compile it, and this module, whose build path turns
+    a schedule into code (its own imports, the other schedules among them, change no CPU build)."""
+    files = cache.source_files((scheduler, cache.__name__, targets.__name__), root)
+    own = cache.module_file(__name__, root)
+    if own is None:
+        raise ValueError(f"no source for {__name__} under {root}")
+    return sorted({*files, own})
+
+
 def _key_parts(
     name: str, shape: LayerShape, device: DeviceSpec, target: Any, options: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -141,13 +135,13 @@ def _key_parts(
     if name in autoschedule.AUTOSCHEDULERS:
         auto = autoschedule.AUTOSCHEDULERS[name]
         parts["params"] = autoschedule.autoscheduler_params(auto, device, host_threads(), options)
-        parts["source"] = cache.source_digest(_module_sources(algorithm, autoschedule))
+        scheduler = autoschedule.__name__
     elif name == FAMILY:
         parts["params"] = family.as_dict(family.resolve(shape, device, options))
-        modules = (algorithm, blocks, tiling, family_cpu, family_params, family_space, family_heuristic)
-        parts["source"] = cache.source_digest(_module_sources(*modules))
+        scheduler = apply_cpu.__module__
     else:
-        parts["source"] = cache.source_digest(_module_sources(algorithm, schedules_cpu, blocks, tiling))
+        scheduler = schedules_cpu.CPU_SCHEDULES[name].__module__
+    parts["source"] = cache.source_digest(key_sources(scheduler))
     return parts
 
 
