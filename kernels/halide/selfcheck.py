@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import traceback
@@ -99,8 +100,6 @@ def _kernel_ms(built: Any, placed: Any, calls: int = 10) -> float | None:
 
 
 def _kernels(ptx: str) -> list[str]:
-    import re
-
     return re.findall(r"\.entry\s+(\w+)\(", ptx)
 
 

@@ -148,8 +148,8 @@ def relatives(
 ) -> list[family.Params]:
     """The schedules the database keeps for `shape` and this Halide version on other device models of
     the same kind, fastest first, as parameters valid on `device` (entries the family rejects here are
-    left out). A search seeds from them: a tile another GPU kept is a strong start on the next one
-    (the H200's 28² warp tile, `tuning/README.md`)."""
+    left out). A search seeds from them: GPUs of one generation favour similar tiles, so a tile another
+    GPU kept is a strong start on the next one (docs/evidence/kernels.md, "relatives")."""
     try:
         entries = load(db_path(options))["entries"]
     except ValueError:

@@ -17,7 +17,7 @@ from kernels.layer import KERNEL
 
 def threads_over(f: hl.Func, dims: list[hl.Var], p: GpuParams, prefix: str) -> hl.Var:
     """Map a block-level stage's loops `dims` (innermost first) onto the block's own threads: the loops
-    are fused into one index, split into steps of `p.tile.threads` and laid over the same threads_co x
+    are fused into one index, split into steps of the block's threads and laid over the same threads_co x
     threads_x x threads_y grid as the output, innermost dimension fastest (coalesced over channels).
     Returns the innermost thread loop: what is computed there, one thread computes for one of its steps."""
     fused = dims[0]
@@ -59,9 +59,9 @@ def _vector_access(f: hl.Func, v: hl.Var, extent: int) -> hl.Func:
     unrolled, so that each piece is one .v4 load or store. Halide 21's PTX backend splits a wider dense
     vector into .v2 pieces or scalars, multiplying the load/store instructions that share the SM's
     one-a-clock LSU issue with four FMAs a clock (`tests/test_halide_limits.py`). The named schedules
-    of `schedules_gpu` keep plain vectors: at the JIT's default cap of 64 registers ptxas hoists the
-    wider loads and spills (248 bytes a thread for `unfused` at 32x112x112x32->64; 2.0x slower on the
-    H100, `results/README.md`), while the family's caps are searched."""
+    of `schedules_gpu` keep plain vectors: they run at the JIT's default cap of 64 registers, where
+    ptxas hoists the wider loads and spills (docs/evidence/kernels.md, "v4 pieces"), while the
+    family's caps are searched."""
     f.vectorize(v, min(PTX_VECTOR, extent))
     return f.unroll(v) if extent > PTX_VECTOR else f
 

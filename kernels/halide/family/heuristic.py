@@ -126,8 +126,8 @@ def _wide_heuristic(s: LayerShape, device: DeviceSpec) -> GpuParams:
     (4 output rows a thread) and the pointwise is a GEMM of register tiles: 4 output channels by a row
     of up to 8 pixels a thread (a divisor of the width where one of 4 or more exists), 16 channels a
     step, 128 registers; a warp of 32 threads over the channels, the block's rows a divisor of the
-    height, so no block recomputes its neighbour's pixels (`whole_blocks`). The tile the H100's
-    searches kept at 7² and 14² s2 (`tuning/README.md`)."""
+    height, so no block recomputes its neighbour's pixels (`whole_blocks`). It is the tile the searches
+    kept for the widest blocks (docs/evidence/kernels.md, "wide heuristic")."""
     lanes = min(4, s.co)
     widest = max(divisors(s.wo, tuple(range(1, 9))))
     tx = widest if widest >= 4 else min(7, s.wo)

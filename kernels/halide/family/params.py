@@ -31,7 +31,8 @@ MAX_REGISTERS = (64, 128, 255)  # HL_CUDA_JIT_MAX_REGISTERS; 64 is Halide's defa
 CPU_MAX_VECTORS = 4
 
 # Input channels a GPU reduction step unrolls (`k`). A longer step waits at its loop's back-edge as often
-# for more FMAs (`longer_steps`); 32 won on the H100's widest blocks (tuning/README.md).
+# for more FMAs (`longer_steps`), so steps up to 64 channels are searched (docs/evidence/kernels.md,
+# "reduction steps").
 GPU_STEPS = (1, 2, 4, 8, 16, 32, 64)
 
 GPU_DW_VEC = (1, 2, 4)  # dw_at=root: channels a thread of the depthwise kernel computes (one vector)

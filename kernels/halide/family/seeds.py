@@ -38,7 +38,9 @@ GPU_MODEL_SEEDS = 12  # register tiles from the traffic model that seed a search
 
 GPU_WARP_SEEDS = 6  # ... and warp-striped tiles (gemm=warp) besides
 
-L2_TO_L1_BANDWIDTH = 5  # how many times scarcer L2 bandwidth is than the L1 of all SMs (H100: ~30/5.5 TB/s)
+# How many times scarcer L2 bandwidth is than the L1 of all SMs together (docs/evidence/kernels.md,
+# "traffic").
+L2_TO_L1_BANDWIDTH = 5
 
 LSU_TO_L1 = 2  # Traffic.lsu binds at 0.25 load instructions a FMA, Traffic.l1 at about 0.5 bytes a lane-FMA
 
@@ -84,8 +86,8 @@ class Traffic:
     lane-FMA a block fetches (its weight panel and depthwise tile); `lsu`, the load instructions per
     FMA instruction of a thread (its weights and depthwise values in .v4 pieces). An SM moves 128 bytes
     of L1 and issues 128 lane-FMAs a clock, so above about 0.5 bytes the loads bind; L2 has about a fifth
-    of the L1 bandwidth of all SMs together (H100: about 5.5 against 30 TB/s); the LSU issues one warp
-    load a clock against four FMAs, so above 0.25 it binds. Used to rank register tiles for seeding,
+    of the L1 bandwidth of all SMs together (`L2_TO_L1_BANDWIDTH`); the LSU issues one warp load a clock
+    against four FMAs, so above 0.25 it binds. Used to rank register tiles for seeding,
     never reported as a measurement."""
 
     l1: float
@@ -236,10 +238,9 @@ def longer_steps(params: Params, shape: LayerShape, device: DeviceSpec) -> list[
 
 def other_caps(params: Params, shape: LayerShape, device: DeviceSpec) -> list[Params]:
     """`params` at each other valid register cap (`max_registers`), lowest first. A cap trades spills
-    for occupancy, and the search's one-step moves change it as rarely as any other parameter: the 112²
-    entry of `h100-2026-11-24v` spilled at its 64 registers (485,184 local-memory requests under Nsight,
-    `results/h100/nsight_112`) and its 128-register twin had never been screened. A search tries these
-    on its best schedule first."""
+    for occupancy, and the search's one-step moves change it as rarely as any other parameter, so a good
+    tile that spills at its cap may never meet its twin at a higher one (docs/evidence/kernels.md,
+    "register caps"). A search tries these on its best schedule first."""
     if not isinstance(params, GpuParams):
         return []
     out = []

@@ -35,8 +35,8 @@ GPU_MAX_THREADS = 1024  # threads per block
 GPU_REGISTERS_PER_BLOCK = 65536  # 32-bit registers of one SM, all a block may take (sm_50 .. sm_90)
 
 # Shared memory a block may use without an opt-in; Halide 21's CUDA runtime never opts in (it calls no
-# cuFuncSetAttribute), so no Halide kernel may use more, on any GPU (on the H100 a block of 49,156 bytes
-# fails to launch: tests/test_halide_limits.py).
+# cuFuncSetAttribute), so no Halide kernel may use more, on any GPU (tests/test_halide_limits.py shows a
+# block past it failing to launch; docs/evidence/kernels.md, "48 KiB").
 GPU_SHARED_BYTES = 48 * 1024
 
 GPU_MAX_ACCUMULATORS = 64  # fp32 accumulators a thread may keep in registers (128 with the whole file)
@@ -186,8 +186,8 @@ def _check_warp(p: GpuParams, s: LayerShape) -> str | None:
 
 def accumulator_cap(max_registers: int) -> int:
     """The fp32 accumulators a thread may keep: 64, or 128 when it may use the whole register file
-    (255). `ptxas -v` (sm_90) fits most 128-accumulator tiles of the MobileNet blocks without spilling;
-    a few spill some dozen bytes, and the measurement judges those."""
+    (255), where most 128-accumulator tiles fit without spilling and the measurement judges the few that
+    spill a little (docs/evidence/kernels.md, "accumulators")."""
     return 2 * GPU_MAX_ACCUMULATORS if max_registers >= 255 else GPU_MAX_ACCUMULATORS
 
 
@@ -203,9 +203,9 @@ def register_demand(p: GpuParams, s: LayerShape) -> int:
         # ptxas's choice, within the cap
         own = taps + KERNEL * KERNEL if p.dw_at == "cblock" else 0  # and, computing it, taps and weights
         return accumulators + p.tx * p.ty + p.lanes + own
-    # A thread's step is one unrolled body, whose loads ptxas streams into its FMAs: of a longer step it
-    # counts 32 channels (the 7² tile of 8 x 7 values, 32 channels a step, loads 480 values a step and
-    # won on the H100: tuning/runs/h100-2026-11-24t).
+    # A thread's step is one unrolled body, whose loads ptxas streams into its FMAs as they are used, not
+    # all at once: of a longer step it counts `STREAMED_STEP` channels, so long steps of large tiles stay
+    # in the space (docs/evidence/kernels.md, "reduction steps").
     steps = min(p.k, STREAMED_STEP)
     if p.dw_at in ("cblock", "inline"):
         return accumulators + steps * (p.lanes + taps)
