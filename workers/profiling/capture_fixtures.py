@@ -4,8 +4,8 @@
                                                                                   # Halide and torch
     python -m workers.profiling.capture_fixtures target CASE [launch options]    # the profiled process
 
-The cases are self-contained so fixtures can be re-captured whatever state the project's variants
-are in: a Halide CUDA pipeline of the layer with the project's Func names, scheduled fused (one
+The cases keep schedules of their own so fixtures can be re-captured whatever state the project's
+variants are in: the layer of `kernels.halide.algorithm` as a Halide CUDA pipeline, scheduled fused (one
 kernel) or unfused (depthwise and output: two kernels a run), and cuDNN through PyTorch (depthwise
 conv2d with groups=C in channels-last, then the 1x1 conv with bias, then ReLU; strict fp32).
 Each case is checked against the float64 reference before it is profiled. `capture` also profiles
@@ -38,37 +38,23 @@ MODULE = "workers.profiling.capture_fixtures"
 
 
 class HalideLayer:
-    """The layer as a Halide CUDA pipeline (Built protocol), buffers resident on the device."""
+    """The layer of `kernels.halide.algorithm` as a Halide CUDA pipeline (Built protocol), with a fixed
+    schedule of its own, fused (one kernel) or unfused (depthwise and output: two), so the fixtures do
+    not move when the project's schedules do; buffers resident on the device."""
 
     def __init__(self, shape: LayerShape, fused: bool) -> None:
         import halide as hl
+
+        from kernels.halide import algorithm
 
         self.hl, self.shape = hl, shape
         self.target = hl.get_host_target().with_feature(hl.TargetFeature.CUDA)
         self.target = self.target.with_feature(hl.TargetFeature.CUDACapability86)
         self.kernel_filter = HALIDE_FILTER
         self.artifacts: dict[str, str] = {}
-        f32 = hl.Float(32)
-        inp = hl.ImageParam(f32, 4, "input")  # (c, x, y, n)
-        dwf = hl.ImageParam(f32, 3, "depthwise_filter")  # (c, kx, ky)
-        pwf = hl.ImageParam(f32, 2, "pointwise_filter")  # (co, c)
-        bias = hl.ImageParam(f32, 1, "bias")
-        c, x, y, n = hl.Var("c"), hl.Var("x"), hl.Var("y"), hl.Var("n")
-        s = shape.stride
-
-        def tap(kx: int, ky: int) -> Any:
-            ix, iy = x * s + kx - shape.pad_left, y * s + ky - shape.pad_top
-            inside = (ix >= 0) & (ix < shape.w) & (iy >= 0) & (iy < shape.h)
-            value = inp[c, hl.clamp(ix, 0, shape.w - 1), hl.clamp(iy, 0, shape.h - 1), n]
-            return dwf[c, kx, ky] * hl.select(inside, value, hl.f32(0.0))
-
-        depthwise, pointwise, output = hl.Func("depthwise"), hl.Func("pointwise"), hl.Func("output")
-        taps = [tap(kx, ky) for ky in range(KERNEL) for kx in range(KERNEL)]
-        depthwise[c, x, y, n] = sum(taps[1:], taps[0])
-        rc = hl.RDom([hl.Range(0, shape.c)], "rc")
-        pointwise[c, x, y, n] = bias[c]
-        pointwise[c, x, y, n] += pwf[c, rc.x] * depthwise[rc.x, x, y, n]
-        output[c, x, y, n] = hl.max(pointwise[c, x, y, n], hl.f32(0.0))
+        L = algorithm.define(shape)
+        c, x, y, n = L.c, L.x, L.y, L.n
+        depthwise, pointwise, output = L.depthwise, L.pointwise, L.output
 
         guard = hl.TailStrategy.GuardWithIf
         co, ci, xo, xi, yn = hl.Var("co"), hl.Var("ci"), hl.Var("xo"), hl.Var("xi"), hl.Var("yn")
@@ -85,8 +71,8 @@ class HalideLayer:
             depthwise.reorder(dci, dxi, dco, dxo, y, n).fuse(y, n, dyn).gpu_blocks(dco, dxo, dyn)
             depthwise.gpu_threads(dci, dxi)
 
-        self.pipeline = hl.Pipeline(output)
-        self.arguments = [hl.Argument(p) for p in (inp, dwf, pwf, bias)]
+        self.pipeline = L.pipeline()
+        self.arguments = L.arguments
         t0 = time.perf_counter()
         self.fn = self.pipeline.compile_to_callable(self.arguments, self.target)
         self.compile_s = time.perf_counter() - t0
