@@ -15,6 +15,8 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kernels.device import DeviceSpec  # noqa: E402 (after the path set-up above)
+from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error  # noqa: E402
+from kernels.registry import Built  # noqa: E402
 
 # The H100 the offline GPU tests build and lower for (no GPU needed: PTX and schedules only).
 H100 = DeviceSpec("h100", "cuda", "NVIDIA H100", 60000.0, 3350.0, sm_count=132, cuda_capability=90)
@@ -31,3 +33,14 @@ def has_cuda() -> bool:
 
 
 requires_gpu = pytest.mark.skipif(not has_cuda(), reason="no CUDA GPU on this machine")
+
+
+def reference_error(built: Built, shape: LayerShape, seed: int = 1) -> float:
+    """Place fresh inputs, poison the output, run once, fetch: the relative L2 error of `built` against
+    the float64 reference (a wrong or unwritten element shows as a large error or NaN)."""
+    inputs = make_inputs(shape, seed)
+    placed = built.place(inputs)
+    built.poison(placed)
+    built.run(placed)
+    built.sync()
+    return relative_l2_error(built.fetch(placed), reference(shape, inputs))
