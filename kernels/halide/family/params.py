@@ -14,31 +14,20 @@ from kernels.device import DeviceSpec
 from kernels.halide.tiling import GpuTile
 
 CPU_DW_AT = ("root", "tile", "cblock", "inline")
-
 GPU_DW_AT = ("root", "block", "cblock", "inline")
-
 # where the depthwise is a stage of its own (its own kernel, or the block's shared tile): it can be tiled
 GPU_DW_STAGED = ("root", "block")
-
 GPU_WEIGHTS = ("global", "shared")  # pointwise weights: through the caches, or a panel in shared memory
-
 GPU_GEMM = ("thread", "warp")  # the pointwise's register tile: a thread's own, or striped over a warp's lanes
-
 WARP = 32  # lanes of a warp: the output channels a `warp` tile lays over them, the channels of its chunk
-
 MAX_REGISTERS = (64, 128, 255)  # HL_CUDA_JIT_MAX_REGISTERS; 64 is Halide's default
-
 CPU_MAX_VECTORS = 4
-
 # Input channels a GPU reduction step unrolls (`k`). A longer step waits at its loop's back-edge as often
 # for more FMAs (`longer_steps`), so steps up to 64 channels are searched (docs/evidence/kernels.md,
 # "reduction steps").
 GPU_STEPS = (1, 2, 4, 8, 16, 32, 64)
-
 GPU_DW_VEC = (1, 2, 4)  # dw_at=root: channels a thread of the depthwise kernel computes (one vector)
-
 GPU_DW_ROWS = (1, 2, 4)  # dw_at=root: output rows a thread of the depthwise kernel computes (unrolled)
-
 LATER_DEFAULTS = {"gemm": "thread", "dw_vec": 1, "dw_rows": 1}  # GPU parameters added after the first runs
 
 

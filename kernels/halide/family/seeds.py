@@ -35,13 +35,10 @@ from kernels.halide.tiling import (
 from kernels.layer import LayerShape
 
 GPU_MODEL_SEEDS = 12  # register tiles from the traffic model that seed a search
-
 GPU_WARP_SEEDS = 6  # ... and warp-striped tiles (gemm=warp) besides
-
 # How many times scarcer L2 bandwidth is than the L1 of all SMs together (docs/evidence/kernels.md,
 # "traffic").
 L2_TO_L1_BANDWIDTH = 5
-
 LSU_TO_L1 = 2  # Traffic.lsu binds at 0.25 load instructions a FMA, Traffic.l1 at about 0.5 bytes a lane-FMA
 
 

@@ -31,20 +31,17 @@ from kernels.halide.tiling import channel_block, cpu_accumulators
 from kernels.layer import KERNEL, LayerShape
 
 GPU_MAX_THREADS = 1024  # threads per block
-
 GPU_REGISTERS_PER_BLOCK = 65536  # 32-bit registers of one SM, all a block may take (sm_50 .. sm_90)
-
 # Shared memory a block may use without an opt-in; Halide 21's CUDA runtime never opts in (it calls no
 # cuFuncSetAttribute), so no Halide kernel may use more, on any GPU (tests/test_halide_limits.py shows a
 # block past it failing to launch; docs/evidence/kernels.md, "48 KiB").
 GPU_SHARED_BYTES = 48 * 1024
-
 GPU_MAX_ACCUMULATORS = 64  # fp32 accumulators a thread may keep in registers (128 with the whole file)
-
 STREAMED_STEP = 32  # of a longer step, `register_demand` counts this many channels' values live
 
 
 def pow2_upto(limit: int, start: int = 1) -> tuple[int, ...]:
+    """The powers of two from `start` up to `limit`."""
     values, v = [], start
     while v <= limit:
         values.append(v)
@@ -53,6 +50,7 @@ def pow2_upto(limit: int, start: int = 1) -> tuple[int, ...]:
 
 
 def divisors(c: int, candidates: tuple[int, ...]) -> tuple[int, ...]:
+    """The `candidates` that divide `c` (and so never read past its last channel)."""
     return tuple(d for d in candidates if d <= c and c % d == 0)
 
 
