@@ -4,10 +4,11 @@
                                                                                   # Halide and torch
     python -m workers.profiling.capture_fixtures target CASE [launch options]    # the profiled process
 
-The cases keep schedules of their own so fixtures can be re-captured whatever state the project's
-variants are in: the layer of `kernels.halide.algorithm` as a Halide CUDA pipeline, scheduled fused (one
-kernel) or unfused (depthwise and output: two kernels a run), and cuDNN through PyTorch (depthwise
-conv2d with groups=C in channels-last, then the 1x1 conv with bias, then ReLU; strict fp32).
+The cases: the layer of `kernels.halide.algorithm` as a Halide CUDA pipeline with a fixed schedule of
+the capture's own (so fixtures can be re-captured whatever the project's schedules have become), fused
+(one kernel) or unfused (depthwise and output: two kernels a run), and cuDNN through PyTorch as the
+`cudnn_cl` variant runs it (`kernels.torch_layer`: depthwise conv2d with groups=C in channels-last, then
+the 1x1 conv with bias, then ReLU; strict fp32), without cuDNN's benchmark search.
 Each case is checked against the float64 reference before it is profiled. `capture` also profiles
 the unfused case with warm-ups skipped by count and by tail, to check all three skip modes agree,
 and tries Nsight Systems. OUT_DIR/summary.json says what happened.
@@ -25,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from kernels.layer import KERNEL, LayerInputs, LayerShape, make_inputs, reference, relative_l2_error
+from kernels import cudnn_variants
+from kernels.layer import LayerInputs, LayerShape, make_inputs, reference, relative_l2_error
 from workers.profiling import ncu, parse, procs
 from workers.profiling.runner import profile_target
 from workers.profiling.settings import ProfileSettings
@@ -107,68 +109,14 @@ class HalideLayer:
         return np.asarray(placed["out"]).copy()  # Halide (co, x, y, n) reads as NumPy (n, y, x, co)
 
 
-class TorchCudnn:
-    """cuDNN through PyTorch (Built protocol): channels-last depthwise, 1x1 conv with bias, ReLU; fp32."""
-
-    kernel_filter = None  # every kernel of the run is the variant's
-
-    def __init__(self, shape: LayerShape) -> None:
-        import torch
-
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-        self.torch, self.shape = torch, shape
-        self.target = f"torch-{torch.__version__}-cudnn-{torch.backends.cudnn.version()}"
-        self.compile_s = 0.0
-        self.artifacts: dict[str, str] = {}
-
-    def place(self, inputs: LayerInputs) -> dict[str, Any]:
-        torch, s = self.torch, self.shape
-        cl = torch.channels_last
-        x = torch.from_numpy(inputs.x).cuda().permute(0, 3, 1, 2)  # NCHW view, channels-last strides
-        dw = (
-            torch.from_numpy(inputs.dw.transpose(2, 0, 1).copy())[:, None].cuda().contiguous(memory_format=cl)
-        )
-        pw = torch.from_numpy(inputs.pw.T.copy())[:, :, None, None].cuda().contiguous(memory_format=cl)
-        total_h = max((s.ho - 1) * s.stride + KERNEL - s.h, 0)
-        total_w = max((s.wo - 1) * s.stride + KERNEL - s.w, 0)
-        pads = (s.pad_left, total_w - s.pad_left, s.pad_top, total_h - s.pad_top)
-        return {
-            "x": x,
-            "dw": dw,
-            "pw": pw,
-            "bias": torch.from_numpy(inputs.bias).cuda(),
-            "pads": pads,
-            "out": None,
-        }
-
-    def poison(self, placed: dict[str, Any]) -> None:
-        placed["out"] = None
-
-    def run(self, placed: dict[str, Any]) -> None:
-        F, s = self.torch.nn.functional, self.shape
-        left, right, top, bottom = placed["pads"]
-        if left == right and top == bottom:
-            y = F.conv2d(placed["x"], placed["dw"], None, s.stride, (top, left), 1, s.c)
-        else:
-            y = F.conv2d(F.pad(placed["x"], placed["pads"]), placed["dw"], None, s.stride, 0, 1, s.c)
-        placed["out"] = F.relu(F.conv2d(y, placed["pw"], placed["bias"]), inplace=True)
-
-    def sync(self) -> None:
-        self.torch.cuda.synchronize()
-
-    def fetch(self, placed: dict[str, Any]) -> np.ndarray:
-        return placed["out"].permute(0, 2, 3, 1).cpu().numpy()
-
-
 def build_case(case: str) -> tuple[Any, str]:
     """The Built object and framework of a capture case."""
     if case == "halide_fused":
         return HalideLayer(SHAPE, fused=True), "halide"
     if case == "halide_unfused":
         return HalideLayer(SHAPE, fused=False), "halide"
-    if case == "cudnn":
-        return TorchCudnn(SHAPE), "cudnn"
+    if case == "cudnn":  # the registered cudnn_cl variant (strict fp32), cuDNN's default algorithm choice
+        return cudnn_variants.build(cudnn_variants.CudnnSpec("cl"), SHAPE, "cuda", benchmark=False), "cudnn"
     raise ValueError(f"unknown capture case {case!r}; valid cases: {', '.join(CASES)}")
 
 
