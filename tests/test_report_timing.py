@@ -253,6 +253,9 @@ def test_too_few_pairs_do_not_meet_the_goal_and_no_path_tag_means_no_section(lab
     inp = Inputs(ds, "test", [], [], [], {}, paths=conditions.path_pairs(ds.all_rows))
     text = paths_section(inp)
     assert "10 pair(s)" in text and "-> not met (10 of the 40 Halide and cuDNN pairs it needs)." in text
+    apart = dataset_from_rows("apart", rows_from_records([*lab.ray[:10], *lab.cli[10:20]]))
+    text = paths_section(Inputs(apart, "t", [], [], [], {}, paths=conditions.path_pairs(apart.all_rows)))
+    assert "Missing: 10 record(s) came through Ray and 10 through the worker CLI, but no measurement" in text
     # records of one path only, or without the tag (older records): no section at all
     for records in (lab.ray, lab.base):
         assert (

@@ -116,7 +116,8 @@ def paths_section(inp: Inputs) -> str:
     if not inp.paths:
         lines.append(
             f"Missing: {counts[ray]} record(s) came through Ray and {counts[cli]} through the worker CLI, "
-            "but no measurement has an ok record through both."
+            "but no measurement has an ok record through both (a job key holds the code and library "
+            "versions the job was planned with: jobs planned at two commits are two measurements)."
         )
         return "\n\n".join(lines)
     table = [
