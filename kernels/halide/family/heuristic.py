@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kernels.device import DeviceSpec
+from kernels.halide.family.limits import SmLimits, occupancy
 from kernels.halide.family.params import (
     CPU_MAX_VECTORS,
     GPU_DW_ROWS,
@@ -22,7 +23,15 @@ from kernels.halide.family.params import (
     ParamsError,
     params_class,
 )
-from kernels.halide.family.space import GPU_REGISTERS_PER_BLOCK, canonical, check, divisors, space
+from kernels.halide.family.space import (
+    GPU_REGISTERS_PER_BLOCK,
+    canonical,
+    check,
+    device_limits,
+    divisors,
+    shared_bytes,
+    space,
+)
 from kernels.halide.targets import host_threads, host_vector
 from kernels.halide.tiling import channel_block, cpu_accumulators, micro_tile, plan_blocks
 from kernels.layer import LayerShape
@@ -90,21 +99,30 @@ def heuristic(shape: LayerShape, device: DeviceSpec) -> Params:
             dw_unroll=2,
         )
         return canonical(fit_cpu(p, s), s)
-    if s.c >= WIDE_CHANNELS:
-        return _wide_heuristic(s, device)
-    # A block covers up to 128 output channels, 4 a thread (one float4), so that the depthwise of its
-    # pixels is computed once for all of them; 2 x 2 pixels a thread and 4 channels a reduction step
-    # stay within 128 registers without spilling (ptxas, sm_90); 128-256 threads a block; the block's
-    # depthwise tile of every channel in at most 32 KiB of shared memory, else per channel block.
-    lanes = min(4, s.co)
+    lim = device_limits(device)
+    p = _wide_heuristic(s, device) if s.c >= WIDE_CHANNELS else _narrow_heuristic(s, lim)
+    p = _fill_device(p, s, device)
+    p = dataclasses.replace(p, max_registers=_register_cap(p, s, lim))
+    return canonical(fit(p, s, device), s)
+
+
+def _narrow_heuristic(s: LayerShape, lim: SmLimits) -> GpuParams:
+    """The heuristic below `WIDE_CHANNELS`: a block covers up to 128 output channels, 4 a thread (one
+    float4), so that the depthwise of its pixels is computed once for all of them; 2 x 2 pixels a thread
+    and 4 channels a reduction step stay within 128 registers without spilling (ptxas, sm_90); 128-256
+    threads a block; the block's depthwise tile of every channel in shared memory when it fits the
+    budget (`_shared_budget`: 32 KiB, less where the SM holds too little for two blocks' worth of half
+    its threads), else per channel block inside the reduction (cblock)."""
+    lanes = max(v for v in (1, 2, 4) if v <= s.co)  # a vector of 1, 2 or 4 channels (`space`)
     threads_co = max(1, min(32, s.co // lanes))
     tx, ty = min(2, s.wo), min(2, s.ho)
-    pixels = max(1, (32 * 1024) // (4 * s.c))  # block pixels whose depthwise fits in 32 KiB
+    budget = _shared_budget(lim, 256)
+    pixels = max(1, budget // (4 * s.c))  # block pixels whose depthwise fits the budget
     want = min(max(1, 256 // threads_co), max(1, pixels // (tx * ty)))  # pixel threads a block
     threads_x = max(1, min(16, s.wo // tx, 2 ** (int(math.log2(want)) // 2)))  # square-ish pixel tiles
     threads_y = max(1, min(16, s.ho // ty, want // threads_x))
-    fits = tx * ty * threads_x * threads_y >= 4 and 4 * s.c * tx * ty * threads_x * threads_y <= 32 * 1024
-    p = GpuParams(
+    fits = tx * ty * threads_x * threads_y >= 4 and 4 * s.c * tx * ty * threads_x * threads_y <= budget
+    return GpuParams(
         dw_at="block" if fits else "cblock",
         lanes=lanes,
         tx=tx,
@@ -117,7 +135,70 @@ def heuristic(shape: LayerShape, device: DeviceSpec) -> Params:
         stage_input=False,
         max_registers=128,
     )
-    return canonical(fit(p, s, device), s)
+
+
+def _shared_budget(lim: SmLimits, threads: int) -> int:
+    """Shared memory a block of `threads` threads may give its depthwise tile: 32 KiB, or less where the
+    SM's shared memory would not hold the blocks that fill half its threads (`limits`)."""
+    blocks = max(1, math.ceil(lim.threads_per_sm / 2 / threads))
+    return min(32 * 1024, lim.shared_per_sm // blocks - lim.reserved_shared)
+
+
+MIN_OCCUPANCY = 0.125  # of an SM's warps that a GPU heuristic's register cap leaves resident at least
+# The parallelism `_fill_device` asks of a grid: this many threads an SM (four warps: one a scheduler).
+FILL_THREADS_PER_SM = 128
+
+
+def _fill_device(p: GpuParams, s: LayerShape, device: DeviceSpec) -> GpuParams:
+    """`p` with smaller register tiles, then smaller blocks, until the grid has `FILL_THREADS_PER_SM`
+    threads for every SM and a block for every SM, where the output allows it: a small layer (a few
+    thousand outputs) otherwise runs on a handful of SMs, each thread reducing a large tile alone (the
+    old heuristic was 2.5-3x slower than the official app's schedule of one to four outputs a thread on
+    such shapes on the H200, issue 24)."""
+    sms = max(1, device.sm_count)
+    r = dataclasses.replace
+
+    def blocks(q: GpuParams) -> int:
+        t = q.tile
+        return math.ceil(s.co / t.block_co) * math.ceil(s.wo / t.block_x) * math.ceil(s.ho / t.block_y) * s.n
+
+    for _ in range(32):
+        if blocks(p) * p.tile.threads >= FILL_THREADS_PER_SM * sms:
+            break
+        if p.ty > 1 and p.ty >= p.tx:
+            p = r(p, ty=p.ty // 2)
+        elif p.tx > 1:
+            p = r(p, tx=p.tx // 2)
+        elif p.lanes > 1:
+            p = r(p, lanes=p.lanes // 2, threads_co=min(32, p.threads_co * 2, max(1, s.co // (p.lanes // 2))))
+        else:
+            break
+    for _ in range(32):
+        if blocks(p) >= sms or p.tile.threads <= 32:
+            break
+        if p.threads_y > 1:
+            p = r(p, threads_y=p.threads_y // 2)
+        elif p.threads_x > 1:
+            p = r(p, threads_x=p.threads_x // 2)
+        elif p.threads_co > 1:
+            p = r(p, threads_co=p.threads_co // 2)
+        else:
+            break
+    return p
+
+
+def _register_cap(p: GpuParams, s: LayerShape, lim: SmLimits) -> int:
+    """The register cap (`MAX_REGISTERS`) for `p` on an SM of `lim`: its own where blocks at that cap
+    still fill `MIN_OCCUPANCY` of the SM's warps, else the highest cap that does; 64 (Halide's default)
+    when none does. The searches' best wide tiles run at 7 warps an SM of 64 (sm_90) with 128 registers
+    or more (docs/evidence/kernels.md, "wide heuristic"): a register tile's own accumulators hide the
+    FMA latency that more warps would otherwise."""
+    threads = p.tile.threads
+    smem = shared_bytes(p, s)
+    for cap in sorted((m for m in MAX_REGISTERS if m <= p.max_registers), reverse=True):
+        if occupancy(threads, cap, smem, lim).fraction >= MIN_OCCUPANCY:
+            return cap
+    return MAX_REGISTERS[0]
 
 
 def _wide_heuristic(s: LayerShape, device: DeviceSpec) -> GpuParams:
@@ -128,7 +209,7 @@ def _wide_heuristic(s: LayerShape, device: DeviceSpec) -> GpuParams:
     step, 128 registers; a warp of 32 threads over the channels, the block's rows a divisor of the
     height, so no block recomputes its neighbour's pixels (`whole_blocks`). It is the tile the searches
     kept for the widest blocks (docs/evidence/kernels.md, "wide heuristic")."""
-    lanes = min(4, s.co)
+    lanes = max(v for v in (1, 2, 4) if v <= s.co)
     widest = max(divisors(s.wo, tuple(range(1, 9))))
     tx = widest if widest >= 4 else min(7, s.wo)
     threads_co = max(1, min(WARP, s.co // lanes))
@@ -218,7 +299,11 @@ def fit(params: Params, shape: LayerShape, device: DeviceSpec) -> Params:
         if reason is None:
             return q
         q = _repair(q, s, device, reason)
-    return canonical(heuristic_fallback(s, device), s)
+    fallback = canonical(heuristic_fallback(s, device), s)
+    reason = check(fallback, s, device)
+    if reason:  # never: the fallback is valid by construction (tests/test_heuristic_fit.py checks a grid)
+        raise ParamsError(f"no valid GPU schedule found for {s.label}: {reason}")
+    return fallback
 
 
 def _repair(q: GpuParams, s: LayerShape, device: DeviceSpec, reason: str) -> GpuParams:
@@ -279,10 +364,13 @@ def _repair(q: GpuParams, s: LayerShape, device: DeviceSpec, reason: str) -> Gpu
 
 
 def heuristic_fallback(s: LayerShape, device: DeviceSpec) -> GpuParams:
-    """The smallest sensible GPU schedule: always valid (a warp or fewer threads, no shared memory)."""
-    lanes = 4 if s.co >= 4 else 1
-    tco = max(1, min(8, s.co // lanes))
-    txx = max(1, min(4, s.wo))
-    tyy = max(1, min(32 // (tco * txx) or 1, s.ho))
+    """The smallest sensible GPU schedule, valid on every shape and capability (`check`): one output a
+    thread, the depthwise computed by each thread inside its reduction (no shared memory), a reduction
+    step that divides c, 64 registers; the block a warp of threads over the output channels, then the
+    pixels, or the whole output where it has fewer than 32 elements a batch image."""
     k = max(divisors(s.c, (1, 2, 4)))
-    return GpuParams("cblock", lanes, 1, 1, tco, txx, tyy, k, "global", False, 64)
+    tco = min(32, s.co)
+    need = math.ceil(32 / tco)  # pixel threads that fill a warp with the channel threads
+    txx = max(1, min(16, s.wo, need))
+    tyy = max(1, min(16, s.ho, math.ceil(need / txx)))
+    return GpuParams("cblock", 1, 1, 1, tco, txx, tyy, k, "global", False, 64)

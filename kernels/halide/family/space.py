@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 from kernels.device import DeviceSpec
+from kernels.halide.family.limits import THREADS_PER_BLOCK, SmLimits, occupancy, sm_limits
 from kernels.halide.family.params import (
     CPU_DW_AT,
     CPU_MAX_VECTORS,
@@ -30,8 +31,11 @@ from kernels.halide.targets import host_vector
 from kernels.halide.tiling import channel_block, cpu_accumulators
 from kernels.layer import KERNEL, LayerShape
 
-GPU_MAX_THREADS = 1024  # threads per block
-GPU_REGISTERS_PER_BLOCK = 65536  # 32-bit registers of one SM, all a block may take (sm_50 .. sm_90)
+GPU_MAX_THREADS = THREADS_PER_BLOCK  # threads per block, on every capability (`limits`)
+GPU_REGISTERS_PER_BLOCK = 65536  # 32-bit registers a block may take (sm_30 .. sm_90: `limits.SM_LIMITS`)
+# A GPU whose capability the catalog does not give is held to Turing's SM (7.5), the smallest of the
+# capabilities the catalog's GPUs have (1024 threads and 64 KiB of shared memory an SM).
+UNKNOWN_CAPABILITY = 75
 # Shared memory a block may use without an opt-in; Halide 21's CUDA runtime never opts in (it calls no
 # cuFuncSetAttribute), so no Halide kernel may use more, on any GPU (tests/test_halide_limits.py shows a
 # block past it failing to launch; docs/evidence/kernels.md, "48 KiB").
@@ -140,12 +144,17 @@ def check(params: Params, shape: LayerShape, device: DeviceSpec) -> str | None:
             f"block tile {t.block_co}x{t.block_x}x{t.block_y} (co x px x py) exceeds the output "
             f"{s.co}x{s.wo}x{s.ho}"
         )
-    if t.threads > GPU_MAX_THREADS:
-        return f"{t.threads} threads per block exceed {GPU_MAX_THREADS}"
+    lim = device_limits(device)
+    most = min(GPU_MAX_THREADS, lim.threads_per_sm)
+    if t.threads > most:
+        return f"{t.threads} threads per block exceed {most} (sm_{lim.cc})"
     if t.threads < min(32, _max_threads(s)):
         return f"{t.threads} threads per block: fewer than a warp"
-    if t.threads * p.max_registers > GPU_REGISTERS_PER_BLOCK:
-        return f"{t.threads} threads x {p.max_registers} registers exceed {GPU_REGISTERS_PER_BLOCK} per block"
+    if t.threads * p.max_registers > lim.registers_per_block:
+        return (
+            f"{t.threads} threads x {p.max_registers} registers exceed {lim.registers_per_block} per block "
+            f"(sm_{lim.cc})"
+        )
     if p.lanes * p.tx * p.ty > accumulator_cap(p.max_registers):
         return (
             f"lanes x tx x ty = {p.lanes * p.tx * p.ty} accumulators exceed "
@@ -161,7 +170,15 @@ def check(params: Params, shape: LayerShape, device: DeviceSpec) -> str | None:
     smem = shared_bytes(p, s)
     if smem > GPU_SHARED_BYTES:
         return f"{smem} bytes of shared memory per block exceed {GPU_SHARED_BYTES}"
+    if occupancy(t.threads, p.max_registers, smem, lim).blocks < 1:
+        return f"{t.threads} threads and {smem} bytes of shared memory: no block fits an SM (sm_{lim.cc})"
     return None
+
+
+def device_limits(device: DeviceSpec) -> SmLimits:
+    """The SM limits of `device`'s compute capability (`limits.SM_LIMITS`); Turing's where the catalog
+    gives none (`UNKNOWN_CAPABILITY`)."""
+    return sm_limits(device.cuda_capability or UNKNOWN_CAPABILITY)
 
 
 def _check_warp(p: GpuParams, s: LayerShape) -> str | None:
