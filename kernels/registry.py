@@ -74,6 +74,33 @@ class Built(Protocol):
         ...
 
 
+class Alternatives(Protocol):
+    """What a Built may carry as `built.alternatives`: the other candidates of a variant that chose one of
+    several schedules (`halide_tuned`). The variant never verifies or times them itself; the job layer
+    (`workers.job`, `workers.select`), which owns both, uses this to fall back or to choose:
+
+    - `next_candidate(reason)`: the next candidate's Built after this one failed to verify or to run
+      (`reason`: why, for the record), or None when none is left;
+    - `trials` > 0: before verifying anything, build (`build_trial(i)`, raising when it does not build),
+      verify and time (quick timing, within `budget_s` seconds) the first `trials` candidates, `note(i,
+      outcome, reason, time_ms)` each, then `adopt(job facts)`: the fastest one's Built (None when none
+      verified and no other candidate builds).
+
+    A Built may also carry `build_tags` (mapping): tags for the record, such as the database entries a
+    lookup skipped."""
+
+    trials: int
+    budget_s: float
+
+    def next_candidate(self, reason: str) -> Built | None: ...
+
+    def build_trial(self, index: int) -> Built: ...
+
+    def note(self, index: int, outcome: str, reason: str = "", time_ms: float | None = None) -> None: ...
+
+    def adopt(self, job: Mapping[str, Any]) -> Built | None: ...
+
+
 BuildFn = Callable[[LayerShape, DeviceSpec, Mapping[str, Any]], Built]
 CheckFn = Callable[[LayerShape, DeviceSpec], "str | None"]
 

@@ -97,6 +97,18 @@ class DispatchConf:
 
 
 @dataclass
+class TunedConf:
+    """What the variant `halide_tuned` does where the tuning database has no entry for a shape and device
+    (`kernels.halide.candidates`); passed to its jobs as options, so it is part of their key."""
+
+    on_miss: str = "quick"  # heuristic | rank | quick
+    quick_budget_s: float | None = (
+        None  # seconds a quick search may take a shape; null = 30 on a GPU, 60 on a CPU
+    )
+    quick_trials: int | None = None  # candidates a quick search times at most; null = 12
+
+
+@dataclass
 class Config:
     """The whole configuration of one invocation of `python -m orchestrator`."""
 
@@ -109,6 +121,7 @@ class Config:
     tolerance_tf32: float = 1e-3
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    tuned: TunedConf = field(default_factory=TunedConf)
     retries: int = 1
     rerun: bool = False  # true: run jobs whose key is already recorded (in MLflow or the journal) again
     stand_in: str | None = None  # cpu: a GPU model's jobs run CPU kernels on a node declaring that model
@@ -133,6 +146,7 @@ SCHEMAS: dict[str, type] = {
     "tracking": TrackingConf,
     "cluster": ClusterConf,
     "dispatch": DispatchConf,
+    "tuned": TunedConf,
     "shape_catalog": ShapeConf,
     "device_catalog": DeviceConf,
 }

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from kernels import registry
 from kernels.device import KINDS, DeviceSpec
+from kernels.halide.candidates import ON_MISS
 from kernels.layer import STRIDES, LayerShape, ShapeError
 from orchestrator.config import (
     AUTO_DEVICES,
@@ -166,7 +167,7 @@ def check_keys(cfg: DictConfig) -> None:
     unknown = [k for k in cfg if k not in known and k != "hydra"]
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r}; valid keys of the config: {', '.join(known)}")
-    for group in ("timing", "tracking", "cluster", "dispatch"):
+    for group in ("timing", "tracking", "cluster", "dispatch", "tuned"):
         _typed(cfg[group], SCHEMAS[group], group)
     profile_settings(cfg)
 
@@ -202,6 +203,13 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"retries must be >= 0, got {cfg.retries}")
     if cfg.stand_in is not None and cfg.stand_in not in STAND_INS:
         raise ConfigError(f"stand_in must be null or one of {', '.join(STAND_INS)}, got {cfg.stand_in!r}")
+    tuned = cfg.tuned
+    if tuned.on_miss not in ON_MISS:
+        raise ConfigError(f"tuned.on_miss must be one of {', '.join(ON_MISS)}, got {tuned.on_miss!r}")
+    if tuned.quick_budget_s is not None and not tuned.quick_budget_s > 0:
+        raise ConfigError(f"tuned.quick_budget_s must be > 0 or null, got {tuned.quick_budget_s}")
+    if tuned.quick_trials is not None and tuned.quick_trials < 1:
+        raise ConfigError(f"tuned.quick_trials must be >= 1 or null, got {tuned.quick_trials}")
     t = cfg.timing
     if t.warmup < 0 or t.min_repeats < 1 or t.max_repeats < t.min_repeats or t.input_sets < 1:
         raise ConfigError(
@@ -246,8 +254,13 @@ def make_plan(cfg: DictConfig, devices: Sequence[str] | None = None) -> list[Job
     pinned = versions()
     stand_in = cfg.stand_in
 
-    def device_options(device: DeviceSpec) -> dict[str, Any]:
-        return {**options, "stand_in": stand_in} if stand_in and device.is_gpu else dict(options)
+    tuned = {k: v for k, v in OmegaConf.to_container(cfg.tuned, resolve=True).items() if v is not None}
+
+    def device_options(device: DeviceSpec, variant: str) -> dict[str, Any]:
+        out = {**options, "stand_in": stand_in} if stand_in and device.is_gpu else dict(options)
+        if "tuned" in registry.get(variant).tags:  # halide_tuned: what it does on a miss is in its key
+            out.update(tuned)
+        return out
 
     return [
         Job(
@@ -258,7 +271,7 @@ def make_plan(cfg: DictConfig, devices: Sequence[str] | None = None) -> list[Job
             timing=timing,
             tolerance=_tolerance(cfg, variant),
             seed=int(cfg.seed),
-            options=device_options(device),
+            options=device_options(device, variant),
             versions=dict(pinned),
         )
         for device in devices

@@ -32,11 +32,15 @@ def test_tuned_serves_the_db_entry_else_the_heuristic(tmp_path: Path) -> None:
     params = family.fit(family.CpuParams(dw_at="cblock", vectors=1, tx=2, ty=2, kc=8), shape, CPU)
     assert tuned.store(db, tuned.entry_key(shape, CPU), {"params": family.as_dict(params), "time_ms": 1.0})
     assert not tuned.store(db, tuned.entry_key(shape, CPU), {"params": {}, "time_ms": 2.0})  # slower: kept
-    options = {"tuning_db": str(db), "jit": True}
+    options = {"tuning_db": str(db), "jit": True, "on_miss": "heuristic"}
 
     built = registry.get("halide_tuned").build(shape, CPU, options)
     info = json.loads(built.artifacts["build.json"])
-    assert built.build_params == {"schedule_source": "db"}  # a param of the record: db or heuristic
+    key = tuned.entry_key(shape, CPU)
+    # params of the record: where the schedule came from, which candidate ran, how many were tried
+    assert built.build_params == {
+        "schedule_source": "db", "candidate": f"db:{key}", "candidates_tried": "1", "schedule": "family"
+    }  # fmt: skip
     assert info["source"] == "db" and json.loads(built.artifacts["tuned.json"])["params"] == family.as_dict(
         params
     )
@@ -45,7 +49,8 @@ def test_tuned_serves_the_db_entry_else_the_heuristic(tmp_path: Path) -> None:
     fallback = registry.get("halide_tuned").build(other, CPU, options)
     info = json.loads(fallback.artifacts["build.json"])
     assert info["source"] == "heuristic" and "no entry" in info["reason"]
-    assert fallback.build_params == {"schedule_source": "heuristic"}
+    assert fallback.build_params["schedule_source"] == "heuristic"
+    assert fallback.build_params["candidate"] == "heuristic"
     assert json.loads(fallback.artifacts["tuned.json"])["params"] == family.as_dict(
         family.heuristic(other, CPU)
     )

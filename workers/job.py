@@ -26,7 +26,7 @@ import numpy as np
 from kernels import registry
 from kernels.device import DeviceSpec
 from kernels.layer import make_inputs, reference, relative_l2_error
-from workers import harness, hostinfo, metrics
+from workers import harness, hostinfo, metrics, select
 from workers.schema import Job, Record
 from workers.table import cell
 
@@ -157,26 +157,50 @@ def _execute(job: Job, record: Record) -> Record:
         record.metrics["build_s"] = time.perf_counter() - t0
         return _fail(record, exc, "build")
     record.metrics["build_s"] = time.perf_counter() - t0
-    record.metrics["compile_s"] = float(built.compile_s)
-    record.params["target"] = str(built.target)
-    if built.kernel_filter:
-        record.params["kernel_filter"] = built.kernel_filter
-    record.params.update({str(k): str(v) for k, v in built.build_params.items()})
-    record.artifacts.update({str(k): str(v) for k, v in built.artifacts.items()})
+    alternatives = getattr(built, "alternatives", None)
+    if alternatives is not None and getattr(alternatives, "trials", 0):
+        # a short timed search among the variant's candidates (halide_tuned on a miss, on_miss=quick)
+        try:
+            chosen, found = select.quick_search(
+                built, job, device, verify, one_line, derive_seed, record.tags.get("host", "")
+            )
+        except Exception as exc:
+            return _fail(record, exc, "select")
+        record.metrics.update(found)
+        if chosen is None:
+            return _fail(record, RuntimeError("no candidate built and verified"), "select")
+        built = chosen
+    _take_build(record, built)
 
-    # --- verify ---
+    # --- verify (a variant with alternatives falls back to its next candidate) ---
     t0 = time.perf_counter()
-    try:
-        error, detail = verify(built, job)
-    except Exception as exc:
-        return _fail(record, exc, "verify")
-    finally:
-        record.metrics["verify_s"] = time.perf_counter() - t0
+    while True:
+        failure: Exception | None = None
+        try:
+            error, detail = verify(built, job)
+        except Exception as exc:
+            failure, error, detail = exc, math.nan, one_line(exc, "verify")
+        if failure is None and error <= job.tolerance:
+            break
+        following = None
+        if alternatives is not None:
+            try:
+                following = alternatives.next_candidate(detail)
+            except Exception as exc:  # building the fallback failed unexpectedly: report the first failure
+                record.tags["fallback_error"] = one_line(exc, "fallback")
+        if following is None:
+            record.metrics["verify_s"] = time.perf_counter() - t0
+            if failure is not None:
+                return _fail(record, failure, "verify")
+            if math.isfinite(error):
+                record.metrics["rel_error"] = error
+            record.tags.update(status="wrong", error=detail)
+            return record
+        built = following
+        _take_build(record, built)
+    record.metrics["verify_s"] = time.perf_counter() - t0
     if math.isfinite(error):
         record.metrics["rel_error"] = error
-    if not error <= job.tolerance:
-        record.tags.update(status="wrong", error=detail)
-        return record
 
     # --- time ---
     t0 = time.perf_counter()
@@ -211,6 +235,18 @@ def _execute(job: Job, record: Record) -> Record:
     record.metrics = {k: float(v) for k, v in record.metrics.items() if math.isfinite(v)}
     record.tags["status"] = "ok"
     return record
+
+
+def _take_build(record: Record, built: Any) -> None:
+    """The build's facts into the record: compile time, target, its params, tags and artifacts (again for
+    a fallback or a searched candidate, whose facts replace the first's)."""
+    record.metrics["compile_s"] = float(built.compile_s)
+    record.params["target"] = str(built.target)
+    if built.kernel_filter:
+        record.params["kernel_filter"] = built.kernel_filter
+    record.params.update({str(k): str(v) for k, v in built.build_params.items()})
+    record.tags.update({str(k): str(v) for k, v in (getattr(built, "build_tags", None) or {}).items()})
+    record.artifacts.update({str(k): str(v) for k, v in built.artifacts.items()})
 
 
 def record_cold_cache(record: Record, timing: harness.Timing, sets_bytes: int, device: DeviceSpec) -> None:

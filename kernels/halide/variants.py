@@ -1,6 +1,6 @@
 """The Halide variants in the registry: one `halide_<schedule>` per named schedule (`names`), plus
-`halide_family` (a parameter set of the search family) and `halide_tuned` (the family's schedule from
-the tuning database, else its heuristic).
+`halide_family` (a parameter set of the search family) and `halide_tuned` (the schedule the tuning
+database keeps for the shape and device; on a miss, chosen by `candidates` and `selection`).
 
 Listing variants must not need Halide (a node without it disables them with a reason instead of
 failing the import), so the variant bodies import `builder`, which compiles with Halide, when they
@@ -17,7 +17,7 @@ from typing import Any
 
 from kernels import registry
 from kernels.device import DeviceSpec
-from kernels.halide import family, tuned
+from kernels.halide import family
 from kernels.halide.names import DESCRIPTIONS, FAMILY, PREFIX, SCHEDULE_KINDS, SCHEDULES
 from kernels.halide.targets import CUDA_CAPABILITIES
 from kernels.layer import LayerShape
@@ -45,20 +45,19 @@ def build_family(shape: LayerShape, device: DeviceSpec, options: Mapping[str, An
 
 
 def build_tuned(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any]) -> Any:
-    """The body of `halide_tuned`: build the family schedule the database chose; `build.json` and
-    `tuned.json` say whether it came from the database or the heuristic."""
+    """The body of `halide_tuned`: the database's schedule for (shape, device), else, per
+    `options["on_miss"]`, the heuristic, the cost model's first or the fastest of a short timed search;
+    each later candidate a fallback (`candidates`, `selection`). The Built carries the rest as its
+    `alternatives`; `build.json` and `tuned.json` say where the schedule came from and why."""
     if options.get("params") is not None:
         raise ValueError("halide_tuned takes its parameters from the tuning database; use halide_family")
+    from kernels.halide import selection  # Halide: imported when a variant builds, not when it is listed
+
     started = time.perf_counter()
-    choice = tuned.choose(shape, device, options)
-    built = build_family(shape, device, {**options, "params": family.as_dict(choice.params)})
+    built = selection.build(shape, device, options)
     info = json.loads(built.artifacts.get("build.json", "{}"))
-    info.update(
-        source=choice.source, db_key=choice.key, reason=choice.reason, lookup_s=time.perf_counter() - started
-    )
+    info["lookup_and_build_s"] = time.perf_counter() - started
     built.artifacts["build.json"] = json.dumps(info, indent=1)
-    built.artifacts["tuned.json"] = json.dumps(choice.as_dict(), indent=1, sort_keys=True)
-    built.build_params["schedule_source"] = choice.source  # db | heuristic: compare like with like
     return built
 
 
@@ -102,7 +101,8 @@ def _register_all() -> None:
         PREFIX + "tuned",
         framework="halide",
         kinds=SCHEDULE_KINDS[FAMILY],
-        description="the family's best schedule in tuning/db.json for shape and device, else its heuristic",
+        description="the best schedule in tuning/db.json for shape and device; on a miss, options['on_miss'] "
+        "(heuristic | rank | quick) chooses among the heuristic, the named schedules and nearby entries",
         check=_check,
         tags=("halide", "tuned"),
     )(build_tuned)

@@ -98,7 +98,8 @@ class FamilySearch:
         if t.strategy == "evolve":  # a search goes on from the best schedule found so far ...
             db = {"tuning_db": str(db_path(t))}
             known = tuned.choose(shape, device, db)
-            entry = [known.params] if known.source == "db" else []
+            # (an entry of a named schedule, stored by a quick search, has no parameters to start from)
+            entry = [known.params] if known.source == "db" and known.params is not None else []
             # ... with the other thread tiles of its depthwise stage, if it has one, its depthwise at
             # the other levels, its threads laid out to leave no tail and no part-filled warp, its
             # longer reduction steps, its other register caps, ...
