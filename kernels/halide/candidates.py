@@ -187,7 +187,7 @@ def plan(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any]) -> P
     """The candidates a `halide_tuned` build tries, in order, and where the first came from."""
     on_miss = on_miss_option(options)
     found = tuned.lookup(shape, device, options)
-    choice = tuned.choose(shape, device, options)
+    choice = tuned.choose(shape, device, options, found)
     rest, problems = gather(shape, device, found)
     skipped = (*choice.skipped, *problems)
     ranked = sorted(rest, key=lambda c: c.estimate_s)

@@ -230,9 +230,15 @@ def from_entry(
     return FAMILY, family.from_options(entry.get("params"), shape, device)
 
 
-def choose(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any] | None = None) -> Choice:
-    """The database's schedule for (shape, device model, Halide version), else the family's heuristic."""
-    found = lookup(shape, device, options)
+def choose(
+    shape: LayerShape,
+    device: DeviceSpec,
+    options: Mapping[str, Any] | None = None,
+    found: Lookup | None = None,
+) -> Choice:
+    """The database's schedule for (shape, device model, Halide version), else the family's heuristic
+    (`found`: the database as `lookup` read it, when the caller has it)."""
+    found = found or lookup(shape, device, options)
     key = entry_key(shape, device)
     skipped = found.skipped
     if found.error is not None:

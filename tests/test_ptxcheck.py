@@ -1,0 +1,55 @@
+"""`python -m orchestrator.ptxcheck`: the schedules' PTX for a catalog RTX model, assembled by ptxas, with
+registers, spills, shared memory and occupancy per kernel (one shape, one architecture: fast)."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from orchestrator import ptxcheck
+from orchestrator.config import ConfigError
+
+HAS_PTXAS = any(Path(p).exists() for p in (shutil.which("ptxas") or "", "/usr/local/cuda/bin/ptxas"))
+
+
+@pytest.mark.skipif(not HAS_PTXAS, reason="no ptxas (CUDA toolkit) on this machine")
+def test_ptxcheck_reports_each_kernel_of_one_shape_on_sm_75(tmp_path: Path) -> None:
+    argv = ["--devices", "rtx2060", "--shapes", "1x33x33x120-40s2", "--schedules", "unfused,heuristic"]
+    rows = ptxcheck.run([*argv, "--out", str(tmp_path)])
+    unfused = [r for r in rows if r.schedule == "unfused"]
+    assert sorted(r.kernel for r in unfused) == ["depthwise", "output"]  # two kernels
+    for r in rows:
+        assert r.cc == 75 and r.threads > 0 and r.grid_blocks > 0
+        assert 0 < r.registers <= r.cap and r.blocks_per_sm >= 1 and 0 < r.occupancy_pct <= 100
+    assert all(r.cap == ptxcheck.NAMED_CAP for r in unfused)
+    with (tmp_path / "ptxcheck.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    text = (tmp_path / "ptxcheck.md").read_text()
+    assert "## rtx2060 (sm_75)" in text and "| `1x33x33x120-40s2` | unfused | depthwise |" in text
+
+
+def test_ptxcheck_reads_kernels_from_the_lowered_statement_and_names_bad_input(tmp_path: Path) -> None:
+    stmt = """
+  gpu_block<CUDA> (output$3.s0.y.y.n.block_id_z, 0, 6) {
+   gpu_block<CUDA> (output$3.s0.c.c.block_id_x, 0, 2) {
+    allocate depthwise$3.0[float32 * 1152] in GPUShared
+    gpu_thread<CUDA> (.thread_id_y, 0, 2) {
+     gpu_thread<CUDA> (.thread_id_x, 0, 16) {
+      gpu_thread<CUDA> (.thread_id_x, 0, 32) {
+      }
+     }
+    }
+   }
+  }
+  free x
+"""
+    assert ptxcheck.kernels_of(stmt) == {"_kernel_output__3_s0_y_y_n_block_id_z": (12, 64, 4608)}
+    with pytest.raises(ConfigError, match=r"valid devices: .*rtx2060"):
+        ptxcheck.run(["--devices", "rtx9999", "--out", str(tmp_path)])
+    with pytest.raises(ConfigError, match="is not a GPU"):
+        ptxcheck.run(["--devices", "cpu", "--out", str(tmp_path)])
+    with pytest.raises(ConfigError, match=r"valid schedules: app, unfused"):
+        ptxcheck.run(["--schedules", "fast", "--out", str(tmp_path)])
