@@ -42,6 +42,9 @@ GPU_KERNEL_S = 1.5e-6  # a kernel's fixed cost: launch, ramp-up and drain of its
 # from: global memory (root: the intermediate; cblock and inline: the input's taps, then the depthwise
 # FMAs they feed) or the block's shared tile (block).
 GPU_STEP_LATENCY_S = {"root": 0.8e-6, "cblock": 0.8e-6, "inline": 0.8e-6, "block": 0.05e-6}
+# Seconds the named fused_tile's depthwise stage waits for each input pixel of its block's tile that a
+# thread reads in turn (its threads lie over channels only, so each walks the tile's pixels one by one).
+GPU_STAGE_LATENCY_S = 0.4e-6
 GPU_DW_EFFICIENCY = 0.5  # a depthwise kernel's FMA rate against peak (one load a tap)
 CPU_DEPTHWISE_EFFICIENCY = 0.22  # depthwise FMAs (a load each) against peak (`tiling`: 20 / 90 GFLOP/s)
 CPU_LOOP_S = 4e-6  # a parallel loop's fixed cost in Halide's thread pool
@@ -87,9 +90,14 @@ def _gpu_rates(device: DeviceSpec) -> tuple[float, float]:
 
 
 def _gpu(p: GpuParams, s: LayerShape, device: DeviceSpec, serial_stage: bool = False) -> float:
-    """`estimate` on a GPU; `serial_stage`: the block's depthwise stage runs its pixels one after the other in
-    each thread (`schedules_gpu.schedule_fused_tile` lays its threads over channels only), every
-    iteration waiting on its loads."""
+    """`estimate` on a GPU; `serial_stage`: the block's depthwise stage walks its input tile's pixels one
+    after the other in each thread (`schedules_gpu.schedule_fused_tile` lays its threads over channels
+    only), every pixel waiting on its loads.
+
+    The two latencies (`GPU_STEP_LATENCY_S`, `GPU_STAGE_LATENCY_S`) are not datasheet figures: they are
+    the waits that make the named schedules' times on the H100 (results/h100/mobilenet_v1, awkward,
+    fusion_ablation: batch 1 and 32) come out within about 2x; a reduction step of `halide_unfused` at
+    batch 1, one block an SM, took 0.9-1.5 us there (its kernel time over its steps)."""
     fma_rate, bw = _gpu_rates(device)
     lim = device_limits(device)
     sms = max(1, device.sm_count)
@@ -116,8 +124,8 @@ def _gpu(p: GpuParams, s: LayerShape, device: DeviceSpec, serial_stage: bool = F
     latency = GPU_STEP_LATENCY_S[p.dw_at]
     compute = waves * steps * (latency + work) * _spill(p, s)
     if serial_stage and p.dw_at == "block":
-        iterations = math.ceil(s.c / min(t.threads, s.c)) * t.block_x * t.block_y
-        compute += waves * iterations * GPU_STEP_LATENCY_S["root"]
+        taps = ((t.block_x - 1) * s.stride + KERNEL) * ((t.block_y - 1) * s.stride + KERNEL)
+        compute += waves * math.ceil(s.c / min(t.threads, s.c)) * taps * GPU_STAGE_LATENCY_S
     dram = s.min_bytes + (s.intermediate_bytes if p.dw_at == "root" else 0)
     tile_in = _input_tile(p, s) if p.dw_at != "root" else 4 * s.c * t.block_x * t.block_y
     l2 = blocks * (4 * s.c * t.block_co + tile_in)

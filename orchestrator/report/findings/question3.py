@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchestrator import analytics
-from orchestrator.report import analysis
+from orchestrator.report import analysis, fusion_rule
 from orchestrator.report.findings.common import Inputs, problems, source_line
 from orchestrator.report.findings.format import fp, ft, fx, md_table, num, of_shapes, value_range
 from orchestrator.report.load import Row, device_facts
@@ -118,7 +118,25 @@ def section(inp: Inputs) -> str:
         )
         out.append("\n".join(lines))
         out.append(problems(rows, device, "halide"))
+    out.append(_rule_paragraph(rows))
     return "\n\n".join(p for p in out if p)
+
+
+def _rule_paragraph(rows: Sequence[Row]) -> str:
+    """The answer as a rule: how often the family's cost model picks the faster of halide_unfused and the
+    best fused schedule on this report's measured pairs (`fusion_rule`), naming its misses."""
+    judged = fusion_rule.judge(rows)
+    if not judged:
+        return ""
+    text = (
+        "**As a rule.** The family's cost model (`kernels.halide.family.cost.fusion_choice`, which "
+        "`halide_tuned` also ranks its candidates by) " + fusion_rule.summary_line(judged) + " of this report"
+    )
+    misses = [j for j in judged if not j["agree"]]
+    if misses:
+        named = ", ".join(f"`{j['shape']}` on `{j['device']}` ({fp(100 * j['margin'])} apart)" for j in misses)
+        text += f"; misses: {named}"
+    return text + ". Over every committed bundle: `python -m orchestrator.report.fusion_rule`."
 
 
 def _status_lookup(rows: Sequence[Row], device: str) -> dict[tuple[str, str], str]:

@@ -1,0 +1,156 @@
+"""Question 3 as a rule: the family's cost model chooses between the named unfused schedule and the best
+named fused one (`kernels.halide.family.cost.fusion_choice`); how often does it pick the faster?
+
+A measured pair is a (device, layer geometry) with an ok warm `halide_unfused` record and an ok record
+of at least one fused schedule (`halide_app`, `halide_fused_tile`, `halide_fused_cblock`); the faster
+side is the lower median of each variant's records (repeated runs of a job count once each). The model
+needs the device's SM count and capability, which records do not carry: they come from the device
+catalog (conf/catalog/devices.yaml) by the record's device key; its rates are the record's measured roofs.
+
+    python -m orchestrator.report.fusion_rule                 # every bundle under results/
+    python -m orchestrator.report.fusion_rule results/cpu/heldout results/h200/heldout
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from kernels.device import DeviceSpec
+from kernels.halide.family.cost import fusion_choice
+from orchestrator.config import CONF_DIR, REPO_ROOT
+from orchestrator.report.analysis import FUSED, UNFUSED
+from orchestrator.report.load import is_cold, shape_of
+
+NEAR_TIE = 0.05  # a pair whose two sides differ by less than this fraction is a near tie
+
+
+def _catalog() -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "catalog" / "devices.yaml"), resolve=True)  # type: ignore[return-value]
+
+
+def device_of(row: Mapping[str, Any], catalog: Mapping[str, Any]) -> DeviceSpec | None:
+    """The row's device as the cost model needs it: rates from the record, SMs and capability from the
+    catalog (None for a GPU the catalog does not have)."""
+    key = str(row.get("device_key") or row.get("device") or "")
+    kind = str(row.get("device_kind") or ("cuda" if key != "cpu" else "cpu"))
+    entry = catalog.get(key) if isinstance(catalog.get(key), Mapping) else {}
+    if kind == "cuda" and not entry:
+        return None
+    return DeviceSpec(
+        key,
+        kind,
+        str(row.get("device_model", key)),
+        float(row.get("peak_gflops") or 0.0),
+        float(row.get("mem_gbps") or 0.0),
+        int(entry.get("sm_count", 0)),  # type: ignore[union-attr]
+        int(entry.get("cuda_capability", 0)),  # type: ignore[union-attr]
+        int(row.get("cores") or 0),
+    )
+
+
+def judge(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per measured pair: the two sides' medians, the faster side, the rule's choice, whether
+    they agree and by how much the faster side wins."""
+    catalog = _catalog()
+    times: dict[tuple[str, tuple[Any, ...]], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    first: dict[tuple[str, tuple[Any, ...]], Mapping[str, Any]] = {}
+    for r in rows:
+        if r.get("status") != "ok" or not (r.get("time_ms") or 0) > 0 or is_cold(r):
+            continue
+        if r.get("variant") not in (UNFUSED, *FUSED):
+            continue
+        shape = shape_of(r)
+        if shape is None:
+            continue
+        geometry = (shape.n, shape.h, shape.w, shape.c, shape.co, shape.stride, shape.bias, shape.relu)
+        key = (str(r.get("device_key") or r.get("device")), geometry)
+        times[key][str(r["variant"])].append(float(r["time_ms"]))
+        first.setdefault(key, r)
+    out = []
+    for key, by_variant in sorted(times.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        fused = {v: statistics.median(t) for v, t in by_variant.items() if v in FUSED}
+        if UNFUSED not in by_variant or not fused:
+            continue
+        row = first[key]
+        device, shape = device_of(row, catalog), shape_of(row)
+        if device is None or shape is None:
+            continue
+        unfused_ms = statistics.median(by_variant[UNFUSED])
+        best = min(fused, key=lambda v: fused[v])
+        faster = "fused" if fused[best] < unfused_ms else "unfused"
+        rule = fusion_choice(shape, device)
+        out.append(
+            {
+                "device": key[0],
+                "shape": f"{shape.n}x{shape.h}x{shape.w}x{shape.c}-{shape.co}s{shape.stride}",
+                "unfused_ms": unfused_ms,
+                "best_fused": best,
+                "fused_ms": fused[best],
+                "faster": faster,
+                "rule": rule,
+                "agree": rule == faster,
+                "margin": max(unfused_ms, fused[best]) / min(unfused_ms, fused[best]) - 1,
+            }
+        )
+    return out
+
+
+def summary_line(judged: Sequence[Mapping[str, Any]]) -> str:
+    """`picks the faster on A of N pairs (P%); of the M misses, K are near ties (< 5%)`."""
+    if not judged:
+        return "no measured pair (an ok halide_unfused and an ok fused schedule on one shape and device)"
+    agree = sum(j["agree"] for j in judged)
+    misses = [j for j in judged if not j["agree"]]
+    ties = sum(j["margin"] < NEAR_TIE for j in misses)
+    line = f"picks the faster on {agree} of {len(judged)} pairs ({100 * agree / len(judged):.0f}%)"
+    if misses:
+        line += f"; {len(misses)} misses, {ties} of them near ties (the two within {100 * NEAR_TIE:.0f}%)"
+    return line
+
+
+def bundles_under(root: Path) -> list[Path]:
+    """Every results bundle (a folder with records.jsonl) under `root`."""
+    return sorted(p.parent for p in root.rglob("records.jsonl"))
+
+
+def bundle_rows(bundles: Sequence[Path]) -> list[dict[str, Any]]:
+    """The rows of the bundles' records (artifacts not read), the newest of each measurement a bundle."""
+    from orchestrator.report.load import finish_rows, rows_from_records
+    from workers.bundle import read_records
+
+    rows: list[dict[str, Any]] = []
+    for bundle in bundles:
+        kept, _ = finish_rows(rows_from_records(read_records(bundle), source=str(bundle)))
+        rows.extend(kept)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    bundles = [Path(a) for a in args] or bundles_under(REPO_ROOT / "results")
+    missing = [b for b in bundles if not (b / "records.jsonl").is_file()]
+    if missing:
+        print(f"error: {missing[0]} is not a results bundle (no records.jsonl)", file=sys.stderr)
+        return 2
+    judged = judge(bundle_rows(bundles))
+    print("| device | shape | halide_unfused ms | best fused | ms | faster | rule | |")
+    print("|---|---|---|---|---|---|---|---|")
+    for j in judged:
+        mark = "" if j["agree"] else f"miss ({100 * j['margin']:.1f}% apart)"
+        print(
+            f"| {j['device']} | {j['shape']} | {j['unfused_ms']:.4g} | {j['best_fused']} | {j['fused_ms']:.4g} "
+            f"| {j['faster']} | {j['rule']} | {mark} |"
+        )
+    print(f"\nThe cost model's rule {summary_line(judged)}, over {len(bundles)} bundle(s).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
