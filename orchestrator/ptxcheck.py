@@ -187,11 +187,13 @@ def check_schedule(shape: LayerShape, device: DeviceSpec, schedule: str, ptxas: 
     cc = device.cuda_capability
     arch = f"sm_{cc}"
     assembled = assemble(artifacts["kernels.ptx"], arch, cap, ptxas)
-    launched = kernels_of(artifacts["lowered.stmt"])
+    launched = {_plain(k): v for k, v in kernels_of(artifacts["lowered.stmt"]).items()}
     lim = sm_limits(cc)
     rows = []
     for kernel, facts in assembled.items():
-        grid, threads, dynamic = launched.get(kernel, (0, 0, 0))
+        if _plain(kernel) not in launched:
+            raise RuntimeError(f"kernel {kernel} of the PTX is not in the lowered statement ({', '.join(launched)})")
+        grid, threads, dynamic = launched[_plain(kernel)]
         shared = dynamic + facts["smem"]
         occ = occupancy(threads, facts["registers"], shared, lim)
         rows.append(
@@ -218,9 +220,15 @@ def check_schedule(shape: LayerShape, device: DeviceSpec, schedule: str, ptxas: 
     return rows
 
 
+def _plain(kernel: str) -> str:
+    """A kernel's name without the counters Halide and LLVM add to it (`output$3` is `output__3` in PTX;
+    a name LLVM has seen before also gets a `__1` suffix)."""
+    return re.sub(r"__\d+$", "", re.sub(r"_+\d+(?=_s\d+_)", "", kernel))
+
+
 def _short(kernel: str) -> str:
     """`output` for `_kernel_output__3_s0_y_y_n_block_id_z`: the Func whose loops the kernel runs."""
-    return re.sub(r"__\d+$", "", kernel.removeprefix("_kernel_").split("_s0_")[0])
+    return _plain(kernel).removeprefix("_kernel_").split("_s0_")[0]
 
 
 def write(rows: Sequence[KernelRow], out: Path, command: str) -> tuple[Path, Path]:
