@@ -83,8 +83,9 @@ class Alternatives(Protocol):
       (`reason`: why, for the record), or None when none is left;
     - `trials` > 0: before verifying anything, build (`build_trial(i)`, raising when it does not build),
       verify and time (quick timing, within `budget_s` seconds) the first `trials` candidates, `note(i,
-      outcome, reason, time_ms)` each, then `adopt(job facts)`: the fastest one's Built (None when none
-      verified and no other candidate builds).
+      outcome, reason, time_ms)` each (again with a confirming re-timing's time), then `adopt(job facts,
+      i, its Built)` for the fastest (index None when none verified): the Built the job goes on with
+      (None when none is left that builds).
 
     A Built may also carry `build_tags` (mapping): tags for the record, such as the database entries a
     lookup skipped."""
@@ -98,7 +99,7 @@ class Alternatives(Protocol):
 
     def note(self, index: int, outcome: str, reason: str = "", time_ms: float | None = None) -> None: ...
 
-    def adopt(self, job: Mapping[str, Any]) -> Built | None: ...
+    def adopt(self, job: Mapping[str, Any], index: int | None, built: Built | None) -> Built | None: ...
 
 
 BuildFn = Callable[[LayerShape, DeviceSpec, Mapping[str, Any]], Built]

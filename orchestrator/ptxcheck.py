@@ -192,7 +192,9 @@ def check_schedule(shape: LayerShape, device: DeviceSpec, schedule: str, ptxas: 
     rows = []
     for kernel, facts in assembled.items():
         if _plain(kernel) not in launched:
-            raise RuntimeError(f"kernel {kernel} of the PTX is not in the lowered statement ({', '.join(launched)})")
+            raise RuntimeError(
+                f"kernel {kernel} of the PTX is not in the lowered statement ({', '.join(launched)})"
+            )
         grid, threads, dynamic = launched[_plain(kernel)]
         shared = dynamic + facts["smem"]
         occ = occupancy(threads, facts["registers"], shared, lim)

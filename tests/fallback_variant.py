@@ -54,7 +54,7 @@ class _Alternatives:
     def note(self, index: int, outcome: str, reason: str = "", time_ms: float | None = None) -> None:
         raise NotImplementedError
 
-    def adopt(self, job: Mapping[str, Any]) -> Any:
+    def adopt(self, job: Mapping[str, Any], index: int | None, built: Any) -> Any:
         raise NotImplementedError
 
 

@@ -140,10 +140,13 @@ def test_quick_times_the_candidates_stores_the_winner_and_the_next_build_is_a_hi
     report = json.loads(first.artifacts["tuned.json"])
     timed = [t for t in report["tried"] if t["outcome"] == "ok"]
     assert len(timed) == 3 and report["chosen"]["origin"] == first.params["candidate"]
-    assert min(timed, key=lambda t: t["time_ms"])["origin"] == first.params["candidate"]
+    # the fastest after the confirming re-timings of the best screened (`screen_ms`: their screening)
+    confirmed = [t for t in timed if "screen_ms" in t] or timed
+    assert len(confirmed) in (1, 2, 3)
+    assert min(confirmed, key=lambda t: t["time_ms"])["origin"] == first.params["candidate"]
     entry = tuned.load(db)["entries"][tuned.entry_key(shape, CPU)]
     assert entry["source"] == "quick" and entry["origin"] == first.params["candidate"]
-    assert entry["time_ms"] == min(t["time_ms"] for t in timed) and entry["job_key"] == job.key
+    assert entry["time_ms"] == min(t["time_ms"] for t in confirmed) and entry["job_key"] == job.key
     assert "stored" in first.tags["tuned.store"]
 
     second = execute(job)

@@ -9,10 +9,11 @@ On a hit the database's entry comes first. On a miss (`ON_MISS`, chosen by the j
   `quick`, so that the next build is a hit.
 
 The candidates: the heuristic; the named manual schedules (`app`, `unfused`, `fused_tile`,
-`fused_cblock`): on a CPU the three ablation schedules as the family's parameters that reproduce them
-(`family.named`: the same Halide code) and `app` by name, on a GPU all four by name (the family's versions
-of them differ in code: `.v4` loads, their depthwise stage's threads) and the family's three beside
-them; the database's entries for the `NEAR` nearest shapes on this device model (`shape_distance`) and
+`fused_cblock`) by name, and the family's versions of the last three beside them (`family.named`: the same
+tiles and depthwise level, but not always the same code: on a GPU the family loads in `.v4` pieces and
+lays its depthwise stage over all of a block's threads; on a CPU its rows a task are a power of two and
+its register tile at most 8 pixels wide, where `schedules_cpu` takes 7 rows at 7² or 9 pixels at 17²);
+the database's entries for the `NEAR` nearest shapes on this device model (`shape_distance`) and
 the same shape's entries on other device models of the same kind (another GPU, another CPU), each
 refitted to this shape and device (`family.fit`). Whatever comes after the first is a fallback: a
 candidate that fails to build or to verify is followed by the next one, and the record says which ran
@@ -148,10 +149,9 @@ def gather(shape: LayerShape, device: DeviceSpec, found: tuned.Lookup) -> tuple[
     add(FAMILY, family.heuristic(shape, device), "heuristic")
     named = family.named(shape, device)
     for name in MANUAL_SCHEDULES:
-        if device.is_gpu or name not in named:
-            add(name, None, f"named:{name}")
+        add(name, None, f"named:{name}")
         if name in named:
-            add(FAMILY, named[name], f"family:{name}" if device.is_gpu else f"named:{name}")
+            add(FAMILY, named[name], f"family:{name}")
     own_model, own_key = tuned.device_model(device), tuned.entry_key(shape, device)
     near: list[tuple[float, str, dict[str, Any]]] = []
     other: list[tuple[float, str, dict[str, Any]]] = []

@@ -49,7 +49,7 @@ class Selection:
         # a quick plan's first build is the ranking's first, until the job layer has timed the trials
         self.source = "rank" if self.quick_pending else plan.source
         self.store_note = ""
-        self._trial_built: dict[int, Any] = {}
+        self._trials: dict[int, dict[str, Any]] = {}  # a quick search's rows, by trial index
         self._failed: dict[tuple[str, Any], str] = {}  # candidates that failed to build, with the reason
 
     # --- the protocol the job layer uses (kernels.registry.Alternatives) -----------------------------------
@@ -73,51 +73,46 @@ class Selection:
         if cand.ident in self._failed:
             raise RuntimeError(self._failed[cand.ident])
         if self.current is not None and cand.ident == self.current.ident:
-            built = self.current_built  # the variant's own first build
-        else:
-            built = self._build(cand)
-        self._trial_built[index] = built
-        return built
+            return self.current_built  # the variant's own first build
+        return self._build(cand)
 
     def note(self, index: int, outcome: str, reason: str = "", time_ms: float | None = None) -> None:
-        """What the job layer found for trial `index`: outcome ok | build failed | wrong | failed."""
+        """What the job layer found for trial `index`: outcome ok | build failed | wrong | failed; noted
+        again with outcome `ok`, its time is a confirming re-timing (the screening's is kept as
+        `screen_ms`)."""
         cand = self.trial_candidates()[index]
-        row: dict[str, Any] = {"origin": cand.origin, "outcome": outcome, "stage": "quick"}
+        row = self._trials.get(index)
+        if row is not None and outcome == "ok" and time_ms is not None:
+            row.setdefault("screen_ms", row.get("time_ms"))
+            row["time_ms"] = time_ms
+            return
+        row = {"origin": cand.origin, "outcome": outcome, "stage": "quick"}
         if reason:
             row["reason"] = reason[:MAX_REASON_CHARS]
         if time_ms is not None:
             row["time_ms"] = time_ms
+        self._trials[index] = row
         self.outcomes.append(row)
         if outcome != "ok":
-            self._trial_built.pop(index, None)
             log.warning("halide_tuned: candidate %s %s: %s", cand.origin, outcome, reason)
-            return
-        # keep only the fastest trial's Built (a GPU Built holds device buffers)
-        best = min((r["time_ms"], i) for i, r in enumerate(self._quick_rows()) if r["outcome"] == "ok")[1]
-        for other in [i for i in self._trial_built if i != best]:
-            del self._trial_built[other]
 
-    def adopt(self, job: Mapping[str, Any]) -> Any:
-        """The fastest trial that verified, built and annotated, after storing it in the tuning database
-        (source quick; `job`: key, git, host of the job that ran the search); None when no trial did."""
-        rows = self._quick_rows()
+    def adopt(self, job: Mapping[str, Any], index: int | None, built: Any) -> Any:
+        """Trial `index` (its Built `built`), the job layer's choice, annotated, after storing it in the
+        tuning database (source quick; `job`: key, git, host of the job that ran the search); with no
+        choice (no trial verified), the ranking's next candidates, untimed (None when none builds)."""
         trials = self.trial_candidates()
-        tried = {trials[i].ident for i in range(len(rows))}
-        timed = [(r["time_ms"], i) for i, r in enumerate(rows) if r["outcome"] == "ok"]
+        tried = {trials[i].ident for i in self._trials}
         self.quick_pending = False
         self.current = self.current_built = None
-        if not timed:  # none verified: the ranking's next candidates, untimed
-            self._trial_built.clear()
+        if index is None:
             self.pending = [c for c in self.plan.candidates if c.ident not in tried]
             return self.first()
-        _, index = min(timed)
         cand = trials[index]
-        built = self._trial_built.pop(index, None) or self._build(cand)
-        self._trial_built.clear()
         self.source = "quick"
         self.current, self.current_built = cand, built
-        # fallbacks: the trials that verified, fastest first, then the candidates not timed
-        ok = [trials[i] for _, i in sorted(timed) if i != index]
+        # fallbacks: the other trials that verified, fastest first, then the candidates not timed
+        timed = sorted((r["time_ms"], i) for i, r in self._trials.items() if r["outcome"] == "ok")
+        ok = [trials[i] for _, i in timed if i != index]
         self.pending = [*ok, *(c for c in self.plan.candidates if c.ident not in tried)]
         self._store(cand, index, job)
         return self._annotate(built)
@@ -159,9 +154,6 @@ class Selection:
     def _build(self, cand: Candidate) -> Any:
         options = cand.build_options(self.options)
         return builder.build(cand.schedule, self.shape, self.device, options)
-
-    def _quick_rows(self) -> list[dict[str, Any]]:
-        return [r for r in self.outcomes if r.get("stage") == "quick"]
 
     def _annotate(self, built: Any) -> Any:
         cand = self.current
@@ -206,8 +198,8 @@ class Selection:
     def _store(self, cand: Candidate, index: int, job: Mapping[str, Any]) -> None:
         """The quick winner into the tuning database: written unless a faster usable entry is there; an
         unusable entry under this key (another machine's code under the same CPU name) is replaced."""
-        rows = self._quick_rows()
-        row = rows[index]
+        rows = [self._trials[i] for i in sorted(self._trials)]
+        row = self._trials[index]
         entry: dict[str, Any] = {
             "shape": {k: v for k, v in vars(self.shape).items() if k != "name"},
             "shape_name": self.shape.name,

@@ -145,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for j in judged:
         mark = "" if j["agree"] else f"miss ({100 * j['margin']:.1f}% apart)"
         print(
-            f"| {j['device']} | {j['shape']} | {j['unfused_ms']:.4g} | {j['best_fused']} | {j['fused_ms']:.4g} "
+            f"| {j['device']} | {j['shape']} | {j['unfused_ms']:.4g} | {j['best_fused']} "
+            f"| {j['fused_ms']:.4g} "
             f"| {j['faster']} | {j['rule']} | {mark} |"
         )
     print(f"\nThe cost model's rule {summary_line(judged)}, over {len(bundles)} bundle(s).")

@@ -134,7 +134,9 @@ def _rule_paragraph(rows: Sequence[Row]) -> str:
     )
     misses = [j for j in judged if not j["agree"]]
     if misses:
-        named = ", ".join(f"`{j['shape']}` on `{j['device']}` ({fp(100 * j['margin'])} apart)" for j in misses)
+        named = ", ".join(
+            f"`{j['shape']}` on `{j['device']}` ({fp(100 * j['margin'])} apart)" for j in misses
+        )
         text += f"; misses: {named}"
     return text + ". Over every committed bundle: `python -m orchestrator.report.fusion_rule`."
 
