@@ -82,10 +82,10 @@ class Alternatives(Protocol):
     - `next_candidate(reason)`: the next candidate's Built after this one failed to verify or to run
       (`reason`: why, for the record), or None when none is left;
     - `trials` > 0: before verifying anything, build (`build_trial(i)`, raising when it does not build),
-      verify and time (quick timing, within `budget_s` seconds) the first `trials` candidates, `note(i,
-      outcome, reason, time_ms)` each (again with a confirming re-timing's time), then `adopt(job facts,
-      i, its Built)` for the fastest (index None when none verified): the Built the job goes on with
-      (None when none is left that builds).
+      verify and time (quick timing, within `budget_s` seconds) the first `trials` candidates,
+      `note(i, outcome, reason, time_ms, min_ms)` each (again with a confirming re-timing's times), then
+      `adopt(job facts, i, its Built)` for the fastest (index None when none verified): the Built the
+      job goes on with (None when none is left that builds).
 
     A Built may also carry `build_tags` (mapping): tags for the record, such as the database entries a
     lookup skipped."""
@@ -97,7 +97,14 @@ class Alternatives(Protocol):
 
     def build_trial(self, index: int) -> Built: ...
 
-    def note(self, index: int, outcome: str, reason: str = "", time_ms: float | None = None) -> None: ...
+    def note(
+        self,
+        index: int,
+        outcome: str,
+        reason: str = "",
+        time_ms: float | None = None,
+        min_ms: float | None = None,
+    ) -> None: ...
 
     def adopt(self, job: Mapping[str, Any], index: int | None, built: Built | None) -> Built | None: ...
 

@@ -51,7 +51,14 @@ class _Alternatives:
     def build_trial(self, index: int) -> Any:
         raise NotImplementedError
 
-    def note(self, index: int, outcome: str, reason: str = "", time_ms: float | None = None) -> None:
+    def note(
+        self,
+        index: int,
+        outcome: str,
+        reason: str = "",
+        time_ms: float | None = None,
+        min_ms: float | None = None,
+    ) -> None:
         raise NotImplementedError
 
     def adopt(self, job: Mapping[str, Any], index: int | None, built: Any) -> Any:

@@ -50,15 +50,18 @@ def quick_search(
     start = time.perf_counter()
     inputs = make_inputs(job.shape, seed(job.seed, TIMING_STREAM, 0))
     spent: list[float] = []
-    timed: dict[int, list[float]] = {}  # trial -> its timings (ms)
+    timed: dict[int, list[tuple[float, float]]] = {}  # trial -> its timings (fastest, median), ms
     kept: dict[int, Any] = {}  # the CONFIRM fastest trials' Builts (a GPU Built holds device memory)
     source = "?"
 
-    def measure(candidate: Any) -> float:
+    def measure(candidate: Any) -> tuple[float, float]:
         nonlocal source
         timing = harness.measure(candidate, [candidate.place(inputs)], QUICK_TIMING, device)
         source = timing.time_source
-        return timing.time_ms
+        return timing.min_ms, timing.time_ms
+
+    def score(i: int) -> float:
+        return statistics.median(fastest for fastest, _ in timed[i])
 
     for i in range(int(alts.trials)):
         elapsed = time.perf_counter() - start
@@ -69,10 +72,10 @@ def quick_search(
         spent.append(time.perf_counter() - t0)
         if outcome is None:
             continue
-        candidate, time_ms = outcome
-        timed[i] = [time_ms]
+        candidate, times = outcome
+        timed[i] = [times]
         kept[i] = candidate
-        for slow in sorted(kept, key=lambda j: timed[j][0])[CONFIRM:]:
+        for slow in sorted(kept, key=score)[CONFIRM:]:
             del kept[slow]
         del candidate
     if len(kept) > 1:  # re-time the fastest in turns while the budget lasts
@@ -84,17 +87,24 @@ def quick_search(
                 timed[i].append(measure(candidate))
         for i in kept:
             if len(timed[i]) > 1:
-                alts.note(i, "ok", time_ms=statistics.median(timed[i]))
-    winner = min(kept, key=lambda i: statistics.median(timed[i])) if kept else None
+                medians = [median for _, median in timed[i]]
+                alts.note(i, "ok", time_ms=statistics.median(medians), min_ms=score(i))
+    winner = min(kept, key=score) if kept else None
     facts = {"key": job.key, "git": job.versions.get("git", "unknown"), "host": host, "time_source": source}
     chosen = alts.adopt(facts, winner, kept.get(winner) if winner is not None else None)
     return chosen, {"select_s": time.perf_counter() - start, "select_trials": float(len(spent))}
 
 
 def _screen(
-    alts: Any, i: int, job: Job, verify: Verify, one_line: OneLine, measure: Callable[[Any], float]
-) -> tuple[Any, float] | None:
-    """Build, verify and time trial `i` once, noting its outcome; (its Built, ms) when it verified."""
+    alts: Any,
+    i: int,
+    job: Job,
+    verify: Verify,
+    one_line: OneLine,
+    measure: Callable[[Any], tuple[float, float]],
+) -> tuple[Any, tuple[float, float]] | None:
+    """Build, verify and time trial `i` once, noting its outcome; (its Built, (fastest, median) ms) when
+    it verified."""
     try:
         candidate = alts.build_trial(i)
     except Exception as exc:
@@ -109,9 +119,9 @@ def _screen(
         alts.note(i, "wrong", detail)
         return None
     try:
-        time_ms = measure(candidate)
+        fastest, median = measure(candidate)
     except Exception as exc:
         alts.note(i, "failed", one_line(exc, "time"))
         return None
-    alts.note(i, "ok", time_ms=time_ms)
-    return candidate, time_ms
+    alts.note(i, "ok", time_ms=median, min_ms=fastest)
+    return candidate, (fastest, median)

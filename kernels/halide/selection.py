@@ -76,21 +76,32 @@ class Selection:
             return self.current_built  # the variant's own first build
         return self._build(cand)
 
-    def note(self, index: int, outcome: str, reason: str = "", time_ms: float | None = None) -> None:
-        """What the job layer found for trial `index`: outcome ok | build failed | wrong | failed; noted
-        again with outcome `ok`, its time is a confirming re-timing (the screening's is kept as
-        `screen_ms`)."""
+    def note(
+        self,
+        index: int,
+        outcome: str,
+        reason: str = "",
+        time_ms: float | None = None,
+        min_ms: float | None = None,
+    ) -> None:
+        """What the job layer found for trial `index`: outcome ok | build failed | wrong | failed, with its
+        median (`time_ms`) and fastest (`min_ms`) times; noted again with outcome `ok`, the times are the
+        confirming re-timings' (the screening's median is kept as `screen_ms`)."""
         cand = self.trial_candidates()[index]
         row = self._trials.get(index)
         if row is not None and outcome == "ok" and time_ms is not None:
             row.setdefault("screen_ms", row.get("time_ms"))
             row["time_ms"] = time_ms
+            if min_ms is not None:
+                row["min_ms"] = min_ms
             return
         row = {"origin": cand.origin, "outcome": outcome, "stage": "quick"}
         if reason:
             row["reason"] = reason[:MAX_REASON_CHARS]
         if time_ms is not None:
             row["time_ms"] = time_ms
+        if min_ms is not None:
+            row["min_ms"] = min_ms
         self._trials[index] = row
         self.outcomes.append(row)
         if outcome != "ok":
@@ -111,7 +122,9 @@ class Selection:
         self.source = "quick"
         self.current, self.current_built = cand, built
         # fallbacks: the other trials that verified, fastest first, then the candidates not timed
-        timed = sorted((r["time_ms"], i) for i, r in self._trials.items() if r["outcome"] == "ok")
+        timed = sorted(
+            (r.get("min_ms", r["time_ms"]), i) for i, r in self._trials.items() if r["outcome"] == "ok"
+        )
         ok = [trials[i] for _, i in timed if i != index]
         self.pending = [*ok, *(c for c in self.plan.candidates if c.ident not in tried)]
         self._store(cand, index, job)
@@ -209,6 +222,7 @@ class Selection:
             "kind": self.device.kind,
             "schedule": cand.schedule,
             "time_ms": row["time_ms"],
+            "time_min_ms": row.get("min_ms"),
             "time_source": job.get("time_source", "?"),
             "source": "quick",
             "origin": cand.origin,
