@@ -165,7 +165,10 @@ def reference(shape: LayerShape, inputs: LayerInputs) -> np.ndarray:
         for kx in range(KERNEL):
             window = padded[:, ky : ky + s * shape.ho : s, kx : kx + s * shape.wo : s, :]
             depthwise += window * inputs.dw[ky, kx].astype(np.float64)
-    out = depthwise @ inputs.pw.astype(np.float64) + inputs.bias.astype(np.float64)
+    # one (pixels x c) @ (c x co) product: a 4-D @ loops over small products (12 s against 0.07 s at
+    # 64x14x14x576->96), which made each verification of a large layer take seconds
+    pixels = depthwise.reshape(-1, shape.c) @ inputs.pw.astype(np.float64)
+    out = pixels.reshape(shape.n, shape.ho, shape.wo, shape.co) + inputs.bias.astype(np.float64)
     if shape.relu:
         out = np.maximum(out, 0.0)
     return out
