@@ -31,8 +31,8 @@ QUICK_TIMING = TimingSpec(
     warmup=1, min_repeats=5, max_repeats=30, min_time_s=0.05, max_time_s=0.3, stable_spread=0.1
 )
 SCREEN_SHARE = 0.7  # of the budget screening may take; the rest re-times the fastest
-CONFIRM = 3  # trials re-timed after screening
-CONFIRM_ROUNDS = 4  # at most, each timing every confirmed trial once in turn
+CONFIRM = 4  # trials re-timed after screening
+CONFIRM_ROUNDS = 10  # at most, each timing every confirmed trial once in turn (the budget stops it first)
 TIMING_STREAM = 2  # workers.job.TIMING: the trials are timed on the job's first timing input set
 
 Verify = Callable[[Any, Job], tuple[float, str]]
