@@ -208,3 +208,19 @@ def test_the_fusion_rule_picks_fused_on_small_layers_and_unfused_on_the_h200s_wi
     for shape in EXTREME:
         assert cost.fusion_choice(shape, h200) in ("fused", "unfused")
         assert cost.fusion_choice(shape, CPU) in ("fused", "unfused")
+
+
+def test_paired_times_variants_in_turns_and_names_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    from workers import paired
+
+    argv = ["--shapes", "1x9x7x8-5s2", "--variants", "halide_app,numpy_ref", "--rounds", "2"]
+    argv += ["--option", "halide_app:jit=true"]
+    assert paired.main(argv) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| `1x9x7x8-5s2`"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 4 and float(cells[-1]) > 0  # app / numpy_ref, both timed
+    assert paired.main(["--shapes", "9x9", "--variants", "halide_app"]) == 2
+    assert "inline spec" in capsys.readouterr().err
+    assert paired.main(["--shapes", "1x9x7x8-5", "--variants", "nope"]) == 2
+    assert "valid variants" in capsys.readouterr().err

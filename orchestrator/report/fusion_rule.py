@@ -55,14 +55,15 @@ def device_of(row: Mapping[str, Any], catalog: Mapping[str, Any]) -> DeviceSpec 
     )
 
 
-def judge(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per measured pair: the two sides' medians, the faster side, the rule's choice, whether
-    they agree and by how much the faster side wins."""
+def judge(rows: Iterable[Mapping[str, Any]], metric: str = "time_ms") -> list[dict[str, Any]]:
+    """One entry per measured pair: the two sides' times (`metric` of their records: the median
+    `time_ms`, or `time_min_ms`, the fastest sample, which load from other work does not raise), the
+    faster side, the rule's choice, whether they agree and by how much the faster side wins."""
     catalog = _catalog()
     times: dict[tuple[str, tuple[Any, ...]], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     first: dict[tuple[str, tuple[Any, ...]], Mapping[str, Any]] = {}
     for r in rows:
-        if r.get("status") != "ok" or not (r.get("time_ms") or 0) > 0 or is_cold(r):
+        if r.get("status") != "ok" or not (r.get(metric) or 0) > 0 or is_cold(r):
             continue
         if r.get("variant") not in (UNFUSED, *FUSED):
             continue
@@ -71,7 +72,7 @@ def judge(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             continue
         geometry = (shape.n, shape.h, shape.w, shape.c, shape.co, shape.stride, shape.bias, shape.relu)
         key = (str(r.get("device_key") or r.get("device")), geometry)
-        times[key][str(r["variant"])].append(float(r["time_ms"]))
+        times[key][str(r["variant"])].append(float(r[metric]))
         first.setdefault(key, r)
     out = []
     for key, by_variant in sorted(times.items(), key=lambda kv: (kv[0][0], kv[0][1])):
