@@ -150,11 +150,11 @@ FILL_THREADS_PER_SM = 128
 
 
 def _fill_device(p: GpuParams, s: LayerShape, device: DeviceSpec) -> GpuParams:
-    """`p` with smaller register tiles, then smaller blocks, until the grid has `FILL_THREADS_PER_SM`
-    threads for every SM and a block for every SM, where the output allows it: a small layer (a few
-    thousand outputs) otherwise runs on a handful of SMs, each thread reducing a large tile alone (the
-    old heuristic was 2.5-3x slower than the official app's schedule of one to four outputs a thread on
-    such shapes on the H200, issue 24)."""
+    """`p` with smaller register tiles (the block's threads kept), then smaller blocks, until the grid has
+    `FILL_THREADS_PER_SM` threads for every SM and a block for every SM, where the output allows it: a
+    small layer (a few thousand outputs) otherwise runs on a handful of SMs, each thread reducing a large
+    tile alone (the old heuristic was 2.5-3x slower than the official app's schedule of one to four
+    outputs a thread on such shapes on the H200, issue 24)."""
     sms = max(1, device.sm_count)
     r = dataclasses.replace
 
@@ -170,7 +170,7 @@ def _fill_device(p: GpuParams, s: LayerShape, device: DeviceSpec) -> GpuParams:
         elif p.tx > 1:
             p = r(p, tx=p.tx // 2)
         elif p.lanes > 1:
-            p = r(p, lanes=p.lanes // 2, threads_co=min(32, p.threads_co * 2, max(1, s.co // (p.lanes // 2))))
+            p = r(p, lanes=p.lanes // 2)
         else:
             break
     for _ in range(32):
