@@ -224,3 +224,28 @@ def test_paired_times_variants_in_turns_and_names_bad_input(capsys: pytest.Captu
     assert "inline spec" in capsys.readouterr().err
     assert paired.main(["--shapes", "1x9x7x8-5", "--variants", "nope"]) == 2
     assert "valid variants" in capsys.readouterr().err
+
+
+def test_on_miss_enters_halide_tuneds_job_options_and_key_only() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from orchestrator.config import CONF_DIR, ConfigError
+    from orchestrator.plan import make_plan
+
+    def plan(*overrides: str) -> list[Job]:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=["+experiment=heldout", "shapes=[3x17x23x40-24]", *overrides])
+        return make_plan(cfg)
+
+    jobs = {j.variant: j for j in plan("variants=[halide_tuned,halide_app]")}
+    assert jobs["halide_tuned"].options == {"on_miss": "quick"} and jobs["halide_app"].options == {}
+    ranked = {j.variant: j for j in plan("variants=[halide_tuned,halide_app]", "tuned.on_miss=rank")}
+    assert ranked["halide_tuned"].options == {"on_miss": "rank"}
+    assert (
+        ranked["halide_tuned"].key != jobs["halide_tuned"].key
+        and ranked["halide_app"].key == jobs["halide_app"].key
+    )
+    budget = plan("variants=[halide_tuned]", "tuned.quick_budget_s=20")[0]
+    assert budget.options == {"on_miss": "quick", "quick_budget_s": 20.0}
+    with pytest.raises(ConfigError, match=r"tuned\.on_miss must be one of heuristic, rank, quick, got 'gue"):
+        plan("variants=[halide_tuned]", "tuned.on_miss=guess")
