@@ -374,7 +374,7 @@ def load_mlflow(tracking_uri: str, experiment: str | None = None, run_id: str | 
     ]
     every = rows
     rows, superseded = finish_rows(rows)
-    used = defaultdict(int)
+    used: defaultdict[str, int] = defaultdict(int)
     for r in rows:
         used[r["parent_run_id"]] += 1
     by_id = {r.info.run_id: r for r in runs}
