@@ -87,6 +87,13 @@ ingest: install ## Log the committed results bundles (results/*/*/) into the emb
 	if [ $${#bundles[@]} -eq 0 ]; then echo "no bundles under results/*/*/"; exit 0; fi; \
 	$(PY) -m orchestrator.ingest --no-summary "$${bundles[@]}"
 
-lint: install ## ruff check and format check
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+# Every linter runs (so one pass shows every problem); the ones that failed are named on the last line
+# and in $(LINT_FAILED), which .ci/run reads.
+LINT_FAILED := $(VENV)/.lint-failed
+lint: install ## ruff check, ruff format --check, import contracts (lint-imports) and types (mypy); see pyproject.toml
+	@rm -f $(LINT_FAILED); failed=""; \
+	$(VENV)/bin/ruff check . || failed="$$failed ruff-check"; \
+	$(VENV)/bin/ruff format --check . || failed="$$failed ruff-format"; \
+	$(VENV)/bin/lint-imports --no-logo --cache-dir .cache/import-linter || failed="$$failed import-linter"; \
+	$(VENV)/bin/mypy || failed="$$failed mypy"; \
+	if [ -n "$$failed" ]; then echo "$${failed# }" > $(LINT_FAILED); echo "make lint: failed:$$failed" >&2; exit 1; fi
