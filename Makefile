@@ -28,7 +28,7 @@ TRACKING ?= local
 NODE_ARGS = $(if $(GPU),--gpu $(GPU)) $(if $(GPUS),--gpus $(GPUS)) $(if $(BLOCK),--block)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test mlflow-ui mlflow-server ingest lint head worker ray-status sweep-all-gpus sync report
+.PHONY: help install run test test-fast mlflow-ui mlflow-server ingest lint head worker ray-status sweep-all-gpus sync report
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -54,6 +54,11 @@ test: install ## Run the test suite: make test [PYTEST_ARGS='-x -k smoke']
 	@rm -f $(PYTEST_EXIT); $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; echo $$rc > $(PYTEST_EXIT); \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
 	exit $$rc
+
+# The inner loop: no `slow` test (the end-to-end runs through Ray and MLflow), no `gpu` test, stop at the
+# first failure, two workers (one a core; loadscope keeps a module's fixtures on one worker).
+test-fast: install ## The inner loop: not slow, not gpu, -x, 2 workers [PYTEST_ARGS='-k report']
+	$(PY) -m pytest -m "not slow and not gpu" -x -n 2 --dist loadscope $(PYTEST_ARGS)
 
 mlflow-ui: install ## MLflow UI on the embedded store at http://127.0.0.1:5000 (MLFLOW_PORT=...)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DB) \
