@@ -48,9 +48,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from orchestrator.config import ConfigError
+from workers.bundle import MANIFEST
 
 EXIT_BAD_INPUT = 2
-MANIFEST = "manifest.json"
 PARENTS_DIR = "parents"  # DIR/parents/<parent run id>/: each parent run's text artifacts
 PARENT_EXTRAS = ("config.yaml", "jobs.json")  # copied to DIR/ when one content: ingest logs them again
 PARENT_TAG = "mlflow.parentRunId"
@@ -186,19 +186,25 @@ def record_tags(tags: dict[str, str]) -> dict[str, str]:
     }
 
 
-def _files(client: Any, run_id: str, path: str | None = None) -> Iterator[Any]:
-    for info in client.list_artifacts(run_id, path):
+def _files(repo: Any, path: str | None = None) -> Iterator[Any]:
+    for info in repo.list_artifacts(path):
         if info.is_dir:
-            yield from _files(client, run_id, info.path)
+            yield from _files(repo, info.path)
         else:
             yield info
 
 
-def text_artifacts(client: Any, run: Any, scratch: Path) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    """A run's text artifacts (name -> content) and the binary ones left out (a manifest entry each)."""
+def text_artifacts(run: Any, tracking_uri: str, scratch: Path) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """A run's text artifacts (name -> content) and the binary ones left out (a manifest entry each).
+
+    Read through the run's artifact repository directly: MlflowClient.download_artifacts looks the
+    run up again for every file, which made a store on disk three times slower to export."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
     from workers.profiling import PROFILE_FILE_TAG
 
     run_id = run.info.run_id
+    repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=tracking_uri)
     binaries = {
         f"profile/{PurePosixPath(v).name}" for k, v in run.data.tags.items() if k.startswith(PROFILE_FILE_TAG)
     }
@@ -206,10 +212,10 @@ def text_artifacts(client: Any, run: Any, scratch: Path) -> tuple[dict[str, str]
     left: list[dict[str, Any]] = []
     folder = Path(tempfile.mkdtemp(prefix=run_id, dir=scratch))
     try:
-        for info in sorted(_files(client, run_id), key=lambda i: i.path):
+        for info in sorted(_files(repo), key=lambda i: i.path):
             why = "binary profiler report" if info.path in binaries else ""
             if not why:
-                data = Path(client.download_artifacts(run_id, info.path, str(folder))).read_bytes()
+                data = Path(repo.download_artifacts(info.path, str(folder))).read_bytes()
                 try:
                     texts[info.path] = data.decode("utf-8")
                     continue
@@ -224,11 +230,11 @@ def text_artifacts(client: Any, run: Any, scratch: Path) -> tuple[dict[str, str]
     return texts, left
 
 
-def record_of(client: Any, run: Any, scratch: Path) -> tuple[Any, list[dict[str, Any]]]:
+def record_of(run: Any, tracking_uri: str, scratch: Path) -> tuple[Any, list[dict[str, Any]]]:
     """The Record a child run was logged from (and its binary artifacts, left out)."""
     from workers.schema import Record
 
-    artifacts, left = text_artifacts(client, run, scratch)
+    artifacts, left = text_artifacts(run, tracking_uri, scratch)
     record = Record(
         key=run.data.tags["job_key"],
         params=dict(run.data.params),
@@ -270,11 +276,11 @@ def _run_entry(run: Any, measurement: str | None) -> dict[str, str]:
     return {**entry, "measurement": measurement} if measurement else entry
 
 
-def _write_parents(client: Any, part: Path, parents: dict[str, Any], scratch: Path) -> None:
+def _write_parents(part: Path, parents: dict[str, Any], tracking_uri: str, scratch: Path) -> None:
     """Each parent's text artifacts under parents/<id>/; config.yaml and jobs.json at the top when one."""
     seen: dict[str, set[str]] = {name: set() for name in PARENT_EXTRAS}
     for run_id, run in parents.items():
-        texts, _ = text_artifacts(client, run, scratch)
+        texts, _ = text_artifacts(run, tracking_uri, scratch)
         for name, text in texts.items():
             path = part / PARENTS_DIR / run_id / PurePosixPath(name)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -368,14 +374,14 @@ def export(
             task = bar.add_task("runs", total=len(children))
             threads = FETCH_THREADS if tracking_uri.startswith(("http://", "https://")) else 1
             with ThreadPoolExecutor(threads) as pool:
-                fetched = pool.map(lambda r: record_of(client, r, Path(tmp)), children)
+                fetched = pool.map(lambda r: record_of(r, tracking_uri, Path(tmp)), children)
                 for (record, binaries), measurement in zip(fetched, measurements, strict=True):
                     append_record(part, record, measurement)
                     left.extend(binaries)
                     commits.add(record.tags.get("planned.git", "unknown"))
                     bar.advance(task)
             used = dict.fromkeys(r.data.tags.get(PARENT_TAG, "") for r in children)
-            _write_parents(client, part, {p: parents[p] for p in used if p in parents}, Path(tmp))
+            _write_parents(part, {p: parents[p] for p in used if p in parents}, tracking_uri, Path(tmp))
         manifest = {
             "command": scrub_text(command),
             "tracking_uri": scrub_text(tracking_uri),

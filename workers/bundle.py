@@ -5,6 +5,7 @@
     DIR/shared/<digest>/<name>        an artifact that repeats verbatim across jobs (a schedule's
                                       source, `SHARED`), stored once by content; the line's "shared"
                                       field maps its name to the digest
+    DIR/manifest.json                 only in a bundle exported from MLflow: its experiment, runs...
 
 A record's line is appended (flushed and fsynced) only after its artifacts are on disk, so a line
 always has its files. A key may appear more than once (`--rerun`): the last line wins.
@@ -31,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from workers.schema import Record
 
 RECORDS = "records.jsonl"
+MANIFEST = "manifest.json"  # a bundle exported from MLflow: where its records came from (orchestrator.export)
 ARTIFACTS = "artifacts"
 SHARED_DIR = "shared"
 SHARED = frozenset({"schedule.py"})  # artifacts that repeat verbatim across a bundle's jobs
@@ -167,6 +169,20 @@ def recorded_keys(bundle: Path) -> set[str]:
     if not (Path(bundle) / RECORDS).is_file():
         return set()
     return {r.key for r, _, _ in _read_lines(bundle)}
+
+
+def read_manifest(bundle: str | os.PathLike[str]) -> dict[str, object]:
+    """The bundle's manifest.json (an export from MLflow: its experiment, runs, command), {} if none."""
+    path = Path(bundle) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise BundleError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: a JSON {type(manifest).__name__}, not an object")
+    return manifest
 
 
 def read_bundle(bundle: str | os.PathLike[str]) -> list[Record]:
