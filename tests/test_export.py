@@ -56,6 +56,7 @@ class Store:
         self.artifacts = str(folder / "artifacts")
         self.parents: dict[str, str] = {}  # name -> parent run id
         self.half: str = ""  # the half-written child run
+        self.logged: list[Record] = []  # the records of the complete runs, as they were logged
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
         tags={"dsconv.role": "child", "job_key": "x.y.cpu.0", "mlflow.parentRunId": src.parents["sweep"]},
     )
     src.half = half.info.run_id
+    src.logged = [*sweep, again]
     return src
 
 
@@ -183,9 +185,16 @@ def test_export_then_ingest_into_an_empty_store_gives_the_same_runs(
     assert not list(bundle.rglob("*.ncu-rep"))
     assert (bundle / "config.yaml").read_text() == "name: export_rt\n"  # the parent's, for ingest to log
 
-    # The bundle is a worker's bundle: records, artifacts, one copy of a shared schedule source.
+    # The bundle is a worker's bundle: records, artifacts, one copy of a shared schedule source; and
+    # its records are those that were logged, field by field (the binary report aside).
     records = read_bundle(bundle)
     assert len(records) == 8 and all(r.artifacts for r in records)
+    logged = {(r.key, r.tags["started_at"]): r for r in store.logged}
+    for record in records:
+        mine = logged[(record.key, record.tags["started_at"])]
+        assert (record.params, record.metrics) == (mine.params, mine.metrics), record.key
+        assert record.artifacts == mine.artifacts, record.key
+        assert {k: v for k, v in record.tags.items() if k != RECORD_ID_TAG} == mine.tags, record.key
     schedules = {r.artifacts["schedule.py"] for r in records if "schedule.py" in r.artifacts}
     assert len(list((bundle / SHARED_DIR).rglob("schedule.py"))) == len(schedules) >= 2
     lines = [json.loads(line) for line in (bundle / RECORDS).read_text().splitlines()]
