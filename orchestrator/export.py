@@ -255,7 +255,7 @@ def _iso(ms: int | None) -> str | None:
 
 def _parent_entry(run: Any | None, run_id: str, records: int) -> dict[str, Any]:
     if run is None:
-        return {"run_id": run_id, "status": "absent from the store", "records": records}
+        return {"run_id": run_id, "status": "not a parent run of the experiment", "records": records}
     from orchestrator.record import SOURCE_TAG
 
     return {
@@ -303,6 +303,72 @@ def _progress(total: int) -> Any:
     )  # fmt: skip
 
 
+def _check_out(out: Path, force: bool) -> Path:
+    """The folder `out` may be written: new or empty, or (with force) a bundle to replace; returns the
+    folder the bundle is assembled in first, beside it."""
+    from workers.bundle import RECORDS
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; give --out a folder for the bundle")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ConfigError(f"{out} is not empty; give another --out, or --force to replace it")
+        if not ((out / RECORDS).is_file() or (out / MANIFEST).is_file()):
+            raise ConfigError(f"{out} is not a results bundle; --force replaces a bundle, nothing else")
+    full = out.resolve()
+    return full.with_name(full.name + ".part")
+
+
+def select_runs(
+    client: Any,
+    experiment: Any,
+    runs: Sequence[str],
+    filters: Sequence[str],
+    include_running: bool,
+    say: Callable[[str], None],
+) -> tuple[list[Any], dict[str, Any], int]:
+    """(complete child runs to export, oldest measurement first; the experiment's parent runs by id;
+    runs skipped as RUNNING). Each skip is said in one line."""
+    from orchestrator.record import ROLE_TAG
+
+    parents = {
+        r.info.run_id: r for r in _search(client, experiment.experiment_id, f"tags.`{ROLE_TAG}` = 'parent'")
+    }
+    _check_parents(client, runs, parents, experiment.name)
+    query = " AND ".join([f"tags.`{ROLE_TAG}` = 'child'", *filters])
+    children = [
+        r for r in _search(client, experiment.experiment_id, query)
+        if not runs or r.data.tags.get(PARENT_TAG) in runs
+    ]  # fmt: skip
+    keyless = [r for r in children if "job_key" not in r.data.tags]
+    if keyless:
+        say(f"warning: {len(keyless)} child run(s) without a job_key tag (not a job's record): not exported")
+    half = [r for r in children if r.info.status == "RUNNING" and "job_key" in r.data.tags]
+    if half:
+        say(
+            f"warning: {len(half)} job run(s) left RUNNING by a writer that died mid-write (half-written): "
+            "not exported; `python -m orchestrator.sync` writes them again"
+        )
+    children = [r for r in children if r.info.status != "RUNNING" and "job_key" in r.data.tags]
+    complete = len(children)
+    for pid, count in sorted(Counter(r.data.tags.get(PARENT_TAG, "") for r in children).items()):
+        parent = parents.get(pid)
+        if parent is None or parent.info.status != "RUNNING" or include_running:
+            continue
+        say(
+            f"warning: parent run {pid} ({parent.data.tags.get('mlflow.runName', '')}) is RUNNING (a sweep "
+            f"in progress, or a driver that died before `orchestrator.sync`): its {count} job run(s) "
+            "skipped; --include-running exports them"
+        )
+        children = [r for r in children if r.data.tags.get(PARENT_TAG) != pid]
+    if not children:
+        what = f" of parent run(s) {', '.join(runs)}" if runs else ""
+        what += f" matching {' AND '.join(filters)}" if filters else ""
+        raise ConfigError(f"experiment {experiment.name!r} has no complete job runs{what} to export")
+    children.sort(key=lambda r: (_started(r), r.data.tags["job_key"], _measurement(r)))
+    return children, parents, len(half) + complete - len(children)
+
+
 def export(
     experiment: str,
     out: Path,
@@ -317,70 +383,37 @@ def export(
     """Write the experiment's complete child runs (of the parent runs `runs`, matching `filters`) as a
     results bundle in `out`; returns what was written."""
     from orchestrator.plan import git_commit
-    from orchestrator.record import ROLE_TAG, scrub_text
+    from orchestrator.record import scrub_text
     from workers.bundle import append_record
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} is a file; give --out a folder for the bundle")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ConfigError(f"{out} is not empty; give another --out, or --force to replace it")
+    part = _check_out(out, force)
     client = open_store(tracking_uri)
     exp = find_experiment(client, experiment, tracking_uri)
-    parents = {r.info.run_id: r for r in _search(client, exp.experiment_id, f"tags.`{ROLE_TAG}` = 'parent'")}
-    _check_parents(client, runs, parents, experiment)
-    query = " AND ".join([f"tags.`{ROLE_TAG}` = 'child'", *filters])
-    children = [
-        r for r in _search(client, exp.experiment_id, query)
-        if (not runs or r.data.tags.get(PARENT_TAG) in runs) and "job_key" in r.data.tags
-    ]  # fmt: skip
-
-    result = Exported(out)
-    half = [r for r in children if r.info.status == "RUNNING"]
-    if half:
-        say(
-            f"warning: {len(half)} job run(s) left RUNNING by a writer that died mid-write (half-written): "
-            "not exported; `python -m orchestrator.sync` writes them again"
-        )
-    children = [r for r in children if r.info.status != "RUNNING"]
-    per_parent = Counter(r.data.tags.get(PARENT_TAG, "") for r in children)
-    for pid, count in sorted(per_parent.items()):
-        parent = parents.get(pid)
-        if parent is None or parent.info.status != "RUNNING" or include_running:
-            continue
-        say(
-            f"warning: parent run {pid} ({parent.data.tags.get('mlflow.runName', '')}) is RUNNING (a sweep "
-            f"in progress, or a driver that died before `orchestrator.sync`): its {count} job run(s) "
-            "skipped; --include-running exports them"
-        )
-        children = [r for r in children if r.data.tags.get(PARENT_TAG) != pid]
-    result.skipped_running = len(half) + sum(per_parent.values()) - len(children)
-    if not children:
-        what = f" of parent run(s) {', '.join(runs)}" if runs else ""
-        what += f" matching {' AND '.join(filters)}" if filters else ""
-        raise ConfigError(f"experiment {experiment!r} has no complete job runs{what} to export")
-
-    children.sort(key=lambda r: (_started(r), r.data.tags["job_key"], _measurement(r)))
+    children, parents, skipped = select_runs(client, exp, runs, filters, include_running, say)
     repeated = {k for k, n in Counter(r.data.tags["job_key"] for r in children).items() if n > 1}
     measurements = [_measurement(r) if r.data.tags["job_key"] in repeated else None for r in children]
+    used = dict.fromkeys(r.data.tags.get(PARENT_TAG, "") for r in children)
 
-    part = out.with_name(out.name + ".part")
     shutil.rmtree(part, ignore_errors=True)
     part.mkdir(parents=True)
     left: list[dict[str, Any]] = []
     commits: set[str] = set()
+    threads = FETCH_THREADS if tracking_uri.startswith(("http://", "https://")) else 1
     try:
-        with tempfile.TemporaryDirectory(prefix="dsconv-export-") as tmp, _progress(len(children)) as bar:
-            task = bar.add_task("runs", total=len(children))
-            threads = FETCH_THREADS if tracking_uri.startswith(("http://", "https://")) else 1
-            with ThreadPoolExecutor(threads) as pool:
-                fetched = pool.map(lambda r: record_of(r, tracking_uri, Path(tmp)), children)
-                for (record, binaries), measurement in zip(fetched, measurements, strict=True):
-                    append_record(part, record, measurement)
-                    left.extend(binaries)
-                    commits.add(record.tags.get("planned.git", "unknown"))
-                    bar.advance(task)
-            used = dict.fromkeys(r.data.tags.get(PARENT_TAG, "") for r in children)
+        with tempfile.TemporaryDirectory(prefix="dsconv-export-") as tmp:
+            pool = ThreadPoolExecutor(threads)
+            try:
+                with _progress(len(children)) as bar:
+                    task = bar.add_task("runs", total=len(children))
+                    fetched = pool.map(lambda r: record_of(r, tracking_uri, Path(tmp)), children)
+                    for (record, binaries), measurement in zip(fetched, measurements, strict=True):
+                        append_record(part, record, measurement)
+                        left.extend(binaries)
+                        commits.add(record.tags.get("planned.git", "unknown"))
+                        bar.advance(task)
+            finally:
+                pool.shutdown(cancel_futures=True)  # on Ctrl-C, the runs still queued are not fetched
             _write_parents(part, {p: parents[p] for p in used if p in parents}, tracking_uri, Path(tmp))
         manifest = {
             "command": scrub_text(command),
@@ -394,7 +427,7 @@ def export(
             ],
             "runs": [_run_entry(r, m) for r, m in zip(children, measurements, strict=True)],
             "records": len(children),
-            "skipped_running": result.skipped_running,
+            "skipped_running": skipped,
             "left_out": left,
             "git_commit": git_commit(),
             "record_commits": sorted(commits),
@@ -407,8 +440,7 @@ def export(
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)
         raise
-    result.records, result.parents, result.left_out = len(children), list(used), len(left)
-    return result
+    return Exported(out, len(children), list(used), skipped, len(left))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

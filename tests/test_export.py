@@ -308,3 +308,5 @@ def test_bad_input_is_one_line_and_exit_2(
     (tmp_path / "out" / "keep.txt").write_text("mine")
     err = _bad(capsys, "--experiment", EXPERIMENT, *out, *uri)
     assert "not empty" in err and (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    err = _bad(capsys, "--experiment", EXPERIMENT, *out, *uri, "--force")  # replaces a bundle, nothing else
+    assert "not a results bundle" in err and (tmp_path / "out" / "keep.txt").read_text() == "mine"
