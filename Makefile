@@ -28,7 +28,7 @@ TRACKING ?= local
 NODE_ARGS = $(if $(GPU),--gpu $(GPU)) $(if $(GPUS),--gpus $(GPUS)) $(if $(BLOCK),--block)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast mlflow-ui mlflow-server ingest lint head worker ray-status sweep-all-gpus sync report
+.PHONY: help install run test test-fast mlflow-ui mlflow-server ingest lint head worker ray-status sweep-all-gpus sync report export
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -91,6 +91,10 @@ ingest: install ## Log the committed results bundles (results/*/*/) into the emb
 	@shopt -s nullglob; bundles=(results/*/*/); \
 	if [ $${#bundles[@]} -eq 0 ]; then echo "no bundles under results/*/*/"; exit 0; fi; \
 	$(PY) -m orchestrator.ingest --no-summary "$${bundles[@]}"
+
+export: install ## An experiment's MLflow runs as a results bundle: make export EXPERIMENT=sweep OUT=DIR [TRACKING=server] [ARGS=...]
+	@if [ -z "$(OUT)" ]; then echo "make export: give the bundle folder to write, OUT=DIR" >&2; exit 2; fi
+	$(PY) -m orchestrator.export --experiment $(EXPERIMENT) --out $(OUT) --tracking $(TRACKING) $(ARGS)
 
 # Every linter runs (so one pass shows every problem); the ones that failed are named on the last line
 # and in $(LINT_FAILED), which .ci/run reads.

@@ -34,6 +34,7 @@ from workers.schema import Job, Record
 pytestmark = pytest.mark.slow
 
 TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
 SECRET = "hf_QWERTYUIOPasdfghjklZXCVBNM123456"  # looks like a Hugging Face token
 PASSWORD = "pa55w0rd-do-not-log"
 
@@ -253,3 +254,36 @@ def test_secrets_are_scrubbed_at_the_one_writer(tmp_path: Path, monkeypatch: pyt
     assert run.data.tags["job_key"] == record.key  # our own `key` names are not secrets
     assert run.data.params["tracking"] == "http://lab:[redacted]@127.0.0.1:5000"
     assert scrub_record(record).params["option.api_key"] == "[redacted]"
+
+
+def test_an_experiment_is_exported_over_http_as_a_bundle(
+    server: MlflowServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m orchestrator.export` against the server: runs and artifacts read over HTTP, several runs
+    at a time (the round trip through a SQLite store is in test_export.py)."""
+    from orchestrator import export as export_cmd
+    from workers.bundle import MANIFEST, read_bundle
+
+    nsight = read_bundle(ROOT / "results" / "h100" / "nsight_tuned")
+    records = [r for r in nsight if r.params["variant"] in ("halide_tuned", "cudnn_nchw")][:6]
+    binary = b"NVIDIA Nsight Compute report\x00\xff\xfe\x80"
+    (tmp_path / "report.ncu-rep").write_bytes(binary)
+    records[0].tags["profile_file.report.ncu-rep"] = str(tmp_path / "report.ncu-rep")
+    with Recorder(server.uri, "export_http") as rec:
+        rec.start_parent({"experiment": "export_http"}, artifacts={"config.yaml": "name: export_http\n"})
+        for record in records:
+            rec.log_child(record)
+    out = tmp_path / "bundle"
+    export_cmd.main(["--experiment", "export_http", "--out", str(out), "--tracking-uri", server.uri])
+    assert "exported 6 record(s)" in capsys.readouterr().out
+    got = {r.key: r for r in read_bundle(out)}
+    assert len(got) == 6
+    for record in map(scrub_record, records):  # what the Recorder wrote: secrets blanked
+        mine = got[record.key]
+        assert mine.params == record.params and mine.metrics == record.metrics
+        assert mine.artifacts == record.artifacts  # the binary report aside
+        assert {k: v for k, v in mine.tags.items() if k != RECORD_ID_TAG} == record.tags
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["tracking_uri"] == server.uri
+    assert (out / "config.yaml").read_text() == "name: export_http\n"
+    assert [e["artifact"] for e in manifest["left_out"]] == ["profile/report.ncu-rep"]
