@@ -387,12 +387,16 @@ def sha256(path: Path) -> str:
 
 
 # --- build ---------------------------------------------------------------------------------------------
-def _requires_of_base(
-    entries: Sequence[dict], carried: set[str], base: dict[str, str], target: Target
-) -> dict:
-    """Base package → the requirement strings carried packages place on it (markers evaluated for the
-    target, with each package's requested extras)."""
+def requires_of_base(
+    entries: Sequence[dict], carried: set[str], base: dict[str, str], target: Target, project: Sequence = ()
+) -> dict[str, list[str]]:
+    """Base package → what the project's own requirements (`project`) and the carried packages (pip
+    report `entries`) require of it, as `who: requirement` strings; markers evaluated for the target,
+    with each package's requested extras."""
     needs: dict[str, set[str]] = {}
+    for req in project:
+        if canonicalize_name(req.name) in base:
+            needs.setdefault(canonicalize_name(req.name), set()).add(f"dsconv-lab: {req.name}{req.specifier}")
     for entry in entries:
         meta = entry["metadata"]
         if canonicalize_name(meta["name"]) not in carried:
@@ -472,7 +476,7 @@ def build(out: Path, target: Target, base_spec: str, part_mb: float, level: int,
         "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": command,
         "target": {**asdict(target), "implementation": "cp", "platforms_accepted": target.platforms()},
-        "compression": f"xz -{level} (tar)",
+        "compression": f"tar, xz preset {level}",
         "part_limit_bytes": limit,
         "total_bytes": sum((out / p["file"]).stat().st_size for p in parts),
         "unpacked_bytes": unpacked,
@@ -495,7 +499,7 @@ def build(out: Path, target: Target, base_spec: str, part_mb: float, level: int,
         "base": {
             "list": "none" if base_spec == "none" else _display(Path(base_spec)),
             "names": len(base),
-            "assumed": _requires_of_base(entries, carried, base, target),
+            "assumed": requires_of_base(entries, carried, base, target, reqs),
         },
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

@@ -23,14 +23,15 @@ manifest=$kit/manifest.json
 [ -f "$manifest" ] || fail "no manifest.json in $kit: not a kit folder (make gpu-kit writes one)"
 command -v "$python" >/dev/null || fail "no $python here: set PYTHON=/path/to/python3"
 
-# "python sha256 file" lines from the manifest, then every part's checksum before anything is unpacked.
-mapfile -t lines < <("$python" -c '
+# The kit's Python, then "sha256 file" per part; every part's checksum is checked before anything is unpacked.
+listing=$("$python" -c '
 import json, sys
 m = json.load(open(sys.argv[1]))
 print(m["target"]["python"])
 for p in m["parts"]:
     print(p["sha256"], p["file"])
-' "$manifest") || fail "cannot read $manifest"
+' "$manifest" 2>/dev/null) || fail "cannot read $manifest: not a kit's manifest"
+mapfile -t lines <<< "$listing"
 want_python=${lines[0]}
 parts=("${lines[@]:1}")
 [ ${#parts[@]} -gt 0 ] || fail "$manifest lists no parts"
@@ -51,11 +52,13 @@ if [ -f "$target/.kit-manifest.json" ] && cmp -s "$manifest" "$target/.kit-manif
   say "this kit is already installed in $target"
 else
   if [ -e "$target" ] && [ -n "$(ls -A "$target" 2>/dev/null)" ]; then
-    [ -f "$target/.kit-manifest.json" ] || fail "$target is not empty and holds no kit: give an empty or new folder"
-    rm -rf "$target"  # an older kit
+    [ -f "$target/.kit-manifest.json" ] || [ -f "$target/.kit-incomplete" ] \
+      || fail "$target is not empty and holds no kit: give an empty or new folder"
+    rm -rf "$target"  # another kit, or one whose unpacking was cut short
   fi
   mkdir -p "$target"
   target=$(cd "$target" && pwd)
+  touch "$target/.kit-incomplete"
   for line in "${parts[@]}"; do
     file=${line#* }
     if command -v xz >/dev/null; then
@@ -65,6 +68,7 @@ else
     fi
   done
   cp "$manifest" "$target/.kit-manifest.json"
+  rm -f "$target/.kit-incomplete"
   say "installed ${#parts[@]} part(s) into $target ($(du -sh "$target" | cut -f1))"
 fi
 PYTHONPATH="$target" "$python" "$repo/scripts/gpu_kit.py" check-base "$manifest" || true

@@ -67,6 +67,28 @@ def test_the_base_list_is_the_images_and_the_kit_carries_pyprojects_pins() -> No
         gpu_kit.read_base("/nonexistent/base.txt")
 
 
+def test_the_manifest_says_what_the_kit_needs_of_the_base_and_the_node_checks_it(tmp_path: Path) -> None:
+    ray = {"name": "ray", "version": "2.60.0", "requires_dist": [
+        "aiohttp>=3.14.4", "click>=7.0", "grpcio; extra == 'default'", "pandas; extra == 'data'",
+        "tomli; python_version < '3.11'", "msgpack<2.0.0,>=1.0.0"]}  # fmt: skip
+    entries = [{"metadata": ray, "requested_extras": ["default"]}, {"metadata": {"name": "numpy"}}]
+    base = dict.fromkeys(["aiohttp", "click", "grpcio", "pandas", "tomli", "rich", "numpy"], "")
+    requirement = gpu_kit.Requirement("rich>=13")
+    needs = gpu_kit.requires_of_base(entries, {"ray"}, base, gpu_kit.Target("3.12", "x"), [requirement])
+    assert needs == {
+        "aiohttp": ["ray: aiohttp>=3.14.4"],
+        "click": ["ray: click>=7.0"],
+        "grpcio": ["ray: grpcio"],
+        "rich": ["dsconv-lab: rich>=13"],
+    }  # fmt: skip  (pandas: an extra not asked for; tomli: not on 3.12; msgpack: carried, not base)
+    manifest = tmp_path / "manifest.json"
+    assumed = {"packaging": ["ray: packaging>=999"], "no-such-package-here": ["ray: no-such-package-here"]}
+    manifest.write_text(json.dumps({"base": {"assumed": {**assumed, "pytest": ["x: pytest>=1"]}}}))
+    warnings = gpu_kit.check_base(manifest)
+    assert len(warnings) == 2 and "1 package(s) it lacks: no-such-package-here" in warnings[0]
+    assert warnings[1].startswith("warning: ray: packaging>=999, and this Python has packaging ")
+
+
 # --- install-kit.sh on a small kit --------------------------------------------------------------------
 def _small_kit(folder: Path) -> Path:
     """A kit of two parts made by the builder's own compress(), with its manifest."""
