@@ -28,7 +28,7 @@ TRACKING ?= local
 NODE_ARGS = $(if $(GPU),--gpu $(GPU)) $(if $(GPUS),--gpus $(GPUS)) $(if $(BLOCK),--block)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast mlflow-ui mlflow-server ingest lint head worker ray-status sweep-all-gpus sync report export
+.PHONY: help install run test test-fast mlflow-ui mlflow-server ingest lint head worker ray-status sweep-all-gpus sync report export gpu-kit
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -75,7 +75,7 @@ worker: install ## Join the Ray cluster declaring this node's GPU model: make wo
 	$(PY) -m orchestrator.cluster worker --head $(HEAD) $(if $(filter command line,$(origin HOST)),--host $(HOST)) $(NODE_ARGS)
 
 ray-status: install ## The cluster's nodes and the GPU models they declared [HEAD=host:port, else RAY_ADDRESS or local]
-	$(PY) -m orchestrator.cluster status $(if $(HEAD),--address $(HEAD))
+	@$(PY) -m orchestrator.cluster status $(if $(HEAD),--address $(HEAD))
 
 sweep-all-gpus: install ## The sweep on every GPU model of the cluster, compared: [HEAD=host:port] [TRACKING=server] [ARGS=...]
 	$(PY) -m orchestrator +experiment=sweep 'devices=[auto]' cluster=ray $(if $(HEAD),cluster.address=$(HEAD)) \
@@ -106,3 +106,15 @@ lint: install ## ruff check, ruff format --check, import contracts (lint-imports
 	$(VENV)/bin/lint-imports --no-logo --cache-dir .cache/import-linter || failed="$$failed import-linter"; \
 	$(VENV)/bin/mypy || failed="$$failed mypy"; \
 	if [ -n "$$failed" ]; then echo "$${failed# }" > $(LINT_FAILED); echo "make lint: failed:$$failed" >&2; exit 1; fi
+
+# The offline install kit for GPU nodes without a package index (scripts/gpu_kit.py; on the node:
+# scripts/install-kit.sh KIT_DIR). Built here, from the package index, for the node's Python and platform.
+KIT_PYTHON ?= 3.12
+KIT_PLATFORM ?= manylinux_2_28_x86_64
+KIT_DIR ?= .devcache/gpu-kit
+KIT_PART_MB ?= 60
+KIT_BASE ?= scripts/kit/cuda-image-base.txt
+KIT_LEVEL ?= 6
+gpu-kit: install ## Kit for GPU nodes without an index: [KIT_PYTHON=3.12 KIT_PLATFORM=manylinux_2_28_x86_64 KIT_DIR=.devcache/gpu-kit KIT_PART_MB=60 KIT_BASE=file|none]
+	$(PY) scripts/gpu_kit.py build --out $(KIT_DIR) --python $(KIT_PYTHON) --platform $(KIT_PLATFORM) \
+		--part-mb $(KIT_PART_MB) --base $(KIT_BASE) --level $(KIT_LEVEL)

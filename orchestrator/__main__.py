@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -292,21 +293,33 @@ def _one_line(exc: BaseException, argv: list[str]) -> str:
     return _collapse(str(exc)) or type(exc).__name__
 
 
+_terminated: list[int] = []  # the SIGTERM that stopped the run, if one did
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM takes Ctrl-C's path: a KeyboardInterrupt, so that the parent run ends KILLED, the journal
+    is closed and Ray is left (orchestrator.record.deferred_interrupt holds it during atomic steps)."""
+    _terminated.append(signum)
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """Entry point: run Hydra, turning bad input into one line on stderr and exit code 2."""
+    """Entry point: run Hydra, turning bad input into one line on stderr and exit code 2, and Ctrl-C or
+    SIGTERM into a clean stop (exit 130 or 143)."""
     argv = sys.argv[1:]
+    signal.signal(signal.SIGTERM, _on_sigterm)
     with hydra_raises() as user_wants_traceback:
         try:
             _hydra_main()
             if _bad_input:
                 raise _bad_input[0]
         except KeyboardInterrupt:
+            how = "terminated (SIGTERM)" if _terminated else "interrupted"
             print(
-                "interrupted (any MLflow run in progress was ended KILLED; "
-                "the journal keeps every finished job)",
+                f"{how} (any MLflow run in progress was ended KILLED; the journal keeps every finished job)",
                 file=sys.stderr,
             )
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(128 + signal.SIGTERM if _terminated else EXIT_INTERRUPTED)
         except (ConfigError, HydraException, OmegaConfBaseException) as exc:
             if user_wants_traceback:
                 raise

@@ -143,7 +143,9 @@ _deferring = threading.local()
 
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C until the block is done, then raise it: for steps that must not stop halfway.
+    """Hold Ctrl-C (and SIGTERM) until the block is done, then raise it: for steps that must not stop
+    halfway. A held SIGTERM goes, after the block, to the handler that was there before it (the driver's
+    raises KeyboardInterrupt, as Ctrl-C does).
 
     Blocks nest: an inner block inside an outer one defers to the outer, so a step made of several
     atomic steps (log a child, then journal that it is logged) is atomic as a whole.
@@ -152,14 +154,18 @@ def deferred_interrupt() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in held}
     _deferring.active = True
     try:
         yield
     finally:
         _deferring.active = False
-        signal.signal(signal.SIGINT, previous)
-    if caught:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    if signal.SIGTERM in caught:
+        signal.raise_signal(signal.SIGTERM)
+    if signal.SIGINT in caught:
         raise KeyboardInterrupt
 
 

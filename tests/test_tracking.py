@@ -135,6 +135,7 @@ def test_server_down_mid_sweep_then_sync_brings_every_job_in_once(
             proc.kill()
     assert proc.returncode == 0, stderr[-3000:]
     assert "MLflow unreachable" in stderr and "wait in the journal" in stderr, stderr[-3000:]
+    assert stderr.count("MLflow unreachable") == 1 and "Traceback" not in stderr  # said once, in one line
     assert "ok: 6" in stdout  # the sweep finished every job
     journal_dir = tmp_path / "journal"
     missed = len(pending_keys(journal_dir, "outage"))  # what the server missed (or half-wrote)

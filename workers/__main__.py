@@ -221,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
     def finish(job: Job, record: Record) -> None:
         if args.profile != "none":
             profile_into(job, record, args.profile, profile_raw, out / "profiles", args.imports)
+        record.tags[hostinfo.DISPATCH_TAG] = "worker-cli"
         bundle.append_record(out, record)
         records.append(record)
         progress.finished(record)

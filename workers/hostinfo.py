@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ COPY_BYTES = 256 * 2**20  # bytes per array of the bandwidth measurement
 REPEATS = 5  # best of this many (twice as many copies: each is short)
 LIBRARIES = ("halide", "tensorflow", "torch", "triton", "numpy")  # versions as tags (triton: torch.compile)
 NOT_INSTALLED = "not installed"
+MISMATCH_LABEL = "gpu_model_mismatch"  # node label and job tag: true | false | unknown | none
+DISPATCH_TAG = "dispatch"  # how a record reached its driver: ray | worker-cli
 
 
 def cache_dir() -> Path:
@@ -319,6 +322,15 @@ def _node_ip() -> str:
         return "unknown"
 
 
+def _ray_labels() -> dict[str, str]:
+    """The labels of the Ray node this process runs on (a Ray worker), else {}."""
+    ray = sys.modules.get("ray")  # only where Ray is already loaded: a Ray worker
+    if ray is None or not getattr(ray, "is_initialized", lambda: False)():
+        return {}
+    labels = ray.get_runtime_context().get_node_labels() or {}
+    return {str(k): v if isinstance(v, str) else ",".join(v) for k, v in labels.items()}
+
+
 def placement(kind: str) -> dict[str, str]:
     """Where a job of device kind `kind` (cpu|cuda) runs, as params: node (hostname), node_ip, node_id,
     node_gpu_model, gpu_index, cuda_visible_devices.
@@ -339,12 +351,79 @@ def placement(kind: str) -> dict[str, str]:
     ray = sys.modules.get("ray")  # only where Ray is already loaded: a Ray worker
     if ray is not None and getattr(ray, "is_initialized", lambda: False)():
         ctx = ray.get_runtime_context()
-        model = (ctx.get_node_labels() or {}).get("gpu_model", "none")
         facts.update(
             node_ip=ray.util.get_node_ip_address(),
             node_id=ctx.get_node_id(),
-            node_gpu_model=model if isinstance(model, str) else ",".join(model),
+            node_gpu_model=_ray_labels().get("gpu_model", "none"),
         )
         if kind == "cuda":
             facts["gpu_index"] = ",".join(ctx.get_accelerator_ids().get("GPU", [])) or "none"
     return facts
+
+
+# --- is the declared GPU model the GPU this node has? ---------------------------------------------------
+@functools.cache
+def gpu_names() -> dict[str, str]:
+    """Physical GPU index → its name as the driver reports it (`nvidia-smi`); {} where none answers."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return {}
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=index,name", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    pairs = (line.split(",", 1) for line in out.splitlines() if "," in line)
+    return {index.strip(): name.strip() for index, name in pairs}
+
+
+def visible_gpu_names() -> list[str]:
+    """Names of the GPUs this process may use (CUDA_VISIBLE_DEVICES by index respected)."""
+    names = gpu_names()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return list(names.values())
+    return [names[i.strip()] for i in visible.split(",") if i.strip() in names]
+
+
+def _model_words(name: str) -> str:
+    """A GPU name reduced for comparison: lower case, no vendor word, no notes in parentheses, no
+    punctuation (`NVIDIA H100 80GB HBM3 (SXM5)` and `NVIDIA H100 80GB HBM3` → `h100 80gb hbm3`)."""
+    name = re.sub(r"\([^)]*\)", " ", name.lower())
+    return " ".join(w for w in re.split(r"[^0-9a-z]+", name) if w and w != "nvidia")
+
+
+def same_gpu_model(catalog_name: str, gpu_name: str) -> bool:
+    """True when the driver's `gpu_name` is the device catalog's model `catalog_name` (its `model:`
+    field): the same words, less the vendor and the catalog's notes in parentheses. `NVIDIA H200` is
+    `NVIDIA H200 (SXM)`; `NVIDIA H200 NVL`, `NVIDIA GeForce RTX 2060 SUPER` for an RTX 2060 are not."""
+    return bool(_model_words(catalog_name)) and _model_words(catalog_name) == _model_words(gpu_name)
+
+
+def gpu_model_check(catalog_name: str, gpu_names: Sequence[str]) -> str:
+    """`false` when every GPU in `gpu_names` is the model `catalog_name`, `true` when one is not,
+    `unknown` when there is no GPU name to compare with (a CPU-only node, no driver answering)."""
+    if not gpu_names:
+        return "unknown"
+    return "false" if all(same_gpu_model(catalog_name, n) for n in gpu_names) else "true"
+
+
+def gpu_identity(device: DeviceSpec, where: Mapping[str, str]) -> dict[str, str]:
+    """Tags saying which GPU a job's node really has: `node_gpu_name` (the driver's names of the GPU(s)
+    the job used, else of the node's GPUs, else `none`) and `gpu_model_mismatch`: for a CUDA job, its
+    device's catalog model against the GPU it ran on; otherwise the node's own check at `make worker` (its
+    label), else `unknown` where a model was declared or asked for and `none` where none was."""
+    names = gpu_names()
+    used = [names[i] for i in where.get("gpu_index", "none").split(",") if i in names]
+    if device.kind != "cuda":
+        used = []
+    node_names = sorted(set(names.values()))
+    if used:
+        mismatch = gpu_model_check(device.model, used)
+    else:
+        declared = where.get("node_gpu_model", "none") != "none"
+        fallback = "unknown" if declared or device.kind == "cuda" else "none"
+        mismatch = _ray_labels().get(MISMATCH_LABEL, fallback)
+    return {"node_gpu_name": ",".join(used or node_names) or "none", MISMATCH_LABEL: mismatch}

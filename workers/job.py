@@ -118,7 +118,9 @@ def execute(job: Job) -> Record:
     # Where and when it ran (Unix seconds): the cluster tests check that no two jobs overlap on a GPU.
     record.tags.update(started_at=f"{started:.6f}", ended_at=f"{time.time():.6f}")
     with contextlib.suppress(Exception):
-        record.params.update(hostinfo.placement(job.device.kind))
+        where = hostinfo.placement(job.device.kind)
+        record.params.update(where)
+        record.tags.update(hostinfo.gpu_identity(job.device, where))
     return record
 
 
