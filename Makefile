@@ -42,7 +42,18 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
+# On a node without a package index (a GPU node with the install kit, `scripts/install-kit.sh`), name the
+# interpreter that has the kit on its PYTHONPATH, e.g. `make head PY=python3 GPU=h200`: no .venv is made and
+# nothing is installed; the targets only check that the project's packages import.
+ifeq ($(origin PY),command line)
+MLFLOW := mlflow
+install:
+	@$(PY) -c 'import halide, hydra, mlflow, ray' 2>/dev/null || { echo "make: $(PY) cannot import halide, \
+	hydra, mlflow and ray: install the kit (scripts/install-kit.sh KIT_DIR) and eval the line it prints" >&2; exit 2; }
+else
+MLFLOW := $(VENV)/bin/mlflow
 install: $(STAMP) ## Create .venv if missing and install the package with its dev tools (no-op when up to date)
+endif
 
 run: install ## Run an experiment: make run [EXPERIMENT=fusion_ablation] [ARGS='timing=quick ...']
 	$(PY) -m orchestrator +experiment=$(EXPERIMENT) $(ARGS)
@@ -61,7 +72,7 @@ test-fast: install ## The inner loop: not slow, not gpu, -x, 2 workers [PYTEST_A
 	$(PY) -m pytest -m "not slow and not gpu" -x -n 2 --dist loadscope $(PYTEST_ARGS)
 
 mlflow-ui: install ## MLflow UI on the embedded store at http://127.0.0.1:5000 (MLFLOW_PORT=...)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DB) \
+	$(MLFLOW) ui --backend-store-uri sqlite:///$(MLFLOW_DB) \
 		--default-artifact-root $(MLFLOW_ARTIFACTS) --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 mlflow-server: install ## MLflow tracking server for tracking=server on 127.0.0.1 (HOST=, MLFLOW_PORT=); waits for /health
