@@ -54,6 +54,13 @@ class DeviceConf:
     sm_count: int = 0  # streaming multiprocessors (0 on a CPU)
     cuda_capability: int = 0  # e.g. 75 for sm_75 (0 on a CPU)
     cores: int = 0  # CPU cores to use; 0 = all cores of the node (and 0 on a GPU)
+    tf32_gflops: float = 0.0  # datasheet TF32 tensor-core peak, dense; 0 = none
+    # measured roofs pinned in the catalog (0 = measured on the node: workers.roofs)
+    fma_gflops: float = 0.0  # fp32 FMA peak
+    sgemm_gflops: float = 0.0  # SGEMM, TF32 off (the attainable line)
+    cache_gbps: float = 0.0  # L2 / last-level cache read bandwidth
+    cache_bytes: int = 0  # its size
+    dram_gbps: float = 0.0  # DRAM read bandwidth
 
 
 @dataclass

@@ -396,14 +396,15 @@ def test_gpu_without_measurable_ceilings_keeps_datasheet_rates_and_says_so() -> 
     the source names why; a GPU must never be given the host CPU's measurements."""
     from kernels.device import DeviceSpec
     from tests.conftest import has_cuda
-    from workers.hostinfo import resolve_device
+    from workers.roofs import resolve_device
 
     if has_cuda():
         pytest.skip("a CUDA GPU is present: its ceilings are measurable")
     h100 = DeviceSpec("h100", "cuda", "NVIDIA H100", 66900, 3350, sm_count=132, cuda_capability=90)
     device, source = resolve_device(h100)
     assert device == h100
-    assert device.roofs == (66900, 3350)
+    assert device.compute_roof() == (66900, "fp32 FMA peak (datasheet)")
+    assert device.memory_roof(10**6) == (3350, "DRAM")
     assert source.startswith("datasheet (GPU ceilings not measured")
 
 

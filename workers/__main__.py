@@ -1,7 +1,7 @@
 """`python -m workers`: run a job list where the GPU is, without Ray or MLflow; print host facts.
 
     python -m workers run JOBS.json --out DIR [--gpus all|0,1] [--only SUBSTRING] [--rerun] [--import M]...
-    python -m workers info [--measure]
+    python -m workers info [--measure] [--measure-gpu]
 
 `run` executes each job of JOBS.json (a list of `Job.to_dict()`, or `{"jobs": [...]}`) in order, in a
 long-lived child process that is replaced when a job crashes it, appends each Record to
@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from workers import bundle, hostinfo
+from workers import bundle, hostinfo, roofs
 from workers.job import summary_row
 from workers.profiling import ProfileConfigError, ProfileSettings, profile_into
 from workers.runner import ChildRunner, ChildStartError, thread_limits
@@ -266,20 +266,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def info(args: argparse.Namespace) -> int:
-    """Print the host facts, and its measured CPU peak and bandwidth (measured now with --measure)."""
+    """Print the host facts and the roofs: the CPU's (measured now with --measure, else as cached) and,
+    with --measure-gpu, the GPU's (FMA peak, SGEMM, L2 and DRAM bandwidth), measured now."""
     facts = dict(hostinfo.host_facts())
     if args.measure_gpu:
         try:
-            facts.update({f"gpu_{k}": str(v) for k, v in hostinfo.measure_gpu_roofs().items()})
-        except (ImportError, RuntimeError) as exc:
-            raise CliError(f"cannot measure the GPU: {exc}") from None
-    peak = hostinfo.host_peak(refresh=True) if args.measure else hostinfo.cached_host_peak()
-    if peak is None:
-        facts["cpu_peak"] = "not measured yet (python -m workers info --measure)"
+            facts.update(roofs.gpu_ceilings(refresh=True).as_lines("gpu"))
+        except Exception as exc:  # no GPU, no CUDA for Halide: one line
+            raise CliError(f"cannot measure the GPU: {type(exc).__name__}: {exc}") from None
+    found = roofs.host_ceilings(refresh=True) if args.measure else roofs.cached_host_ceilings()
+    if found is None:
+        facts["cpu_roofs"] = "not measured yet (python -m workers info --measure)"
     else:
-        facts["cpu_peak_gflops"] = f"{peak.peak_gflops:g} (measured {peak.measured_at})"
-        facts["cpu_mem_gbps"] = f"{peak.mem_gbps:g}"
-        facts["cpu_peak_method"] = peak.method
+        facts.update(found.as_lines("cpu"))
     width = max(len(k) for k in facts)
     for key, value in facts.items():
         print(f"{key.ljust(width)}  {value}")
@@ -316,10 +315,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a setting of conf/profile/<tool>.yaml, e.g. runs=3 (repeatable; JSON values)",
     )  # fmt: skip
     p_info = commands.add_parser("info", help="print host facts")
-    p_info.add_argument("--measure", action="store_true", help="measure the CPU peak and bandwidth now")
+    p_info.add_argument(
+        "--measure", action="store_true",
+        help="measure the CPU's roofs now: FMA peak (Halide), SGEMM, last-level cache and DRAM bandwidth",
+    )  # fmt: skip
     p_info.add_argument(
         "--measure-gpu", action="store_true",
-        help="measure the GPU's fp32 SGEMM rate and copy bandwidth (the catalog's roof_gflops, roof_gbps)",
+        help="measure the GPU's roofs now: FMA peak (Halide CUDA), SGEMM (TF32 off), L2 and DRAM bandwidth",
     )  # fmt: skip
     args = parser.parse_args(argv)
     try:

@@ -26,7 +26,7 @@ import numpy as np
 from kernels import registry
 from kernels.device import DeviceSpec
 from kernels.layer import make_inputs, reference, relative_l2_error
-from workers import harness, hostinfo, metrics
+from workers import harness, hostinfo, metrics, roofs
 from workers.schema import Job, Record
 from workers.table import cell
 
@@ -136,16 +136,10 @@ def _execute(job: Job, record: Record) -> Record:
         return record
 
     try:
-        device, peak_source = hostinfo.resolve_device(job.device)
+        device, peak_source = roofs.resolve_device(job.device)
     except Exception as exc:
         return _fail(record, exc, "host measurement")
-    record.params.update(
-        peak_gflops=f"{device.peak_gflops:g}",
-        mem_gbps=f"{device.mem_gbps:g}",
-        roof_gflops=f"{device.roofs[0]:g}",
-        roof_gbps=f"{device.roofs[1]:g}",
-        peak_source=peak_source,
-    )
+    record.params.update(device_rates(device), peak_source=peak_source)
     if device.cores:
         record.params["cores"] = str(device.cores)
 
@@ -207,10 +201,27 @@ def _execute(job: Job, record: Record) -> Record:
         stable=float(timing.stable),
         timing_s=timing.elapsed_s,
     )
-    record.metrics.update(metrics.derive(shape, device, timing.time_ms))
+    roof = metrics.roof_for(
+        device, shape, n_sets * shape.min_bytes, cold=timing.cold_cache != "warm", tf32="tf32" in variant.tags
+    )
+    if roof is not None:
+        record.params.update(roof.as_params())
+    record.metrics.update(metrics.derive(shape, device, timing.time_ms, roof))
     record.metrics = {k: float(v) for k, v in record.metrics.items() if math.isfinite(v)}
     record.tags["status"] = "ok"
     return record
+
+
+def device_rates(device: DeviceSpec) -> dict[str, str]:
+    """The device's rates as params: datasheet peak_gflops, mem_gbps (the host CPU: measured), and the
+    measured ceilings that are known: fma_gflops, sgemm_gflops, cache_gbps, cache_bytes, dram_gbps,
+    tf32_gflops (the roofs a record's floor used are its roof_* params, set after timing)."""
+    rates = {"peak_gflops": f"{device.peak_gflops:g}", "mem_gbps": f"{device.mem_gbps:g}"}
+    for name in ("fma_gflops", "sgemm_gflops", "cache_gbps", "cache_bytes", "dram_gbps", "tf32_gflops"):
+        value = getattr(device, name)
+        if value:
+            rates[name] = f"{value:g}"
+    return rates
 
 
 def record_cold_cache(record: Record, timing: harness.Timing, sets_bytes: int, device: DeviceSpec) -> None:

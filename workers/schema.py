@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kernels.device import DeviceSpec
+from kernels.device import LEGACY_FIELDS, DeviceSpec
 from kernels.layer import LayerShape
 
 STATUSES = ("ok", "wrong", "failed", "skipped")
@@ -70,7 +70,7 @@ class Job:
     def from_dict(cls, d: dict[str, Any]) -> Job:
         d = dict(d)
         d["shape"] = LayerShape(**d["shape"])
-        d["device"] = DeviceSpec(**d["device"])
+        d["device"] = DeviceSpec(**{k: v for k, v in d["device"].items() if k not in LEGACY_FIELDS})
         d["timing"] = TimingSpec(**d.get("timing", {}))
         return cls(**d)
 
