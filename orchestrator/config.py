@@ -118,6 +118,7 @@ class Config:
     options: dict[str, Any] = field(default_factory=dict)
     retries: int = 1
     rerun: bool = False  # true: run jobs whose key is already recorded (in MLflow or the journal) again
+    allow_failures: bool = False  # true: exit 0 even when a job failed or is wrong (else exit 1)
     stand_in: str | None = None  # cpu: a GPU model's jobs run CPU kernels on a node declaring that model
     extra_variant_modules: list[str] = field(default_factory=list)
     # Catalog entries are checked against ShapeConf / DeviceConf when the plan is made: OmegaConf cannot

@@ -246,6 +246,8 @@ def make_plan(cfg: DictConfig, devices: Sequence[str] | None = None) -> list[Job
     options = {k: v for k, v in OmegaConf.to_container(cfg.options, resolve=True).items() if v is not None}
     pinned = versions()
     stand_in = cfg.stand_in
+    tool, settings = profile_settings(cfg)
+    profile = {"tool": tool, **settings} if tool != "none" else {}
 
     def device_options(device: DeviceSpec) -> dict[str, Any]:
         return {**options, "stand_in": stand_in} if stand_in and device.is_gpu else dict(options)
@@ -261,6 +263,7 @@ def make_plan(cfg: DictConfig, devices: Sequence[str] | None = None) -> list[Job
             seed=int(cfg.seed),
             options=device_options(device),
             versions=dict(pinned),
+            profile=dict(profile),
         )
         for device in devices
         for shape in shapes

@@ -303,6 +303,20 @@ class Recorder:
             if not token:
                 return
 
+    def recorded(self) -> dict[str, Record]:
+        """The newest complete child run of each job key in this experiment, read back as a Record
+        (params, metrics and tags, `mlflow.parentRunId` included; artifacts stay in MLflow): what a
+        resumed run summarises beside its own records."""
+        found: dict[str, tuple[int, Record]] = {}
+        for run in self._complete_children():
+            tags = dict(run.data.tags)
+            key = tags.get("job_key")
+            if not key or (key in found and found[key][0] >= (run.info.start_time or 0)):
+                continue
+            record = Record(key=key, params=dict(run.data.params), metrics=dict(run.data.metrics), tags=tags)
+            found[key] = (run.info.start_time or 0, record)
+        return {key: record for key, (_, record) in found.items()}
+
     def existing_keys(self) -> set[str]:
         """Job keys that already have a complete child run in this experiment (re-runs skip those)."""
         return {r.data.tags["job_key"] for r in self._complete_children() if "job_key" in r.data.tags}

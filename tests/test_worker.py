@@ -346,6 +346,11 @@ def test_cli_gpus_time_different_jobs_at_once_never_two_on_one_gpu(tmp_path, mon
     jobs, their jobs overlapped in time, one worker's jobs never did, and every job is recorded once."""
     trace = tmp_path / "trace.jsonl"
     monkeypatch.setenv(TRACE, str(trace))
+    fake = tmp_path / "bin"  # a machine with two GPUs: nvidia-smi stands in for the driver this one lacks
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\nprintf 'NVIDIA H200, 570.1\\nNVIDIA H200, 570.1\\n'\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
     shapes = [LayerShape(f"s{i}", n=1, h=6, w=6, c=4, co=4) for i in range(6)]
     jobs = [job("_test_traced", s, RATED) for s in shapes]
     jobs_file = tmp_path / "jobs.json"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import queue
 import sys
@@ -144,7 +145,9 @@ def parse_gpus(spec: str, present: Sequence[str]) -> list[str]:
         raise CliError(
             f"--gpus wants `all` or distinct GPU indices like 0,1, got {spec!r} (GPUs here: {shown})"
         )
-    missing = [g for g in gpus if present and g not in present]
+    if not present:
+        raise CliError(f"--gpus {spec}: this machine has no GPU (nvidia-smi and torch see none)")
+    missing = [g for g in gpus if g not in present]
     if missing:
         raise CliError(f"--gpus {spec}: no GPU {', '.join(missing)} on this machine (GPUs here: {shown})")
     return gpus
@@ -200,10 +203,16 @@ def run_pool(
 def run(args: argparse.Namespace) -> int:
     """Execute the job list into the bundle directory; returns the exit code."""
     jobs = load_jobs(args.jobs)
+    if args.profile is not None:  # the command line's profiler pass replaces the jobs' own (and their keys)
+        settings = parse_settings(args.profile_settings)
+        observer = {"tool": args.profile, **settings} if args.profile != "none" else {}
+        jobs = [dataclasses.replace(j, profile=dict(observer)) for j in jobs]
+    elif args.profile_settings:
+        raise CliError("--profile-setting needs --profile ncu|nsys")
     if args.only:
         jobs = [j for j in jobs if args.only in j.key]
     gpus = parse_gpus(args.gpus, hostinfo.gpu_indices()) if args.gpus else []
-    if len(gpus) > 1 and args.profile != "none":
+    if len(gpus) > 1 and any(j.profile for j in jobs):
         raise CliError("--profile runs on one GPU at a time: give --gpus a single index, or leave it out")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -216,11 +225,11 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         print(f"{skipped} job(s) already in {out / bundle.RECORDS}: skipped (use --rerun to run them again)")
     records: list[Record] = []
-    profile_raw = parse_settings(args.profile_settings)
 
     def finish(job: Job, record: Record) -> None:
-        if args.profile != "none":
-            profile_into(job, record, args.profile, profile_raw, out / "profiles", args.imports)
+        if job.profile:
+            settings = {k: v for k, v in job.profile.items() if k != "tool"}
+            profile_into(job, record, str(job.profile["tool"]), settings, out / "profiles", args.imports)
         bundle.append_record(out, record)
         records.append(record)
         progress.finished(record)
@@ -307,8 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="kill a job's worker after S seconds and record it failed (0: no limit)",
     )  # fmt: skip
     p_run.add_argument(
-        "--profile", choices=("none", "ncu", "nsys"), default="none",
-        help="after each ok job, profile its kernels in a separate process (Nsight Compute or Systems)",
+        "--profile", choices=("none", "ncu", "nsys"), default=None,
+        help="after each ok job, profile its kernels in a separate process (Nsight Compute or Systems); "
+        "default: each job's own profile (the experiment's profile group when it was exported)",
     )  # fmt: skip
     p_run.add_argument(
         "--profile-setting", dest="profile_settings", action="append", default=[], metavar="KEY=VALUE",

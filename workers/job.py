@@ -66,6 +66,8 @@ def base_record(job: Job) -> Record:
         **{f"timing.{k}": str(v) for k, v in vars(spec).items()},
         **{f"option.{k}": _param(v) for k, v in sorted(job.options.items())},
     }
+    if job.profile:  # the profiler pass observing the job (part of its key)
+        params["profile"] = _param(job.profile)
     if "cuda_max_registers" in job.options:
         params["cuda_max_registers"] = _param(job.options["cuda_max_registers"])
     facts = hostinfo.host_facts()
