@@ -162,7 +162,7 @@ def run(cfg: DictConfig) -> int:
                 devices = {job.device.name: job.device.kind for job in jobs}
             dispatcher.check(devices)
 
-        recorder = Recorder(uri, cfg.name, cfg.tracking.artifact_root)
+        recorder = Recorder(uri, cfg.name, cfg.tracking.artifact_root, cfg.description or None)
         for result in sync_all(journal_dir, cfg.name, only_uri=uri):  # what an earlier run left behind
             print(result.describe(), file=sys.stderr)
         todo, earlier = jobs, {}
@@ -200,7 +200,10 @@ def run(cfg: DictConfig) -> int:
             whole = resume.whole_experiment(jobs, earlier, delivery.records)  # plan order
             metrics = {**summary_metrics(whole), **resume.counts(whole, len(delivery.records))}
             delivery.finish("FINISHED", metrics, cross_device_artifacts(whole, cfg.name))
-    return _summarise(whole, cfg)
+    code = _summarise(whole, cfg)
+    where = "" if uri.startswith(("http://", "https://")) else " (after `make mlflow-ui`)"
+    print(f"runs in the MLflow UI{where}: {recorder.runs_url()}")
+    return code
 
 
 def _summarise(records: list[Any], cfg: DictConfig) -> int:

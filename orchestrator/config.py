@@ -108,6 +108,7 @@ class Config:
     """The whole configuration of one invocation of `python -m orchestrator`."""
 
     name: str = MISSING  # experiment name = MLflow experiment; set by +experiment=NAME
+    description: str = ""  # what the experiment is for: the MLflow experiment's description
     variants: list[str] = field(default_factory=list)
     shapes: list[str] = field(default_factory=list)
     batch: int | None = None
@@ -175,6 +176,17 @@ def register() -> None:
     if not OmegaConf.has_resolver("repo_root"):
         OmegaConf.register_new_resolver("repo_root", _repo_root)
     ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+def experiment_description(name: str) -> str | None:
+    """The `description` of conf/experiment/NAME.yaml, or None when there is no such experiment."""
+    path = CONF_DIR / "experiment" / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.load(path).get("description")
+    return str(value) if value else None
 
 
 def experiment_names() -> list[str]:

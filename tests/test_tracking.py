@@ -252,3 +252,35 @@ def test_secrets_are_scrubbed_at_the_one_writer(tmp_path: Path, monkeypatch: pyt
     assert run.data.tags["job_key"] == record.key  # our own `key` names are not secrets
     assert run.data.params["tracking"] == "http://lab:[redacted]@127.0.0.1:5000"
     assert scrub_record(record).params["option.api_key"] == "[redacted]"
+
+
+def test_runs_read_well_in_the_ui(tmp_path: Path) -> None:
+    """What the MLflow UI shows: the experiment's kind (model training) and description, child runs named
+    variant · shape · device that span the job (start, end, Duration) with ISO start and end tags and the
+    job's own seconds as `job_s`; a description written in the UI is kept by later runs."""
+    from orchestrator.record import EXPERIMENT_KIND_TAG, MODEL_TRAINING, NOTE_TAG
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    began = 1_790_000_000.25
+    record = _record(0)
+    record.tags.update(started_at=f"{began:.6f}", ended_at=f"{began + 4.5:.6f}")
+    with Recorder(uri, "ui_read", str(tmp_path / "artifacts"), "what it is for") as recorder:
+        recorder.start_parent({"experiment": "ui_read"})
+        child = recorder.log_child(record)
+        link = recorder.runs_url()
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("ui_read")
+    assert exp.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING == "custom_model_development"
+    assert exp.tags[NOTE_TAG] == "what it is for"
+    run = client.get_run(child)
+    assert run.info.run_name == "numpy_ref · s0 · cpu"
+    assert (run.info.start_time, run.info.end_time) == (1_790_000_000_250, 1_790_000_004_750)
+    assert (run.data.tags["started"], run.data.tags["ended"]) == (
+        "2026-09-21T14:13:20.250Z",
+        "2026-09-21T14:13:24.750Z",
+    )
+    assert run.data.metrics["job_s"] == pytest.approx(4.5)  # an older record: from its start and end
+    assert link.startswith(f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=")
+    client.set_experiment_tag(exp.experiment_id, NOTE_TAG, "edited in the UI")
+    Recorder(uri, "ui_read", str(tmp_path / "artifacts"), "what it is for")
+    assert client.get_experiment_by_name("ui_read").tags[NOTE_TAG] == "edited in the UI"

@@ -144,9 +144,10 @@ def test_ok_record_has_the_contract() -> None:
     assert r.params["peak_source"] == "measured" and float(r.params["peak_gflops"]) > 0  # host measured
     wanted = {"time_ms", "time_min_ms", "time_p25_ms", "time_p75_ms", "call_ms", "gflops", "gbps", "pct_peak"}
     wanted |= {"pct_roofline", "floor_ms", "rel_error", "compile_s", "arithmetic_intensity", "samples"}
-    wanted |= {"build_s", "verify_s", "measure_s"}  # where a job's seconds went, stage by stage
+    wanted |= {"build_s", "verify_s", "measure_s", "job_s"}  # where a job's seconds went, stage by stage
     assert wanted <= set(r.metrics)
     assert r.metrics["measure_s"] >= r.metrics["timing_s"] > 0
+    assert r.metrics["job_s"] >= r.metrics["build_s"] + r.metrics["verify_s"] + r.metrics["measure_s"]
     assert all(METRIC_NAME.match(k) and math.isfinite(v) for k, v in r.metrics.items())
     assert r.metrics["rel_error"] < 1e-12 and 3 <= r.metrics["samples"] <= 5
     assert r.metrics["time_min_ms"] <= r.metrics["time_ms"] and r.metrics["time_ms"] > 0

@@ -118,7 +118,10 @@ def execute(job: Job) -> Record:
     except Exception as exc:  # a stage forgot to catch something: still a record, never a crash
         record = _fail(record, exc, "worker")
     # Where and when it ran (Unix seconds): the cluster tests check that no two jobs overlap on a GPU.
-    record.tags.update(started_at=f"{started:.6f}", ended_at=f"{time.time():.6f}")
+    ended = time.time()
+    record.tags.update(started_at=f"{started:.6f}", ended_at=f"{ended:.6f}")
+    if record.status != "skipped":  # the job's own wall time (host measurement, build, verify, time)
+        record.metrics["job_s"] = ended - started
     with contextlib.suppress(Exception):
         record.params.update(hostinfo.placement(job.device.kind))
     return record
