@@ -77,7 +77,7 @@ def describe_skipped(jobs: Sequence[Job], earlier: dict[str, Record], experiment
     if newest.status == "ok" and "time_ms" in newest.metrics:
         sample += f" {newest.metrics['time_ms']:.4g} ms"
     return (
-        f"already recorded in experiment {experiment!r}: {len(hits)} of {len(jobs)} jobs ({where}; e.g. "
+        f"{len(hits)} of {len(jobs)} jobs already recorded in experiment {experiment!r} ({where}; e.g. "
         f"{sample}): skipped (rerun=true runs them again)"
     )
 

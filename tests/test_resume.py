@@ -96,9 +96,9 @@ def test_a_resume_runs_only_new_jobs_says_what_it_skipped_and_summarises_the_who
 
     second = _orchestrate(tmp_path, "variants=[numpy_ref]", "shapes=[tiny_s1,tiny_s2]")
     assert second.returncode == 0, second.stderr[-3000:]
-    said = [line for line in second.stderr.splitlines() if line.startswith("already recorded")]
+    said = [line for line in second.stderr.splitlines() if "already recorded in experiment" in line]
     assert len(said) == 1, second.stderr[-3000:]
-    assert "1 of 2 jobs" in said[0] and f"run {parent1.info.run_id} of " in said[0]
+    assert said[0].startswith("1 of 2 jobs already recorded") and f"run {parent1.info.run_id} of " in said[0]
     assert "numpy_ref · tiny_s1 · cpu: ok" in said[0] and "rerun=true" in said[0]
     assert "smoke: 2 jobs" in second.stdout and "tiny_s1" in second.stdout and "tiny_s2" in second.stdout
     parent2 = _parents(tmp_path)[-1]
