@@ -53,6 +53,21 @@ def test_the_cuda_fma_kernel_is_fmas_on_registers_only() -> None:
     assert "ntid" in ptx or "tid.x" in ptx  # gpu_threads
 
 
+def test_the_cuda_read_kernel_loads_16_bytes_a_thread_in_every_pass() -> None:
+    import re
+
+    from kernels.halide import peak
+
+    for nbytes in (25 << 20, 1 << 30):  # an L2-sized buffer (few steps a pass) and a DRAM-sized one
+        ptx = peak.read_source(peak.cuda_target(86), nbytes)
+        body = ptx[ptx.index(".entry") :]
+        loads = re.findall(r"ld\.global[\w.]*", body)
+        assert loads and all(".v4.b32" in ld or ".v2.b64" in ld for ld in loads), loads
+        # every load sits in the loop over passes: none is hoisted out as a value of the first pass
+        assert body.index("ld.global") > body.index("Loop Header"), body[:3000]
+        assert "ld.local" not in ptx and "st.local" not in ptx
+
+
 def test_the_cpu_fma_kernel_is_vector_fmas() -> None:
     import halide as hl
 

@@ -14,7 +14,8 @@ FMA kernel keeps every value in registers: each output element runs `chains` ind
 The read kernel sums a buffer sized to the memory level under test (the last-level cache, or several
 times it for DRAM), `passes` times, vectors at a time: on the CPU each thread reads a contiguous
 chunk with four independent vector accumulators; on CUDA, thread t reads float4 number t + T·j, so a
-warp's loads are coalesced. Bytes read / time is the level's bandwidth.
+warp's loads are coalesced, and pass p starts at chunk p, so that no load repeats from one pass to the
+next (a repeated one would be hoisted out of the loop). Bytes read / time is the level's bandwidth.
 
 Everything is timed with the host clock around a run that lasts milliseconds (CUDA: realize, then
 `device_sync`), the best of `repeats`: a ceiling is the best a device was seen to do. A host without a
@@ -24,6 +25,7 @@ a device call without one, so this is asked first).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,10 +71,17 @@ def cuda_target(capability: int = 0) -> Any:
 
 def require_cuda(target: Any) -> None:
     """Raise CudaUnavailable unless this host can run `target`'s CUDA code (ask before any device call)."""
+    if not _cuda_usable(target.to_string()):
+        raise CudaUnavailable(f"no usable CUDA device for Halide target {target.to_string()} on this host")
+
+
+@functools.cache
+def _cuda_usable(target_string: str) -> bool:
+    """Asked once per process and target, before any CUDA compilation: asked after a JIT compilation for
+    the same target, Halide 21 answered False on an H100 (kernels.halide.variants.require_device)."""
     import halide as hl
 
-    if not hl.host_supports_target_device(target):
-        raise CudaUnavailable(f"no usable CUDA device for Halide target {target.to_string()} on this host")
+    return bool(hl.host_supports_target_device(hl.Target(target_string)))
 
 
 def cpu_chains(target: Any) -> int:
@@ -168,17 +177,26 @@ def fma_kernel(
 def fma_source(target: Any, kind: str = "device_code") -> str:
     """The FMA kernel's generated code for `target` without running it (CUDA: its PTX; CPU: assembly),
     so tests can count the FMA instructions on a host without a GPU."""
+    kernel = fma_kernel(target, jit=False)
+    return _source(kernel.pipeline, [kernel.iterations, kernel.a, kernel.b, kernel.zero], target, kind)
+
+
+def read_source(target: Any, nbytes: int = 1 << 20, kind: str = "device_code") -> str:
+    """The read kernel's generated code for `target` without running it (as `fma_source`)."""
+    kernel = read_kernel(target, nbytes, jit=False)
+    return _source(kernel.pipeline, [kernel.source, kernel.passes], target, kind)
+
+
+def _source(pipeline: Any, args: list[Any], target: Any, kind: str) -> str:
     import tempfile
     from pathlib import Path
 
     import halide as hl
 
-    kernel = fma_kernel(target, jit=False)
     file_type = hl.OutputFileType.device_code if kind == "device_code" else hl.OutputFileType.assembly
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, "fma.txt")
-        args = [kernel.iterations, kernel.a, kernel.b, kernel.zero]
-        kernel.pipeline.compile_to({file_type: str(path)}, args, "fma_peak", target)
+        path = Path(tmp, "kernel.txt")
+        pipeline.compile_to({file_type: str(path)}, args, "kernel", target)
         return path.read_text(errors="replace")
 
 
@@ -260,8 +278,9 @@ class ReadKernel:
         return 4.0 * self.elements * passes
 
 
-def read_kernel(target: Any, nbytes: int, sm_count: int = 0) -> ReadKernel:
-    """The read kernel over a buffer of about `nbytes` (rounded down to whole steps), compiled (JIT)."""
+def read_kernel(target: Any, nbytes: int, sm_count: int = 0, jit: bool = True) -> ReadKernel:
+    """The read kernel over a buffer of about `nbytes` (rounded down to whole steps), compiled with the JIT
+    (unless not `jit`)."""
     import halide as hl
 
     source = hl.ImageParam(hl.Float(32), 1, "source")
@@ -274,16 +293,20 @@ def read_kernel(target: Any, nbytes: int, sm_count: int = 0) -> ReadKernel:
         width = 4  # a float4 load per thread and step
         blocks = sm_count * (2048 // CUDA_THREADS) if sm_count > 0 else 1024
         threads = blocks * CUDA_THREADS
-        steps = max(CUDA_READ_UNROLL, floats // (width * threads) // CUDA_READ_UNROLL * CUDA_READ_UNROLL)
+        # steps a power of two, at least 2: pass p reads chunk (step + p) mod steps, so every pass reads the
+        # whole buffer and no load is the same in two passes (the compiler would hoist it out of the loop)
+        steps = 1 << max(1, (floats // (width * threads)).bit_length() - 1)
         r = hl.RDom([(0, steps), (0, passes)], "r")
+        chunk = (r.x + r.y) & (steps - 1)
         acc[v, t] = hl.f32(0)
-        acc[v, t] += source[v + width * (t + threads * r.x)]
+        acc[v, t] += source[v + width * (t + threads * chunk)]
         out[v, t] = acc[v, t]
         tb, ti = hl.Var("tb"), hl.Var("ti")
         out.bound(v, 0, width).vectorize(v).gpu_tile(t, tb, ti, CUDA_THREADS)
         acc.compute_at(out, ti).store_in(hl.MemoryType.Register).vectorize(v)
         rxo, rxi = hl.RVar("rxo"), hl.RVar("rxi")
-        acc.update().reorder(v, r.x, r.y).vectorize(v).split(r.x, rxo, rxi, CUDA_READ_UNROLL).unroll(rxi)
+        unroll = min(CUDA_READ_UNROLL, steps)
+        acc.update().reorder(v, r.x, r.y).vectorize(v).split(r.x, rxo, rxi, unroll).unroll(rxi)
     else:
         lanes = target.natural_vector_size(hl.Float(32))
         width = lanes * CPU_READ_VECTORS
@@ -299,7 +322,8 @@ def read_kernel(target: Any, nbytes: int, sm_count: int = 0) -> ReadKernel:
     elements = width * threads * steps
     source.dim(0).set_min(0)
     pipeline = hl.Pipeline(out)
-    pipeline.compile_jit(target)
+    if jit:
+        pipeline.compile_jit(target)
     return ReadKernel(pipeline, source, passes, [width, threads], elements)
 
 
