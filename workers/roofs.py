@@ -44,6 +44,7 @@ SGEMM_REPEATS = 5
 CPU_DRAM_BYTES = 256 * 2**20  # the CPU's DRAM buffer at least
 GPU_DRAM_BYTES = 2**30  # the GPU's DRAM buffer at least
 CACHE_FRACTION = 2  # a cache level's buffer is 1 / this of the level
+GPU_MEASURE_TIMEOUT_S = 600
 VERSION = 2  # of the cached files: version 1 held SGEMM as the peak and a copy as the bandwidth
 
 
@@ -279,9 +280,25 @@ def gpu_ceilings(device: DeviceSpec | None = None, refresh: bool = False) -> Cei
             if cached is not None:
                 return cached
         sms, capability = (device.sm_count, device.cuda_capability) if device else (0, 0)
-        ceilings = measure_gpu(sms, capability, name)
+        ceilings = _measure_gpu_apart(sms, capability, name)
         _write(path, ceilings)
         return ceilings
+
+
+def _measure_gpu_apart(sm_count: int, capability: int, model: str) -> Ceilings:
+    """measure_gpu in a process of its own: the caller's CUDA state stays untouched (asked after a JIT
+    compilation for a target, Halide 21 says the host cannot run it, which would fail the job's build)."""
+    import subprocess
+    import sys
+
+    from kernels.halide.peak import CudaUnavailable
+
+    command = [sys.executable, "-m", "workers.roofs", str(sm_count), str(capability), model]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=GPU_MEASURE_TIMEOUT_S)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise CudaUnavailable(f"measuring the GPU's roofs failed: {lines[-1] if lines else done.returncode}")
+    return Ceilings(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 # --- a job's device, resolved --------------------------------------------------------------------------
@@ -327,3 +344,10 @@ def resolve_device(device: DeviceSpec) -> tuple[DeviceSpec, str]:
         ),
         "measured",
     )
+
+
+if __name__ == "__main__":  # python -m workers.roofs SM_COUNT CAPABILITY MODEL: one JSON line (gpu_ceilings)
+    import sys
+
+    ceilings = measure_gpu(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    print(json.dumps(dataclasses.asdict(ceilings)))
