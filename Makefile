@@ -28,7 +28,7 @@ TRACKING ?= local
 NODE_ARGS = $(if $(GPU),--gpu $(GPU)) $(if $(GPUS),--gpus $(GPUS)) $(if $(BLOCK),--block)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test mlflow-ui mlflow-server ingest lint head worker ray-status sweep-all-gpus sync report
+.PHONY: help install run test test-fast mlflow-ui mlflow-server ingest lint head worker ray-status sweep-all-gpus sync report export
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -54,6 +54,11 @@ test: install ## Run the test suite: make test [PYTEST_ARGS='-x -k smoke']
 	@rm -f $(PYTEST_EXIT); $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; echo $$rc > $(PYTEST_EXIT); \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
 	exit $$rc
+
+# The inner loop: no `slow` test (the end-to-end runs through Ray and MLflow), no `gpu` test, stop at the
+# first failure, two workers (one a core; loadscope keeps a module's fixtures on one worker).
+test-fast: install ## The inner loop: not slow, not gpu, -x, 2 workers [PYTEST_ARGS='-k report']
+	$(PY) -m pytest -m "not slow and not gpu" -x -n 2 --dist loadscope $(PYTEST_ARGS)
 
 mlflow-ui: install ## MLflow UI on the embedded store at http://127.0.0.1:5000 (MLFLOW_PORT=...)
 	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning -- pick 'Model training'" \
@@ -89,6 +94,17 @@ ingest: install ## Log the committed results bundles (results/*/*/) into the emb
 	if [ $${#bundles[@]} -eq 0 ]; then echo "no bundles under results/*/*/"; exit 0; fi; \
 	$(PY) -m orchestrator.ingest --no-summary "$${bundles[@]}"
 
-lint: install ## ruff check and format check
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+export: install ## An experiment's MLflow runs as a results bundle: make export EXPERIMENT=sweep OUT=DIR [TRACKING=server] [ARGS=...]
+	@if [ -z "$(OUT)" ]; then echo "make export: give the bundle folder to write, OUT=DIR" >&2; exit 2; fi
+	$(PY) -m orchestrator.export --experiment $(EXPERIMENT) --out $(OUT) --tracking $(TRACKING) $(ARGS)
+
+# Every linter runs (so one pass shows every problem); the ones that failed are named on the last line
+# and in $(LINT_FAILED), which .ci/run reads.
+LINT_FAILED := $(VENV)/.lint-failed
+lint: install ## ruff check, ruff format --check, import contracts (lint-imports) and types (mypy); see pyproject.toml
+	@rm -f $(LINT_FAILED); failed=""; \
+	$(VENV)/bin/ruff check . || failed="$$failed ruff-check"; \
+	$(VENV)/bin/ruff format --check . || failed="$$failed ruff-format"; \
+	$(VENV)/bin/lint-imports --no-logo --cache-dir .cache/import-linter || failed="$$failed import-linter"; \
+	$(VENV)/bin/mypy || failed="$$failed mypy"; \
+	if [ -n "$$failed" ]; then echo "$${failed# }" > $(LINT_FAILED); echo "make lint: failed:$$failed" >&2; exit 1; fi

@@ -51,12 +51,12 @@ __all__ = [
 
 LAYOUTS = ("nchw", "cl", "mm")  # mm: channels_last, the pointwise as a matrix product
 
-# The GPU kernels of one run, as the PyTorch profiler listed them on an H100 (torch 2.11, cuDNN 9.19):
-# cuDNN's convolutions (sm80_/sm90_xmma_fprop_*, implicit_convolve_sgemm, convolve_common_engine_*,
-# conv2d_grouped_direct_kernel, conv2d_c1_k1_nhwc) and layout conversions (nchwToNhwcKernel), cuBLASLt
-# and CUTLASS GEMMs with their split-K reductions (TF32), PyTorch's conv_depthwise2d_forward_kernel,
-# and elementwise kernels for F.pad (fill, copy), the bias add and the ReLU (clamp). All of them are
-# the layer's, so the filter matches them all.
+# The GPU kernels of one run of these variants, as the PyTorch profiler lists them (docs/evidence/
+# kernels.md, "cuDNN kernels"): cuDNN's convolutions (sm80_/sm90_xmma_fprop_*, implicit_convolve_sgemm,
+# convolve_common_engine_*, conv2d_grouped_direct_kernel, conv2d_c1_k1_nhwc) and layout conversions
+# (nchwToNhwcKernel), cuBLASLt and CUTLASS GEMMs with their split-K reductions (TF32), PyTorch's
+# conv_depthwise2d_forward_kernel, and elementwise kernels for F.pad (fill, copy), the bias add and the
+# ReLU (clamp). All of them are the layer's, so the filter matches them all.
 KERNEL_FILTER = (
     r"conv|cudnn|xmma|gemm|cutlass|cublas|splitK|depthwise|implicit|nchwToNhwc|nhwcToNchw|"
     r"elementwise|Fill|copy|pad|clamp|relu|add"

@@ -8,8 +8,9 @@ Groups. A result's comparison group is its framework, with `_tf32` appended when
 TF32 rounds the matrix products' inputs to 10 mantissa bits and runs them on tensor cores, which Halide 21
 never emits, so a strict fp32 baseline and a TF32 one answer different questions and are never mixed.
 The subject is `halide`; every other framework except the float64 reference (`numpy`) is a baseline, in
-each precision it ran: `tensorflow`, `tensorflow_tf32`, `cudnn`, `cudnn_tf32`, `cublas`, `cublas_tf32`, and
-any framework registered later, with no change here.
+each precision it ran: `tensorflow`, `tensorflow_tf32`, `cudnn`, `cudnn_tf32`, `cublas`, `cublas_tf32`,
+`torch_compile`, `torch_compile_tf32` (Inductor's default and max-autotune modes are variants of one group:
+the faster is the group's best), and any framework registered later, with no change here but its label.
 
 TF32. A variant is TF32 when its registry entry carries the tag `tf32` (`kernels.registry`; the planner
 gives such variants their own tolerance from the same tag). A record carries only the variant's name, so
@@ -25,16 +26,24 @@ best Halide and the group's best both ran, of group time / Halide time (above 1:
 
     geomean_speedup_halide_vs_<framework>        against its strict fp32 variants, e.g. `..._vs_cudnn`
     geomean_speedup_halide_vs_<framework>_tf32   against its TF32 variants, e.g. `..._vs_cudnn_tf32`
+
+Dispatch paths. A job reaches its worker through Ray (the orchestrator's live path) or through
+`python -m workers run` (the worker CLI, for a node without Ray); the record's tag `dispatch` says which
+(`ray`, `worker-cli`; absent: unknown). `path_pairs` pairs the records of one measurement made through
+both, and `path_agreement` says how far their times lie apart: the check that both paths measure the
+same kernel time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from workers.schema import Record
+from workers.schema import Record, TimingSpec
 
 T = TypeVar("T")
 Where = tuple[str, str]  # (device, shape)
@@ -42,9 +51,9 @@ Where = tuple[str, str]  # (device, shape)
 SUBJECT = "halide"  # the framework the others are compared against
 REFERENCES = ("numpy",)  # frameworks that are neither subject nor baseline (the float64 reference)
 TF32 = "tf32"  # the registry tag, and the name part, of a TF32 variant
-FRAMEWORK_ORDER = ("halide", "tensorflow", "cudnn", "cublas")  # display order; others follow, sorted
+FRAMEWORK_ORDER = ("halide", "tensorflow", "cudnn", "cublas", "torch_compile")  # display order; others follow
 FRAMEWORK_LABELS = {"halide": "Halide", "tensorflow": "TensorFlow", "cudnn": "cuDNN", "cublas": "cuBLAS",
-                    "numpy": "NumPy"}  # fmt: skip
+                    "torch_compile": "torch.compile", "numpy": "NumPy"}  # fmt: skip
 METRIC_PREFIX = "geomean_speedup_halide_vs_"
 
 
@@ -98,7 +107,12 @@ def ordered(group_names: Iterable[str]) -> list[str]:
 def label(group_name: str) -> str:
     """A group as prose: `cuDNN (fp32)`, `TensorFlow (TF32)`."""
     fw = framework_of(group_name)
-    return f"{FRAMEWORK_LABELS.get(fw, fw)} ({'TF32' if is_tf32_group(group_name) else 'fp32'})"
+    return f"{framework_label(fw)} ({'TF32' if is_tf32_group(group_name) else 'fp32'})"
+
+
+def framework_label(framework: str) -> str:
+    """A framework as prose: `torch.compile`, `cuDNN`; an unknown one as its name."""
+    return FRAMEWORK_LABELS.get(framework, framework)
 
 
 def metric_name(group_name: str) -> str:
@@ -207,3 +221,124 @@ def speedup_metrics(results: Iterable[Timed[Any]]) -> dict[str, float]:
         if value is not None:
             metrics[metric_name(g)] = value
     return metrics
+
+
+# --- the same job through both dispatch paths ---------------------------------------------------------
+DISPATCH_TAG = "dispatch"  # the record's tag: how the job reached its worker
+DISPATCH_PATHS = ("ray", "worker-cli")  # the orchestrator's live path, and `python -m workers run`
+TIMING_FIELDS = tuple(f.name for f in dataclasses.fields(TimingSpec))  # the settings a job is timed with
+
+
+def flat_record(record: Record) -> dict[str, Any]:
+    """A Record as one mapping, as the report's rows hold it: tags, then params, then metrics."""
+    return {**record.tags, **record.params, **record.metrics}
+
+
+def measurement(flat: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """What a record measured, whichever path dispatched it: its job key (variant, shape, device model,
+    options, cold cache, versions; `workers.schema.Job.key`) with the timing settings, tolerance and seed,
+    which the key leaves out. None without a job key."""
+    key = flat.get("job_key")
+    if not key:
+        return None
+    timing = tuple(f"{name}={flat.get(f'timing.{name}')}" for name in TIMING_FIELDS)
+    return (str(key), *timing, f"tolerance={flat.get('tolerance')}", f"seed={flat.get('seed')}")
+
+
+@dataclass(frozen=True)
+class PathPair(Generic[T]):
+    """One measurement timed through Ray and through the worker CLI: the newest ok record of each."""
+
+    variant: str
+    framework: str
+    shape: str
+    device: str
+    ray: Timed[T]
+    cli: Timed[T]
+
+    @property
+    def diff(self) -> float:
+        """Worker-CLI time / Ray time - 1 (above 0: slower through the worker CLI)."""
+        return self.cli.time_ms / self.ray.time_ms - 1
+
+
+def path_pairs(items: Sequence[T], flat: Callable[[T], Mapping[str, Any]]) -> list[PathPair[T]]:
+    """The measurements that have an ok record through each dispatch path (tag `dispatch`: ray and
+    worker-cli; a record without it is of an unknown path and pairs with nothing). `items` are oldest
+    first: a later record of the same measurement and path replaces an earlier one. `flat` gives an item
+    as one mapping of tags, params and metrics (a report row as it is; a Record through `flat_record`)."""
+    newest: dict[tuple[str, ...], dict[str, Timed[T]]] = {}
+    for item in items:
+        f = flat(item)
+        path, ident, t = f.get(DISPATCH_TAG), measurement(f), f.get("time_ms")
+        if path not in DISPATCH_PATHS or ident is None or f.get("status") != "ok":
+            continue
+        if not (isinstance(t, int | float) and t > 0 and math.isfinite(t)):
+            continue
+        device, shape = (
+            str(f.get("device_key", f.get("device", "?"))),
+            str(f.get("shape_key", f.get("shape", "?"))),
+        )
+        found = Timed(device, shape, str(f.get("variant", "?")), str(f.get("framework", "?")), float(t), item)
+        newest.setdefault(ident, {})[str(path)] = found
+    pairs = []
+    for by_path in newest.values():
+        if len(by_path) == len(DISPATCH_PATHS):
+            ray, cli = by_path[DISPATCH_PATHS[0]], by_path[DISPATCH_PATHS[1]]
+            pairs.append(PathPair(ray.variant, ray.framework, ray.shape, ray.device, ray, cli))
+    return pairs
+
+
+@dataclass(frozen=True)
+class PathAgreement:
+    """How far the pairs' two times lie apart: their count per framework, the median and largest
+    absolute difference (a fraction: 0.02 is 2%)."""
+
+    pairs: int
+    per_framework: dict[str, int]
+    median_abs_diff: float | None
+    max_abs_diff: float | None
+
+
+def path_agreement(pairs: Iterable[PathPair[Any]], frameworks: Iterable[str] | None = None) -> PathAgreement:
+    """The agreement of the pairs, of the given frameworks only when `frameworks` is given."""
+    wanted = None if frameworks is None else set(frameworks)
+    chosen = [p for p in pairs if wanted is None or p.framework in wanted]
+    diffs = sorted(abs(p.diff) for p in chosen)
+    counts: dict[str, int] = {}
+    for p in chosen:
+        counts[p.framework] = counts.get(p.framework, 0) + 1
+    return PathAgreement(
+        len(chosen), counts, statistics.median(diffs) if diffs else None, diffs[-1] if diffs else None
+    )
+
+
+# --- the conditions of a timing ------------------------------------------------------------------------
+def is_throttled(flat: Mapping[str, Any]) -> bool:
+    """Whether a record's GPU clock fell well below its maximum during the timing (tag `throttled`,
+    `workers.clocks`)."""
+    return str(flat.get("throttled", "")).lower() == "true"
+
+
+def throttle_text(flat: Mapping[str, Any]) -> str:
+    """What a throttled record's clocks did, in one line: lowest and maximum SM clock, the clock event
+    reasons NVML reported and the harness's note."""
+
+    def mhz(key: str) -> str:
+        value: Any = flat.get(key)
+        return f"{float(value):.0f} MHz" if _number(value) else "?"
+
+    reasons = flat.get("clock_event_reasons") or "none reported"
+    note = flat.get("throttle_note")
+    return (
+        f"SM clock down to {mhz('sm_clock_mhz_min')} of {mhz('sm_clock_max_mhz')} (median "
+        f"{mhz('sm_clock_mhz_median')}); reasons: {reasons}" + (f"; {note}" if note else "")
+    )
+
+
+def _number(value: Any) -> bool:
+    """Whether `value` reads as a finite number (a metric, or a param's text)."""
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False

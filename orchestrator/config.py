@@ -14,10 +14,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -136,7 +139,7 @@ class Config:
     profile: dict[str, Any] = field(default_factory=lambda: {"tool": "none"})
 
 
-SCHEMAS: dict[str, type] = {
+SCHEMAS: dict[str, type[DataclassInstance]] = {
     "": Config,
     "timing": TimingConf,
     "tracking": TrackingConf,

@@ -41,7 +41,7 @@ from orchestrator.cluster import (
 from orchestrator.config import ConfigError
 from workers.schema import Job, Record
 
-OnRecord = Callable[[Job, Record], None]
+OnRecord = Callable[[Job, Record], object]  # what it returns is ignored
 Profile = tuple[str, dict[str, Any]]  # (tool, settings of conf/profile/<tool>.yaml without `tool`)
 MAX_CAUSE_CHARS = 500
 WATCH_S = 5.0  # seconds between checks that every pending job still has a node of its model

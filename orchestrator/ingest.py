@@ -7,6 +7,9 @@ measurement (job key and start time) already has a child run in the experiment i
 ingesting twice adds nothing, while a second measurement of the same job (on another GPU of the node,
 or a re-run) is kept beside the first.
 
+A bundle exported from MLflow (`orchestrator.export`, with a manifest.json) goes back into the experiment
+it was exported from, unless --experiment names another.
+
 The MLflow store is the one of `conf/tracking/<name>.yaml` (local by default, which honours
 MLFLOW_TRACKING_URI), or `--tracking-uri`.
 """
@@ -58,7 +61,7 @@ def ingest(
     """Log the bundle's new records; returns (logged, skipped as already present)."""
     from orchestrator.record import Recorder, check_tracking
     from orchestrator.summary import print_summary, summary_metrics
-    from workers.bundle import BundleError, read_bundle
+    from workers.bundle import BundleError, read_bundle, read_manifest
 
     for noisy in ("alembic", "mlflow"):  # database migrations announce themselves at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -67,11 +70,12 @@ def ingest(
         raise ConfigError(f"{bundle} is not a folder; give a results bundle made by `python -m workers run`")
     try:
         records = read_bundle(bundle)
+        exported_from = read_manifest(bundle).get("experiment")  # an export goes back where it came from
     except BundleError as exc:
         raise ConfigError(str(exc)) from None
     if not records:
         raise ConfigError(f"{bundle} holds no records")
-    name = experiment or experiment_of(records, bundle)
+    name = experiment or (str(exported_from) if exported_from else experiment_of(records, bundle))
     check_tracking(tracking_uri)
 
     recorder = Recorder(tracking_uri, name, artifact_root, experiment_description(name))
@@ -121,7 +125,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m orchestrator.ingest", description=__doc__.splitlines()[0]
     )
     parser.add_argument("bundles", nargs="+", type=Path, help="results bundle folders (records.jsonl inside)")
-    parser.add_argument("--experiment", help="MLflow experiment name (default: the records' experiment)")
+    parser.add_argument(
+        "--experiment", help="MLflow experiment name (default: an export's, else the records' experiment)"
+    )
     parser.add_argument("--tracking", default="local", help="conf/tracking option: local | server")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (overrides --tracking)")
     parser.add_argument("--artifact-root", help="artifact folder for a database URI")

@@ -13,7 +13,7 @@ import importlib.metadata
 import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -33,6 +33,9 @@ from orchestrator.config import (
     experiment_names,
 )
 from workers.schema import Job, TimingSpec
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 # An inline shape in `shapes`: NxHxWxC-CO with an optional sS stride suffix, e.g. 1x30x30x24-40s2.
 # (Hydra's override grammar accepts `x`, `-` and digits unquoted; `->` and `:` it does not.)
@@ -80,7 +83,7 @@ def load_variant_modules(modules: Iterable[str]) -> None:
             raise ConfigError(f"extra_variant_modules: cannot import {module!r}: {exc}") from None
 
 
-def _typed(entry: Any, schema: type, what: str) -> dict[str, Any]:
+def _typed(entry: Any, schema: type[DataclassInstance], what: str) -> dict[str, Any]:
     """A catalog entry checked against its schema (types, unknown and missing keys), as a plain dict."""
     valid = ", ".join(schema.__dataclass_fields__)
     if not isinstance(entry, Mapping | DictConfig):

@@ -6,8 +6,9 @@ on a GPU node (`orchestrator.ingest`), so both paths give identical runs.
 
 What the MLflow UI shows: each experiment has the model-training kind (`mlflow.experimentKind`) and a
 description (`mlflow.note.content`, from the experiment's config); a child run is named `variant · shape ·
-device`, starts and ends when its job did (so the UI's Duration is the job's), and carries `started` /
-`ended` tags in ISO 8601 and the job's seconds as metric `job_s`. `Recorder.runs_url` links the child runs.
+device` and starts and ends when its job did (so the UI's Duration is the job's: the worker's `started_at`
+/ `ended_at` tags; it also records them in ISO 8601 as `started` / `ended`, and the job's seconds as the
+metric `job_s`). `Recorder.runs_url` links the child runs.
 
 Every run this module opens ends FINISHED, FAILED or KILLED: a child is created, filled and
 terminated in one call; the parent is ended by the context manager, KILLED on Ctrl-C, FAILED when an
@@ -58,7 +59,7 @@ MAX_TAG_CHARS = 8000  # MLflow 3 limit on a tag value
 BATCH = 100  # params and tags per log_batch call (MLflow's limit)
 _BAD_KEY = re.compile(r"[^/\w.\- ]")
 REDACTED = "[redacted]"
-SAFE_NAMES = frozenset({"job_key", RECORD_ID_TAG})  # our own names that merely contain `key`
+SAFE_NAMES = frozenset({"job_key", "db_key", RECORD_ID_TAG})  # our own names that merely contain `key`
 _SECRET_NAME = re.compile(r"token|secret|passw|pwd|credential|auth(?!or)|key|cookie|session_id", re.I)
 _URI_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/\s:@]+):([^/\s@]+)@")
 _URI_TOKEN = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/\s:@]{20,})@")  # https://<token>@host
@@ -183,12 +184,6 @@ def _seconds(text: str | None) -> float | None:
     except ValueError:
         return None
     return value if value is not None and math.isfinite(value) and value > 0 else None
-
-
-def _iso(seconds: float) -> str:
-    """ISO 8601 in UTC, to the millisecond: `2026-12-03T21:22:15.123Z`."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return f"{stamp}.{int(seconds % 1 * 1000):03d}Z"
 
 
 def run_status(record: Record) -> str:
@@ -337,11 +332,6 @@ class Recorder:
         }
         name = NAME_SEPARATOR.join(params.get(k, "?") for k in ("variant", "shape", "device"))
         started, ended = _seconds(record.tags.get("started_at")), _seconds(record.tags.get("ended_at"))
-        tags.update({k: _iso(t) for k, t in (("started", started), ("ended", ended)) if t is not None})
-        metrics = dict(record.metrics)
-        older = "job_s" not in metrics and record.status != "skipped"  # a record made before job_s
-        if older and started is not None and ended is not None:
-            metrics["job_s"] = ended - started
         tags = {k: v[:MAX_TAG_CHARS] for k, v in scrub_mapping(tags).items()}
         with deferred_interrupt():  # a child is logged whole: Ctrl-C takes effect after it
             # the run spans the job, not the logging: the UI's Duration is then the job's own
@@ -350,7 +340,7 @@ class Recorder:
             run_id = run.info.run_id
             status = "FAILED"
             try:
-                self._log(run_id, params=params, metrics=metrics, artifacts=record.artifacts)
+                self._log(run_id, params=params, metrics=record.metrics, artifacts=record.artifacts)
                 self._log_files(run_id, record.tags)
                 status = run_status(record)
             finally:

@@ -1,8 +1,9 @@
 """The terminal summary at the end of an experiment: every result, then Halide against the baselines.
 
 Per device and shape: each variant's median time, GFLOP/s, % of roofline and status; then, per shape,
-the best Halide variant against the best variant of each baseline group (TensorFlow, cuDNN, cuBLAS, ...,
-strict fp32 and TF32 apart), with the geometric mean of the speedups over the shapes where both ran.
+the best Halide variant against the best variant of each baseline group (TensorFlow, cuDNN, cuBLAS,
+torch.compile, ..., strict fp32 and TF32 apart), with the geometric mean of the speedups over the shapes
+where both ran; then one line per record whose GPU clock throttled during its timing (`workers.clocks`).
 The comparisons are `orchestrator.analytics`'s, as the parent run's metrics and the report's are. Only
 `ok` records count as results: a `wrong` one has no speed by design.
 """
@@ -113,14 +114,28 @@ def speedup_table(records: Sequence[Record]) -> Table | None:
     return table
 
 
+def throttled_lines(records: Sequence[Record]) -> list[str]:
+    """One line per record whose GPU clock fell well below its maximum during the timing (tag `throttled`):
+    its variant, shape and device, the clocks and the reasons NVML gave."""
+    lines = []
+    for r in records:
+        flat = analytics.flat_record(r)
+        if analytics.is_throttled(flat):
+            where = f"{flat.get('variant', '?')} on {flat.get('shape', '?')} ({flat.get('device', '?')})"
+            lines.append(f"throttled: {where}: {analytics.throttle_text(flat)}")
+    return lines
+
+
 def print_summary(records: Sequence[Record], experiment: str, console: Console | None = None) -> None:
-    """Print the results table, the speedup table and the status counts."""
+    """Print the results table, the speedup table, a line per throttled record and the status counts."""
     console = console or Console(width=None if sys.stdout.isatty() else WIDE)
     console.print(results_table(records, f"{experiment}: {len(records)} jobs"))
     table = speedup_table(records)
     if table is not None:
         console.print(table)
-    counts = defaultdict(int)
+    for line in throttled_lines(records):
+        console.print(line, style="yellow", markup=False, highlight=False)
+    counts: defaultdict[str, int] = defaultdict(int)
     for r in records:
         counts[r.status] += 1
     console.print("  ".join(f"{s}: {n}" for s, n in sorted(counts.items())))

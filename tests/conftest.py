@@ -15,6 +15,8 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kernels.device import DeviceSpec  # noqa: E402 (after the path set-up above)
+from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error  # noqa: E402
+from kernels.registry import Built  # noqa: E402
 
 # The H100 the offline GPU tests build and lower for (no GPU needed: PTX and schedules only).
 H100 = DeviceSpec("h100", "cuda", "NVIDIA H100", 60000.0, 3350.0, sm_count=132, cuda_capability=90)
@@ -30,4 +32,33 @@ def has_cuda() -> bool:
         return False
 
 
-requires_gpu = pytest.mark.skipif(not has_cuda(), reason="no CUDA GPU on this machine")
+NO_GPU = "no CUDA GPU on this machine"
+requires_gpu = pytest.mark.skipif(not has_cuda(), reason=NO_GPU)
+
+
+def _skips_without_gpu(item: pytest.Item) -> bool:
+    return any(m.kwargs.get("reason") == NO_GPU for m in item.iter_markers("skipif"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that needs a GPU (`requires_gpu`) must carry the `gpu` marker, so that `-m "not gpu"`
+    leaves it out; and a test marked `gpu` is skipped with the reason where there is no GPU, even
+    without `requires_gpu`."""
+    unmarked = [i.nodeid for i in items if _skips_without_gpu(i) and not i.get_closest_marker("gpu")]
+    if unmarked:
+        raise pytest.UsageError("tests that need a GPU lack the `gpu` marker: " + ", ".join(unmarked))
+    if not has_cuda():
+        for item in items:
+            if item.get_closest_marker("gpu"):
+                item.add_marker(pytest.mark.skip(reason=NO_GPU))
+
+
+def reference_error(built: Built, shape: LayerShape, seed: int = 1) -> float:
+    """Place fresh inputs, poison the output, run once, fetch: the relative L2 error of `built` against
+    the float64 reference (a wrong or unwritten element shows as a large error or NaN)."""
+    inputs = make_inputs(shape, seed)
+    placed = built.place(inputs)
+    built.poison(placed)
+    built.run(placed)
+    built.sync()
+    return relative_l2_error(built.fetch(placed), reference(shape, inputs))

@@ -4,6 +4,8 @@ The records are the committed H100 sweep (results/h100/mobilenet_v1: Halide, cuD
 with TensorFlow and cuBLAS records added per shape from its cuDNN ones (TensorFlow never ran on that GPU),
 so every kind of baseline group is present: the end-of-run table, `summary_metrics` and findings.md /
 speedups.csv are computed from the same records and must show the same figures, strict fp32 and TF32 apart.
+The torch.compile and dispatch-path tests derive their records from the committed H200 run
+(tests/derived_records.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 from pathlib import Path
 
 import pytest
+from derived_records import cold, committed, derive, dispatched, torch_compile
 from rich.console import Console
 
 from kernels import registry
@@ -133,3 +136,63 @@ def test_the_summary_the_parent_metrics_and_the_report_agree(records: list[Recor
         )
         value = metrics[analytics.metric_name(g)]
         assert f"of {len(per_where[g])} shapes (geometric-mean speedup {value:.2f}x)" in line, line
+
+
+# --- torch.compile and the two dispatch paths (records derived from the committed H200 run) ----------------
+def test_torch_compile_is_a_framework_of_its_own_strict_fp32_and_tf32_apart() -> None:
+    base = committed()
+    compiled = []
+    for r in base:
+        if r.params["variant"] in ("cudnn_cl", "cudnn_cl_tf32"):
+            tf32 = "_tf32" if r.params["variant"].endswith("_tf32") else ""
+            compiled += [torch_compile(r, f"torch_compile{tf32}", 0.9, 10.0),
+                         torch_compile(r, f"torch_compile_max{tf32}", 0.8, 40.0)]  # fmt: skip
+    assert analytics.label("torch_compile") == "torch.compile (fp32)"
+    assert analytics.label("torch_compile_tf32") == "torch.compile (TF32)"
+    per_where = analytics.speedups(analytics.timed_records([*base, *compiled]))
+    assert list(per_where) == ["cudnn", "cudnn_tf32", "torch_compile", "torch_compile_tf32"]
+    halide = {r.params["shape"]: r.metrics["time_ms"] for r in base if r.params["variant"] == "halide_tuned"}
+    for r in compiled:
+        if r.params["variant"] == "torch_compile_max":  # the faster strict one, never a TF32 one
+            assert per_where["torch_compile"][("h200", r.params["shape"])] == pytest.approx(
+                r.metrics["time_ms"] / halide[r.params["shape"]]
+            )
+    metrics = summary_metrics([*base, *compiled])
+    assert {"geomean_speedup_halide_vs_torch_compile", "geomean_speedup_halide_vs_torch_compile_tf32"} <= set(
+        metrics
+    )
+
+
+def test_the_same_measurement_through_ray_and_the_worker_cli_is_paired() -> None:
+    base = [r for r in committed() if r.params["variant"] in ("halide_tuned", "cudnn_cl")]  # 20 jobs
+    ray = [dispatched(r, "ray") for r in base]
+    cli = [dispatched(r, "worker-cli", 1.01 if i % 2 else 0.97) for i, r in enumerate(base)]
+    newer = dispatched(base[0], "worker-cli", 1.002)  # a re-run through the CLI: the newest one counts
+    unknown = derive(base[1], scale=1.5)  # no dispatch tag: an older record, of an unknown path
+    failed = dispatched(base[2], "ray", 0.5)
+    failed.tags["status"] = "failed"  # a failed re-run through Ray has no time and pairs with nothing
+    other_timing = derive(base[3], scale=2.0, params={"timing.max_repeats": "7"}, tags={"dispatch": "ray"})
+    cold_cli = dispatched(cold(base[4], 1.3), "worker-cli")  # another job key: another measurement
+    pairs = analytics.path_pairs(
+        [*ray, *cli, newer, unknown, failed, other_timing, cold_cli], analytics.flat_record
+    )
+    assert len(pairs) == 20 and len({p.ray.item.tags["job_key"] for p in pairs}) == 20
+    by_key = {p.ray.item.tags["job_key"]: p for p in pairs}
+    first = by_key[base[0].tags["job_key"]]
+    assert first.cli.item is newer and first.diff == pytest.approx(0.002)
+    assert by_key[base[2].tags["job_key"]].ray.item is ray[2]  # the ok record, not the failed re-run
+    assert by_key[base[3].tags["job_key"]].ray.item is ray[3]  # other timing settings: not the same
+    assert (first.variant, first.shape, first.device) == (
+        base[0].params["variant"],
+        base[0].params["shape"],
+        "h200",
+    )
+
+    every = analytics.path_agreement(pairs)
+    diffs = sorted(abs(p.cli.time_ms / p.ray.time_ms - 1) for p in pairs)
+    assert every.pairs == 20 and every.per_framework == {"halide": 10, "cudnn": 10}
+    assert every.median_abs_diff == pytest.approx((diffs[9] + diffs[10]) / 2)
+    assert every.max_abs_diff == pytest.approx(0.03)
+    halide = analytics.path_agreement(pairs, ["halide"])
+    assert halide.pairs == 10 and halide.per_framework == {"halide": 10}
+    assert analytics.path_agreement([]).median_abs_diff is None

@@ -24,7 +24,7 @@ tile is again copied per thread.
 A second limit is in the PTX backend's vector width: a dense vector of 8 fp32 lanes is not emitted as two
 .v4 accesses but as .v2 pieces or scalars, multiplying the load instructions of the pointwise reduction
 (the SM issues one load a clock against four FMAs). The family therefore vectorises in pieces of
-`PTX_VECTOR` lanes (`family._vector_access`), and these tests check both the limit and the remedy.
+`PTX_VECTOR` lanes (`family.gpu`), and these tests check both the limit and the remedy.
 
 A third: nothing overlaps one reduction step's loads with the last step's FMAs inside a kernel. `async()`,
 Halide's way to run a stage ahead of its consumer, leaves calls to the host runtime's semaphores in the
@@ -53,7 +53,8 @@ from conftest import H100, requires_gpu
 
 from kernels import registry
 from kernels.device import DeviceSpec, visible_gpu
-from kernels.halide import algorithm, family, variants
+from kernels.halide import algorithm, builder, family, names, targets
+from kernels.halide.family import gpu as family_gpu
 from kernels.halide.tiling import HOST_ALIGNMENT
 from kernels.layer import LayerShape, make_inputs
 
@@ -67,7 +68,7 @@ def _output_kernel(L: algorithm.Layer, tmp: Path) -> str:
     """PTX of the output kernel of the scheduled layer `L`."""
     path = tmp / "layer.stmt"
     L.output.compile_to_lowered_stmt(
-        str(path), L.arguments, hl.StmtOutputFormat.Text, variants.cuda_target(H100)
+        str(path), L.arguments, hl.StmtOutputFormat.Text, targets.cuda_target(H100)
     )
     text = path.read_text(errors="replace")
     start = text.index(".entry _kernel_output")
@@ -100,7 +101,7 @@ def _staged_gemm_ptx(accumulators: hl.MemoryType, tmp: Path, staging_threads: in
     L.depthwise.compute_root().gpu_tile(c, x, ci, xi, 32, 7, hl.TailStrategy.GuardWithIf)
     for staged, prefix in ((L.pointwise_filter.in_(), "w"), (L.depthwise.in_(), "d")):
         staged.compute_at(pw, ro).store_in(hl.MemoryType.GPUShared)
-        family._threads_over(staged, list(staged.args()), copiers, prefix)
+        family_gpu.threads_over(staged, list(staged.args()), copiers, prefix)
     return _output_kernel(L, tmp)
 
 
@@ -110,7 +111,7 @@ def test_block_level_register_accumulators_staged_by_other_threads_are_copied_pe
     ptx = _staged_gemm_ptx(hl.MemoryType.Register, tmp_path, staging_threads=128)
     depot = re.search(r"\.local \.align \d+ \.b8\s+__local_depot\d+\[(\d+)\]", ptx)
     tile_bytes = 4 * BLOCK[0] * BLOCK[1] * BLOCK[2]
-    assert depot and int(depot.group(1)) >= tile_bytes, depot
+    assert depot and int(depot.group(1)) == tile_bytes, depot  # the whole block's tile, in each thread
     assert "st.local" in ptx
 
 
@@ -118,7 +119,7 @@ def test_block_level_shared_accumulators_are_stored_again_every_reduction_step(t
     ptx = _staged_gemm_ptx(hl.MemoryType.GPUShared, tmp_path)
     assert "__local_depot" not in ptx
     vector_stores = len(re.findall(r"st\.shared\.v4", ptx))
-    assert vector_stores >= CHUNK * THREAD[1] * THREAD[2], vector_stores  # one per pixel, every step
+    assert vector_stores == CHUNK * THREAD[1] * THREAD[2], vector_stores  # one per pixel, every step
 
 
 def _vector_copy_ptx(width: int, tmp: Path, alignment: int | None = None) -> str:
@@ -135,7 +136,7 @@ def _vector_copy_ptx(width: int, tmp: Path, alignment: int | None = None) -> str
     f.split(x, xo, xi, width).split(xo, xo, t, 32).gpu_blocks(xo).gpu_threads(t).vectorize(xi)
     path = tmp / f"copy{width}_{alignment}.ptx"
     f.compile_to(
-        {hl.OutputFileType.device_code: str(path)}, [hl.Argument(inp)], "f", variants.cuda_target(H100)
+        {hl.OutputFileType.device_code: str(path)}, [hl.Argument(inp)], "f", targets.cuda_target(H100)
     )
     return path.read_text()
 
@@ -159,7 +160,7 @@ def test_the_family_loads_and_stores_in_v4_pieces() -> None:
     shape = LayerShape("b14", n=32, h=14, w=14, c=512, co=512)
     p = family.GpuParams("root", 8, 7, 1, 16, 2, 8, 8, "global", False, 255)
     assert family.check(p, shape, H100) is None
-    ptx = variants.lower_for(variants.FAMILY, shape, H100, family.build_options(p, {}))["kernels.ptx"]
+    ptx = builder.lower_for(names.FAMILY, shape, H100, family.build_options(p, {}))["kernels.ptx"]
     kernel = ptx[ptx.index(".entry _kernel_output") :]
     loop = kernel[kernel.index("Inner Loop Header") : kernel.index("bra", kernel.index("Inner Loop Header"))]
     loads = re.findall(r"\tld\.global\.nc\.([a-z0-9.]+)", loop)
@@ -177,7 +178,7 @@ def _warp_gemm_ptx(tmp: Path, accumulators_at_block: bool = False) -> str:
     """PTX of the output kernel of the family's `gemm` = warp schedule of WARP_TILE on SHAPE, with the
     accumulators at the warp (as the family computes them) or moved out to the block."""
     L = algorithm.define(SHAPE)
-    family.apply(WARP_TILE, L, variants.cuda_target(H100))
+    family_gpu.apply_gpu(WARP_TILE, L, targets.cuda_target(H100))
     if accumulators_at_block:
         L.pointwise.compute_at(L.output, L.c)  # the block loop: outside both warps
     return _output_kernel(L, tmp)
@@ -220,7 +221,7 @@ ASYNC_SHAPE = LayerShape("b14a", n=2, h=14, w=14, c=512, co=512)
 
 
 def _with_async(apply_gpu: Any, staged: str | None) -> Any:
-    """`family._apply_gpu` followed, when `staged` names a Func, by `async()` on the wrapper that holds
+    """`family.gpu.apply_gpu` followed, when `staged` names a Func, by `async()` on the wrapper that holds
     each reduction step's values of it (weights or depthwise), so it is computed ahead of the step."""
 
     def apply(p: family.GpuParams, L: algorithm.Layer, target: Any) -> dict[str, object]:
@@ -244,7 +245,7 @@ def test_async_stages_inside_a_cuda_kernel_call_the_host_runtimes_semaphores(
     kernels = {}
     for given in (staged, None):
         L = algorithm.define(ASYNC_SHAPE)
-        _with_async(family._apply_gpu, given)(_async_params(H100), L, variants.cuda_target(H100))
+        _with_async(family_gpu.apply_gpu, given)(_async_params(H100), L, targets.cuda_target(H100))
         kernels[given] = set(re.findall(r"halide_semaphore_\w+", _output_kernel(L, tmp_path)))
     assert {"halide_semaphore_init", "halide_semaphore_release"} <= kernels[staged]
     assert not kernels[None]  # without `async` the same kernel calls nothing
@@ -254,7 +255,7 @@ def test_async_stages_inside_a_cuda_kernel_call_the_host_runtimes_semaphores(
 @pytest.mark.gpu
 def test_async_stages_inside_a_cuda_kernel_do_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
     device = visible_gpu("gpu", 1.0, 1.0)
-    monkeypatch.setattr(family, "_apply_gpu", _with_async(family._apply_gpu, "pointwise_filter"))
+    monkeypatch.setattr(builder, "apply_gpu", _with_async(family_gpu.apply_gpu, "pointwise_filter"))
     # The driver refuses the module, whose PTX calls functions no device code defines (H100, 2026-11-24:
     # "CUDA: cuModuleLoadData failed: CUDA_ERROR_INVALID_PTX").
     with pytest.raises(hl.HalideError, match="CUDA_ERROR_INVALID_PTX"):
@@ -269,13 +270,13 @@ PREFETCH = """
 import sys
 import halide as hl
 from kernels.device import DeviceSpec
-from kernels.halide import algorithm, family, variants
-from kernels.halide.tiling import HOST_ALIGNMENT
+from kernels.halide import algorithm, family, targets
+from kernels.halide.family.gpu import apply_gpu
 from kernels.layer import LayerShape
 shape, device = LayerShape(**{shape}), DeviceSpec(**{device})
 L = algorithm.define(shape)
-target = variants.cuda_target(device)
-family._apply_gpu(family.from_options({tile}, shape, device), L, target)
+target = targets.cuda_target(device)
+apply_gpu(family.from_options({tile}, shape, device), L, target)
 if int(sys.argv[1]):
     L.pointwise.update().prefetch(L.depthwise, hl.RVar("ro"), hl.RVar("ro"), int(sys.argv[1]))
 L.output.compile_to_lowered_stmt("/dev/null", L.arguments, hl.StmtOutputFormat.Text, target)
@@ -325,7 +326,7 @@ def test_a_block_may_use_at_most_48_kib_of_shared_memory() -> None:
     # (cuFuncSetAttribute, MAX_DYNAMIC_SHARED_SIZE_BYTES); Halide 21's CUDA runtime never raises it, so
     # a Halide kernel cannot use the rest of the H100's 227 KiB (`family.GPU_SHARED_BYTES`). A block's
     # depthwise of every channel at 7²x1024 would need 28 KiB a row of pixels, 196 KiB for the image.
-    target = variants.cuda_target(visible_gpu())
+    target = targets.cuda_target(visible_gpu())
     for floats in (11264, 16384):  # 44 KiB and 64 KiB (+ 4 bytes) a block
         run = _shared_tile(floats)
         if floats * 4 < 48 * 1024:

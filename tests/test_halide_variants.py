@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -22,9 +23,9 @@ from conftest import H100, has_cuda, requires_gpu
 
 from kernels import registry
 from kernels.device import DeviceSpec, visible_gpu
-from kernels.halide import cache, variants
+from kernels.halide import builder, cache, names, targets
+from kernels.halide.names import KERNEL_FILTER, UnknownScheduleError
 from kernels.halide.tiling import HOST_ALIGNMENT
-from kernels.halide.variants import KERNEL_FILTER, UnknownScheduleError
 from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error
 
 CPU = DeviceSpec("cpu", "cpu", "host CPU", peak_gflops=100.0, mem_gbps=10.0)
@@ -45,7 +46,7 @@ GPU_AWKWARD = (*AWKWARD, LayerShape("tiny_s1", n=1, h=9, w=11, c=5, co=7, stride
 CPU_VARIANTS = sorted(
     v.name for v in registry.all_variants().values() if v.framework == "halide" and "cpu" in v.kinds
 )
-GPU_SCHEDULES = [s for s in variants.SCHEDULES if "cuda" in variants.SCHEDULE_KINDS[s]]
+GPU_SCHEDULES = [s for s in names.SCHEDULES if "cuda" in names.SCHEDULE_KINDS[s]]
 
 
 @pytest.fixture(scope="session")
@@ -65,8 +66,8 @@ def check(built: registry.Built, shape: LayerShape, seed: int) -> float:
 
 
 def test_every_schedule_is_registered() -> None:
-    names = {v.name for v in registry.all_variants().values() if v.framework == "halide"}
-    assert names == {f"halide_{s}" for s in variants.SCHEDULES} | {"halide_family", "halide_tuned"}
+    halide = {v.name for v in registry.all_variants().values() if v.framework == "halide"}
+    assert halide == {f"halide_{s}" for s in names.SCHEDULES} | {"halide_family", "halide_tuned"}
     assert registry.get("halide_auto_anderson2021").kinds == ("cuda",)
     assert "cuda" not in registry.get("halide_auto_adams2019").kinds
     reason = registry.get("halide_auto_anderson2021").skip_reason(AWKWARD[0], CPU)
@@ -111,9 +112,10 @@ def test_inputs_off_the_declared_alignment_are_copied_to_it(cache_dir: Path) -> 
     assert relative_l2_error(built.fetch(placed), reference(shape, inputs)) < TOLERANCE
 
 
-def test_compile_cache_hit_is_fast_and_identical(tmp_path: Path) -> None:
+def test_compile_cache_hit_is_fast_and_serves_what_the_schedule_makes(tmp_path: Path) -> None:
+    """A repeat build loads the entry instead of compiling; what it serves is what scheduling the layer
+    afresh makes (its schedule source and decisions), and it computes the layer."""
     shape = LayerShape("cache", n=1, h=10, w=9, c=32, co=48, stride=2)
-    inputs = make_inputs(shape, 5)
     cold = registry.get("halide_fused_tile").build(shape, CPU, {"cache_dir": str(tmp_path)})
     start = time.perf_counter()
     warm = registry.get("halide_fused_tile").build(shape, CPU, {"cache_dir": str(tmp_path)})
@@ -121,16 +123,11 @@ def test_compile_cache_hit_is_fast_and_identical(tmp_path: Path) -> None:
     assert json.loads(cold.artifacts["build.json"])["cache"] == "miss"
     assert json.loads(warm.artifacts["build.json"])["cache"] == "hit"
     assert warm.compile_s < cold.compile_s / 10 and warm_wall < 0.5
-    assert warm.artifacts["schedule.py"] == cold.artifacts["schedule.py"]
-    assert warm.artifacts["decisions.json"] == cold.artifacts["decisions.json"]
-    assert warm.artifacts["lowered.stmt"] == cold.artifacts["lowered.stmt"]
-    outs = []
-    for built in (cold, warm):
-        placed = built.place(inputs)
-        built.poison(placed)
-        built.run(placed)
-        outs.append(built.fetch(placed))
-    np.testing.assert_array_equal(outs[0], outs[1])
+    fresh = builder.lower_for("fused_tile", shape, CPU)
+    assert warm.artifacts["schedule.py"] == fresh["schedule.py"]
+    assert warm.artifacts["decisions.json"] == fresh["decisions.json"]
+    assert "par_for_output" in warm.artifacts["lowered.stmt"]  # the entry's statement: parallel tasks
+    assert check(warm, shape, 5) < TOLERANCE
     assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 1  # one entry, no temp left
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -139,7 +136,7 @@ def test_two_processes_building_one_key_both_succeed(tmp_path: Path) -> None:
     """Concurrent cold builds of the same key: both processes get a working module, one entry stays."""
     code = (
         "from kernels.device import DeviceSpec; from kernels.layer import LayerShape, make_inputs, reference,"
-        " relative_l2_error; from kernels.halide.variants import build; import json;"
+        " relative_l2_error; from kernels.halide.builder import build; import json;"
         "s = LayerShape('race', 1, 6, 7, 8, 16); d = DeviceSpec('cpu', 'cpu', 'cpu', 1.0, 1.0);"
         "b = build('unfused', s, d, {}); i = make_inputs(s, 0); p = b.place(i); b.run(p);"
         "assert relative_l2_error(b.fetch(p), reference(s, i)) < 1e-4;"
@@ -152,25 +149,74 @@ def test_two_processes_building_one_key_both_succeed(tmp_path: Path) -> None:
     ]
     outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    assert set(outputs) <= {"miss", "hit"}
+    assert set(outputs) <= {"miss", "hit"} and "miss" in outputs  # the cache was empty: one compiled
     entries = list((tmp_path / "halide").iterdir())
     assert len(entries) == 1 and not entries[0].name.startswith("."), entries
 
 
 def test_cache_key_covers_schedule_shape_and_source() -> None:
-    target = variants.cpu_target()
+    target = targets.cpu_target()
     shape = AWKWARD[0]
-    base = variants._key_parts("app", shape, CPU, target, {})
-    assert cache.cache_key(base) == cache.cache_key(variants._key_parts("app", shape, CPU, target, {}))
+    base = builder._key_parts("app", shape, CPU, target, {})
+    assert cache.cache_key(base) == cache.cache_key(builder._key_parts("app", shape, CPU, target, {}))
     for other in (
-        variants._key_parts("unfused", shape, CPU, target, {}),
-        variants._key_parts("app", AWKWARD[1], CPU, target, {}),
+        builder._key_parts("unfused", shape, CPU, target, {}),
+        builder._key_parts("app", AWKWARD[1], CPU, target, {}),
         {**base, "source": "edited"},
         {**base, "halide": "22.0.0"},
     ):
         assert cache.cache_key(other) != cache.cache_key(base)
-    auto = variants._key_parts("auto_adams2019", shape, CPU, target, {"autoscheduler": {"beam_size": 2}})
+    auto = builder._key_parts("auto_adams2019", shape, CPU, target, {"autoscheduler": {"beam_size": 2}})
     assert auto["params"]["beam_size"] == "2"
+
+
+def test_cache_key_hashes_every_source_file_a_build_imports(tmp_path: Path) -> None:
+    """The key's sources are computed from the import statements: tiling.py, which the schedules import
+    through the building blocks, is among them, so editing it (in a copy of the package) makes a new key;
+    a module the CPU build never imports (the CUDA schedules) is not, so editing it keeps the key."""
+    shutil.copytree(
+        cache.REPO_ROOT / "kernels", tmp_path / "kernels", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    names_of = {
+        scheduler: {p.relative_to(tmp_path).as_posix() for p in builder.key_sources(scheduler, tmp_path)}
+        for scheduler in ("kernels.halide.schedules_cpu", "kernels.halide.family.cpu")
+    }
+    for files in names_of.values():
+        assert {
+            "kernels/halide/tiling.py",
+            "kernels/halide/blocks.py",
+            "kernels/halide/algorithm.py",
+        } <= files
+        assert {"kernels/halide/builder.py", "kernels/halide/cache.py", "kernels/layer.py"} <= files
+        assert "kernels/halide/schedules_gpu.py" not in files
+    assert "kernels/halide/family/space.py" in names_of["kernels.halide.family.cpu"]
+
+    def digest() -> str:
+        return cache.source_digest(builder.key_sources("kernels.halide.schedules_cpu", tmp_path), tmp_path)
+
+    before = digest()
+    assert digest() == before
+    (tmp_path / "kernels/halide/schedules_gpu.py").write_text("# not imported by a CPU build\n")
+    assert digest() == before
+    tiling = tmp_path / "kernels/halide/tiling.py"
+    tiling.write_text(tiling.read_text().replace("PTX_VECTOR = 4", "PTX_VECTOR = 2"))
+    assert digest() != before
+
+
+def test_cache_key_is_the_same_in_another_process() -> None:
+    code = (
+        "import json; from kernels.device import DeviceSpec; from kernels.layer import LayerShape;"
+        "from kernels.halide import builder, cache, targets;"
+        "s = LayerShape('k', 1, 9, 7, 24, 40, 2); d = DeviceSpec('cpu', 'cpu', 'host CPU', 100.0, 10.0);"
+        "print(json.dumps([cache.cache_key(builder._key_parts(n, s, d, targets.cpu_target(), {}))"
+        " for n in ('unfused', 'family')]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(cache.REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shape, target = LayerShape("k", 1, 9, 7, 24, 40, 2), targets.cpu_target()
+    here = [cache.cache_key(builder._key_parts(n, shape, CPU, target, {})) for n in ("unfused", "family")]
+    assert json.loads(done.stdout) == here and here[0] != here[1]
 
 
 def test_cache_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -190,17 +236,17 @@ def test_jit_fallback_matches_reference() -> None:
 
 def test_unknown_schedule_lists_valid_names() -> None:
     with pytest.raises(UnknownScheduleError, match="valid schedules: app, unfused, fused_tile"):
-        variants.build("nope", AWKWARD[0], CPU, {})
+        builder.build("nope", AWKWARD[0], CPU, {})
     with pytest.raises(UnknownScheduleError, match="'auto_anderson2021' for cpu"):
-        variants.check_schedule("auto_anderson2021", "cpu")
+        names.check_schedule("auto_anderson2021", "cpu")
 
 
 def test_bad_options_are_rejected() -> None:
     with pytest.raises(ValueError, match="cuda_max_registers"):
-        variants._max_registers({"cuda_max_registers": "many"})
-    assert variants._max_registers({"cuda_max_registers": 128}) == 128
+        builder._max_registers({"cuda_max_registers": "many"})
+    assert builder._max_registers({"cuda_max_registers": 128}) == 128
     with pytest.raises(ValueError, match="autoscheduler"):
-        variants.build("auto_li2018", AWKWARD[0], CPU, {"autoscheduler": "fast"})
+        builder.build("auto_li2018", AWKWARD[0], CPU, {"autoscheduler": "fast"})
 
 
 # --- CUDA code paths, compiled without a GPU -----------------------------------------------------
@@ -217,14 +263,14 @@ def test_bad_options_are_rejected() -> None:
 )
 def test_cuda_target_from_capability(capability: int, feature: str) -> None:
     device = DeviceSpec("gpu", "cuda", "GPU", 1.0, 1.0, sm_count=10, cuda_capability=capability)
-    target = variants.cuda_target(device).to_string()
+    target = targets.cuda_target(device).to_string()
     assert "-cuda-" in target and feature in target
     assert not re.search(r"cuda_capability_(?!" + feature[-2:] + ")", target)
 
 
 def test_cuda_capability_too_old_is_an_error() -> None:
     with pytest.raises(ValueError, match="valid capabilities: 30, 32"):
-        variants.cuda_capability_feature(20)
+        targets.cuda_capability_feature(20)
 
 
 @pytest.mark.skipif(has_cuda(), reason="checks the error raised where there is no GPU")
@@ -237,7 +283,7 @@ def test_cuda_build_without_gpu_raises_instead_of_aborting() -> None:
 @pytest.mark.parametrize("name", GPU_SCHEDULES)
 def test_gpu_schedule_compiles_for_cuda(name: str, shape: LayerShape) -> None:
     options = {"autoscheduler": {"beam_size": 2}} if name == "auto_anderson2021" else {}
-    artifacts = variants.lower_for(name, shape, H100, options)
+    artifacts = builder.lower_for(name, shape, H100, options)
     kernels = re.findall(r"\.entry\s+(\w+)\(", artifacts["kernels.ptx"])
     assert kernels and all(re.match(KERNEL_FILTER, k) for k in kernels), kernels
     assert "gpu_block<CUDA>" in artifacts["lowered.stmt"]
@@ -254,7 +300,7 @@ def test_gpu_schedule_compiles_for_cuda(name: str, shape: LayerShape) -> None:
 def test_app_depthwise_tile_stays_in_registers(shape: LayerShape) -> None:
     """`app` with c not a multiple of 32: each thread's depthwise tile is a fixed 2 x 2 x 2 register
     array, not a heap buffer striped over the block's threads (undersized by Halide 21: wrong on an H100)."""
-    stmt = variants.lower_for("app", shape, H100)["lowered.stmt"]
+    stmt = builder.lower_for("app", shape, H100)["lowered.stmt"]
     assert "halide_device_malloc" not in stmt
     # Func names gain a "$N" suffix when a process defines the layer more than once.
     assert re.search(r"allocate depthwise(\$\d+)?\.\d+\[float32 \* 8\] in Register", stmt)

@@ -212,6 +212,7 @@ def test_gpu_path_without_cupti_falls_back_to_host_clock() -> None:
     assert len(built.used) == 8 + 8 * window and f"windows of {window} launches" in t.note
 
 
+@pytest.mark.gpu
 @requires_gpu
 def test_cupti_kernel_time_on_gpu() -> None:
     """A torch matmul as the Built: kernel time through CUPTI, at most the synced call time."""

@@ -26,6 +26,7 @@ import pytest
 from mlflow_server import MlflowServer
 
 from orchestrator.record import Recorder
+from workers.job import iso_time
 from workers.schema import Record
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -73,7 +74,9 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MlflowSer
                     "framework": variant.split("_")[0],
                 }
                 began = start + 10 * i
-                tags = {"status": "ok", "started_at": f"{began:.6f}", "ended_at": f"{began + JOB_S:.6f}"}
+                ended = began + JOB_S
+                tags = {"status": "ok", "started_at": f"{began:.6f}", "ended_at": f"{ended:.6f}"}
+                tags.update(started=iso_time(began), ended=iso_time(ended))  # as a worker writes them
                 recorder.log_child(Record(f"{variant}.app.cpu.0", params, {"time_ms": time_ms}, tags))
             link = recorder.runs_url()
         yield srv, link

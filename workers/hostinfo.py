@@ -6,7 +6,6 @@ in `cache_dir()`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.metadata
 import os
@@ -17,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kernels.host import available_cores, cpu_model
+
 LIBRARIES = ("halide", "tensorflow", "torch", "triton", "numpy")  # versions as tags (triton: torch.compile)
 NOT_INSTALLED = "not installed"
 
@@ -24,23 +25,6 @@ NOT_INSTALLED = "not installed"
 def cache_dir() -> Path:
     """Where measurements are cached: $DSCONV_CACHE_DIR, else ~/.cache/dsconv."""
     return Path(os.environ.get("DSCONV_CACHE_DIR") or Path.home() / ".cache" / "dsconv")
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its affinity mask), which is what the kernels get."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (or platform.processor())."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def library_version(name: str) -> str:

@@ -87,6 +87,12 @@ def base_record(job: Job) -> Record:
     )
 
 
+def iso_time(seconds: float) -> str:
+    """Unix seconds as ISO 8601 in UTC, to the millisecond: `2026-12-03T21:22:15.123Z`."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{stamp}.{int(seconds % 1 * 1000):03d}Z"
+
+
 def kernel_times_tag(kernels: Mapping[str, float]) -> str:
     """The `kernel_times` tag: JSON {kernel name: median ms per launch} in launch order, the slowest
     MAX_KERNEL_NAMES kernels when a launch has more, names cut to MAX_KERNEL_NAME_CHARS (MLflow's tag
@@ -120,6 +126,7 @@ def execute(job: Job) -> Record:
     # Where and when it ran (Unix seconds): the cluster tests check that no two jobs overlap on a GPU.
     ended = time.time()
     record.tags.update(started_at=f"{started:.6f}", ended_at=f"{ended:.6f}")
+    record.tags.update(started=iso_time(started), ended=iso_time(ended))  # the same, for people
     if record.status != "skipped":  # the job's own wall time (host measurement, build, verify, time)
         record.metrics["job_s"] = ended - started
     with contextlib.suppress(Exception):

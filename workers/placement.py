@@ -2,9 +2,10 @@
 
     python -m workers.placement JOBS.json --out DIR [--only SUBSTRING] [--offsets 0,2,4] [--modes between]
 
-Why: at 32x28x28x256->256 the tuned kernel's inputs and output (51.6 MB) are about the size of an H100's
-L2 (50 MB), and timing runs of the same build fell into two groups (89.8-90.9 µs against 92.8-95.3 µs)
-depending on the run. How much of a warm-cache time is the placement of the buffers?
+Why: where a kernel's inputs and output are about the size of the GPU's L2 (32x28x28x256->256 on an
+H100: 51.6 MB against 50 MB), which cache lines conflict depends on the buffers' physical addresses, and
+timing runs of one build can fall into groups by run (docs/evidence/kernels.md, "placement"). How much of
+a warm-cache time is the placement of the buffers?
 
 For each job (Halide variants on a CUDA device), built and verified as `workers.job` does it, the probe
 times the kernel with the one harness and the job's own timing spec on a fresh input set placed after a

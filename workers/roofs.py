@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from kernels.device import DeviceSpec
-from workers.hostinfo import available_cores, cache_dir, cpu_model
+from kernels.host import available_cores, cpu_model
+from workers.hostinfo import cache_dir
 
 SGEMM_N = 2048  # matrix size of the CPU's SGEMM (17 GFLOP a product)
 SGEMM_REPEATS = 5

@@ -107,8 +107,9 @@ def describe_exit(exitcode: int | None) -> str:
 def thread_limits(children: int, cores: int | None = None) -> dict[str, str]:
     """The environment that gives each of `children` worker processes its share of the cores for its
     BLAS and OpenMP pools (the float64 reference's matrix product). Without it, twelve screening
-    workers on a 16-core GPU node each start 16 OpenBLAS threads, and a 0.3 s reference takes 20-37 s
-    (measured on the lent H100 node, 2026-11-24). Variables the user has set are left alone."""
+    workers on a 16-core GPU node each start 16 OpenBLAS threads and oversubscribe the cores many times
+    over, which makes the reference many times slower (docs/evidence/kernels.md, "thread limits").
+    Variables the user has set are left alone."""
     if children <= 1:
         return {}
     from workers.hostinfo import available_cores

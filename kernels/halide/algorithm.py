@@ -79,9 +79,9 @@ def define(shape: LayerShape) -> Layer:
     _bind(inp, (shape.c, shape.w, shape.h, shape.n))
     _bind(dwf, (shape.c, KERNEL, KERNEL))
     _bind(pwf, (shape.co, shape.c))
-    # The bias keeps Halide's default alignment: declared, a thread's bias was loaded in 8-byte pairs and
-    # its accumulators initialised as 64-bit registers, and the 7² entry's pointwise kernel ran 3.5-4.1%
-    # slower (93.1 against 96.4-96.9 µs, A/B on one H100, results/h100/alignment_ab); its loads are few.
+    # The bias keeps Halide's default alignment: its loads are few, so alignment gains nothing there, and
+    # declared it makes each thread load its bias in 8-byte pairs and initialise its accumulators as
+    # 64-bit registers, which slowed the pointwise kernel (docs/evidence/kernels.md, "bias alignment").
     _bind(bias, (shape.co,), aligned=False)
 
     c, x, y, n = hl.Var("c"), hl.Var("x"), hl.Var("y"), hl.Var("n")

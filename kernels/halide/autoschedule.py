@@ -39,8 +39,8 @@ AUTOSCHEDULERS: dict[str, Autoscheduler] = {
 }
 
 # The beam searches of Adams2019 and Anderson2021 at their default width (32) take about a minute per
-# shape on two cores (77 s for Adams2019 at the app shape, 52 s for Anderson2021 at 32x14x14x512);
-# 8 keeps each search to seconds. Override with options["autoscheduler"] = {"beam_size": "32"}.
+# shape on two cores (docs/evidence/kernels.md, "beam size"); 8 keeps each search to seconds. Override
+# with options["autoscheduler"] = {"beam_size": "32"}.
 BEAM_SIZE = 8
 
 _loaded: set[str] = set()

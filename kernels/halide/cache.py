@@ -4,7 +4,8 @@ A CPU pipeline is compiled ahead of time (`Pipeline.compile_to`: an object file,
 extension glue and the lowered statement), linked with the system C++ compiler into a Python
 extension module, and stored with its artifacts under a key made of everything that changes the
 generated code: the Halide version, the target string, the schedule name and its parameters, the
-shape, the host's thread count, the Python ABI and a hash of the algorithm and schedule sources.
+shape, the host's thread count, the Python ABI and a hash of every source file the build imports
+(`source_files`: computed from the import statements, so a new helper module is never left out).
 For autoscheduled variants the (slow) search is cached with the code.
 
 A hit loads the module (milliseconds). Entries are written to a temporary directory and renamed
@@ -12,14 +13,15 @@ into place, so two processes building the same key both succeed and one entry su
 Where no C++ compiler or Python headers exist, `toolchain_problem` says why and callers fall back
 to JIT compilation (every build then compiles).
 
-CUDA pipelines are JIT-compiled per process instead (see `variants`): the generated extension
+CUDA pipelines are JIT-compiled per process instead (see `builder`): the generated extension
 copies buffers between host and device on every call, and GPU nodes run one long-lived worker.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -28,26 +30,22 @@ import subprocess
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import halide as hl
 
+from kernels.halide.targets import halide_version
+
 CACHE_FORMAT = 1  # bump when the entry layout changes
 ENV_VAR = "DSCONV_CACHE_DIR"
 DEFAULT_DIR = Path("~/.cache/dsconv/halide")
 FN_NAME = "dsconv"
 META = "meta.json"
-
-
-def halide_version() -> str:
-    """The installed Halide's version (part of every key)."""
-    try:
-        return importlib.metadata.version("halide")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_PACKAGES = ("kernels",)  # the packages whose sources a build can import
 
 
 def cache_root(options: Mapping[str, Any]) -> Path:
@@ -66,11 +64,66 @@ def cache_key(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def source_digest(*texts: str) -> str:
-    """Hash of source texts: any edit to the algorithm or a schedule makes a new key."""
+def source_files(modules: Iterable[str], root: Path = REPO_ROOT) -> list[Path]:
+    """The source files of `modules` and of every project module they import, transitively: each
+    module's package `__init__` (run on import) and the project modules named by its import statements,
+    those inside functions included. Read from the files under `root`, not from what this process has
+    imported, so the answer is the same in every process and needs no import."""
+    seen: dict[str, Path] = {}
+    todo = list(modules)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        path = module_file(module, root)
+        if path is None:
+            raise ValueError(f"no source for project module {module!r} under {root}")
+        seen[module] = path
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # its packages
+        stat = path.stat()
+        todo += _project_imports(module, path, root, stat.st_mtime_ns, stat.st_size)
+    return [seen[m] for m in sorted(seen)]
+
+
+def module_file(module: str, root: Path = REPO_ROOT) -> Path | None:
+    """The source file of project module `module` under `root` (a package's `__init__.py`), or None."""
+    base = root.joinpath(*module.split("."))
+    for path in (base / "__init__.py", base.with_suffix(".py")):
+        if path.is_file():
+            return path
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _project_imports(module: str, path: Path, root: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The project modules `module` (at `path`) imports: for `from package import name`, the module
+    `package.name` where there is one, else `package`. Parsed once per version of the file (its
+    modification time and size are part of the cache's key): a search keys many builds in one process."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*up, *([base] if base else [])])
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.append(sub if module_file(sub, root) else base)
+    return tuple(m for m in found if m.split(".")[0] in PROJECT_PACKAGES)
+
+
+def source_digest(files: Iterable[Path], root: Path = REPO_ROOT) -> str:
+    """Hash of the files' paths (relative to `root`) and contents: any edit, added or renamed module
+    among them makes a new key."""
     h = hashlib.sha256()
-    for text in texts:
-        h.update(text.encode())
+    for path in files:
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(b"\0")
+        h.update(path.read_bytes())
         h.update(b"\0")
     return h.hexdigest()[:16]
 

@@ -20,49 +20,34 @@ Kernels are named after the Func that owns their block loops: `_kernel_output_..
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import halide as hl
 
 from kernels.halide.algorithm import Layer
-from kernels.halide.tiling import BlockExtents, tail_waste
+from kernels.halide.tiling import DEPTHWISE_SHARED_BYTES, GpuTile, gpu_tile, reduction_step
 
-# Bytes of shared memory a block may use for its depthwise tile (under the 48 KiB static limit).
-_SHARED_BYTES = 32 * 1024
+# The official app's tile: 1 x 2 x 2 outputs a thread (co x px x py), blocks of 16 x 2 x 1 threads.
+APP_TILE = GpuTile(lanes=1, tx=2, ty=2, threads_co=16, threads_x=2, threads_y=1)
 
-
-@dataclass(frozen=True)
-class GpuTile:
-    """A thread block's output tile (co x px x py) and each thread's register tile within it."""
-
-    co: int
-    x: int
-    y: int
-    thread_co: int
-    thread_x: int
-    thread_y: int
+Extents = tuple[int, int, int]  # co x px x py
 
 
-def _fit(tile: GpuTile, L: Layer) -> GpuTile:
-    """Shrink a tile to the shape's extents (a tile never exceeds an extent: tails shift inwards)."""
+def _fit(t: GpuTile, L: Layer) -> tuple[Extents, Extents]:
+    """The block's and a thread's extents of `t`, shrunk to the shape's (a tile never exceeds an
+    extent: tails shift inwards; a shrunk block need not hold a whole number of thread tiles)."""
     s = L.shape
-    co, x, y = min(tile.co, s.co), min(tile.x, s.wo), min(tile.y, s.ho)
-    return GpuTile(co, x, y, min(tile.thread_co, co), min(tile.thread_x, x), min(tile.thread_y, y))
+    block = (min(t.block_co, s.co), min(t.block_x, s.wo), min(t.block_y, s.ho))
+    return block, (min(t.lanes, block[0]), min(t.tx, block[1]), min(t.ty, block[2]))
 
 
-def _reduction_unroll(c: int, most: int = 4) -> int:
-    """Channels per step of the pointwise reduction: a divisor of c, so no step reads past it."""
-    return next(r for r in range(most, 0, -1) if c % r == 0)
-
-
-def _tile_output(L: Layer, t: GpuTile) -> tuple[hl.Var, hl.Var]:
+def _tile_output(L: Layer, block: Extents, thread: Extents) -> tuple[hl.Var, hl.Var]:
     """Blocks over output tiles, threads over register tiles; returns (block co var, thread co var)."""
     c, x, y, n = L.c, L.x, L.y, L.n
     di, xi, yi = hl.Var("di"), hl.Var("xi"), hl.Var("yi")
     dii, xii, yii = hl.Var("dii"), hl.Var("xii"), hl.Var("yii")
     o = L.output
-    o.tile([c, x, y], [di, xi, yi], [t.co, t.x, t.y])
-    o.tile([di, xi, yi], [dii, xii, yii], [t.thread_co, t.thread_x, t.thread_y])
+    o.tile([c, x, y], [di, xi, yi], list(block))
+    o.tile([di, xi, yi], [dii, xii, yii], list(thread))
     o.gpu_threads(di, xi, yi).fuse(y, n, n).gpu_blocks(c, x, n)
     o.unroll(xii).unroll(yii).unroll(dii)
     return c, di
@@ -86,9 +71,9 @@ def schedule_app(L: Layer, target: hl.Target) -> dict[str, object]:
     x 2 per thread), staged into registers four channels at a time for vectorised shared loads."""
     s = L.shape
     c, x, y = L.c, L.x, L.y
-    t = _fit(GpuTile(16, 4, 2, 1, 2, 2), L)
-    block, thread = _tile_output(L, t)
-    r = _reduction_unroll(s.c)
+    (bco, bx, by), (tco, tx, ty) = _fit(APP_TILE, L)
+    block, thread = _tile_output(L, (bco, bx, by), (tco, tx, ty))
+    r = reduction_step(s.c)
     _pointwise_per_thread(L, thread, r)
 
     staged = L.depthwise.in_().in_()
@@ -98,8 +83,8 @@ def schedule_app(L: Layer, target: hl.Target) -> dict[str, object]:
     tail = hl.TailStrategy.RoundUp if s.c % 32 == 0 else hl.TailStrategy.GuardWithIf
     di, xi, yi = hl.Var("sdi"), hl.Var("sxi"), hl.Var("syi")
     dii, xii, yii = hl.Var("sdii"), hl.Var("sxii"), hl.Var("syii")
-    shared.compute_at(L.output, block).tile([c, x, y], [di, xi, yi], [min(32, s.c), t.x, t.y], tail)
-    shared.tile([di, xi, yi], [dii, xii, yii], [min(2, s.c), t.thread_x, t.thread_y], tail)
+    shared.compute_at(L.output, block).tile([c, x, y], [di, xi, yi], [min(32, s.c), bx, by], tail)
+    shared.tile([di, xi, yi], [dii, xii, yii], [min(2, s.c), tx, ty], tail)
     shared.gpu_threads(di, xi, yi).unroll(xii).unroll(yii).unroll(dii)
 
     # Each thread's depthwise tile must stay in registers. With the guarded tail (c not a multiple of
@@ -109,49 +94,11 @@ def schedule_app(L: Layer, target: hl.Target) -> dict[str, object]:
     # and race (wrong results at c=5, co=7). Register storage takes the constant upper bound (2 x 2 x 2)
     # and leaves the multiple-of-32 path, which already had that fixed size, unchanged.
     L.depthwise.compute_at(shared, di).store_in(hl.MemoryType.Register).unroll(x).unroll(y).unroll(c)
-    return {"tile": t, "reduction_unroll": r, "shared_tail": tail.name}
+    decisions = {"block": [bco, bx, by], "thread": [tco, tx, ty], "reduction_unroll": r}
+    return {**decisions, "shared_tail": tail.name}
 
 
-@dataclass(frozen=True)
-class ThreadTile(BlockExtents):
-    """The ablation schedules' tiling, in the manner of Halide's `apps/cuda_mat_mul`: each thread
-    accumulates `lanes` output channels (one vector) by `tx` x `ty` pixels in registers, with
-    the weights and depthwise values of each reduction step staged in registers; no shared memory
-    for the pointwise. A block is threads_co x threads_x x threads_y threads."""
-
-    lanes: int
-    tx: int
-    ty: int
-    threads_co: int
-    threads_x: int
-    threads_y: int
-
-
-def thread_tile(
-    L: Layer, max_block_co: int, max_block_pixels: int, pixels: int = 8, threads: int = 64
-) -> ThreadTile:
-    """Up to `pixels` pixels x 4 channels per thread with little tail waste, and enough pixel
-    threads for `threads` threads a block, without exceeding any extent or `max_block_pixels`
-    (a shared-memory budget)."""
-    s = L.shape
-    lanes = min(4, s.co)
-    threads_co = max(1, min(max_block_co // lanes, s.co // lanes))
-    px = max(1, min(pixels, max_block_pixels))
-    best, best_score = (1, 1), 0.0
-    for tx in range(1, min(px, s.wo) + 1):
-        ty = max(1, min(px // tx, s.ho))
-        score = tx * ty / (tail_waste(s.wo, tx) * tail_waste(s.ho, ty)) - 0.01 * ty
-        if score > best_score:
-            best, best_score = (tx, ty), score
-    tx, ty = best
-    want = max(1, threads // threads_co)
-    budget = max(1, max_block_pixels // (tx * ty))
-    threads_y = max(1, min(want, s.ho // ty, budget))
-    threads_x = max(1, min(want // threads_y, s.wo // tx, budget // threads_y))
-    return ThreadTile(lanes, tx, ty, threads_co, threads_x, threads_y)
-
-
-def _gemm_output(L: Layer, t: ThreadTile) -> tuple[hl.Var, hl.RVar, int]:
+def _gemm_output(L: Layer, t: GpuTile) -> tuple[hl.Var, hl.RVar, int]:
     """Tile the output into blocks and per-thread register tiles and compute the pointwise there,
     `r` channels per reduction step with the step's weights loaded as vectors into registers.
     Returns (block var, reduction-step var, r)."""
@@ -164,7 +111,7 @@ def _gemm_output(L: Layer, t: ThreadTile) -> tuple[hl.Var, hl.RVar, int]:
     o.gpu_threads(ci, xi, yi).fuse(y, n, n).gpu_blocks(c, x, n)
     o.vectorize(cii).unroll(xii).unroll(yii)
 
-    r = _reduction_unroll(L.shape.c, 8)
+    r = reduction_step(L.shape.c, 8)
     ro, ri = hl.RVar("ro"), hl.RVar("ri")
     p = L.pointwise
     p.compute_at(o, ci).vectorize(c).unroll(x).unroll(y)
@@ -192,7 +139,7 @@ def schedule_unfused(L: Layer, target: hl.Target) -> dict[str, object]:
     d.compute_root().split(c, co_, ci, min(32, s.c), hl.TailStrategy.GuardWithIf)
     d.split(x, xo, xi, min(8, s.wo), hl.TailStrategy.GuardWithIf)
     d.reorder(ci, xi, co_, xo, y, n).fuse(y, n, y).gpu_blocks(co_, xo, y).gpu_threads(ci, xi)
-    t = thread_tile(L, max_block_co=64, max_block_pixels=1 << 20)
+    t = gpu_tile(L.shape, max_block_co=64, max_block_pixels=1 << 20)
     _, ro, r = _gemm_output(L, t)
     _stage_depthwise(L, ro)
     return {"tile": t, "reduction_step": r}
@@ -203,10 +150,10 @@ def schedule_fused_tile(L: Layer, target: hl.Target) -> dict[str, object]:
     memory (up to 128 output channels a block share it), then the register-tiled pointwise."""
     s = L.shape
     c, x, y = L.c, L.x, L.y
-    t = thread_tile(L, max_block_co=128, max_block_pixels=max(1, _SHARED_BYTES // (4 * s.c)))
+    t = gpu_tile(L.shape, max_block_co=128, max_block_pixels=max(1, DEPTHWISE_SHARED_BYTES // (4 * s.c)))
     block, ro, r = _gemm_output(L, t)
     _stage_depthwise(L, ro)
-    threads = t.threads_co * t.threads_x * t.threads_y
+    threads = t.threads
     dco, dci = hl.Var("sco"), hl.Var("sci")
     d = L.depthwise
     d.compute_at(L.output, block).store_in(hl.MemoryType.GPUShared)
@@ -219,7 +166,7 @@ def schedule_fused_cblock(L: Layer, target: hl.Target) -> dict[str, object]:
     """One kernel, no shared memory: each thread computes the depthwise of its own pixels for one
     block of channels in registers inside its pointwise reduction (recomputed by every thread
     that shares those pixels, i.e. once per 4 output channels)."""
-    t = thread_tile(L, max_block_co=64, max_block_pixels=1 << 20)
+    t = gpu_tile(L.shape, max_block_co=64, max_block_pixels=1 << 20)
     _, ro, r = _gemm_output(L, t)
     d = L.depthwise
     d.compute_at(L.pointwise, ro).bound_extent(L.c, r).vectorize(L.c).unroll(L.x).unroll(L.y)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import traceback
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from kernels.device import DeviceSpec, visible_gpu
-from kernels.halide import variants
+from kernels.halide import builder, names
+from kernels.halide.targets import cuda_target, require_device
 from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error
 
 SHAPES = (
@@ -50,7 +52,7 @@ def check_one(name: str, shape: LayerShape, device: DeviceSpec, calls: int) -> d
     """Build, verify and time one schedule on one shape; failures are reported, not raised."""
     row: dict[str, Any] = {"schedule": name, "shape": shape.label}
     try:
-        built = variants.build(name, shape, device, {})
+        built = builder.build(name, shape, device, {})
         row["compile_s"] = round(built.compile_s, 3)
         inputs = make_inputs(shape, 1)
         placed = built.place(inputs)
@@ -98,8 +100,6 @@ def _kernel_ms(built: Any, placed: Any, calls: int = 10) -> float | None:
 
 
 def _kernels(ptx: str) -> list[str]:
-    import re
-
     return re.findall(r"\.entry\s+(\w+)\(", ptx)
 
 
@@ -108,19 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="h100", help="device catalog key (default h100)")
     parser.add_argument("--calls", type=int, default=50, help="timed calls per schedule")
     parser.add_argument(
-        "--schedules", default=",".join(s for s in variants.SCHEDULES if "cuda" in variants.SCHEDULE_KINDS[s])
+        "--schedules", default=",".join(s for s in names.SCHEDULES if "cuda" in names.SCHEDULE_KINDS[s])
     )
     parser.add_argument("--shapes", default=",".join(s.name for s in SHAPES))
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     for name in args.schedules.split(","):
-        variants.check_schedule(name, "cuda")
+        names.check_schedule(name, "cuda")
     by_name = {s.name: s for s in SHAPES}
     unknown = [s for s in args.shapes.split(",") if s not in by_name]
     if unknown:
         parser.error(f"unknown shape(s) {unknown}; valid shapes: {', '.join(by_name)}")
     device = device_spec(args.device)
-    variants.require_device(variants.cuda_target(device))  # before any CUDA compilation
+    require_device(cuda_target(device))  # before any CUDA compilation
     print(f"device: {device.model} (SMs {device.sm_count}, capability {device.cuda_capability})", flush=True)
     rows = []
     for shape_name in args.shapes.split(","):

@@ -1,14 +1,14 @@
-"""The tuning database (`tuning/db.json`) and the `halide_tuned` variant that serves it.
+"""The tuning database (`tuning/db.json`), from which the `halide_tuned` variant (`variants`) builds.
 
 The database keeps, per (shape, device model, Halide version), the best schedule of the family
-(`family.py`) a search found, with its measured time, the command that found it and the date. The
-variant looks the job's shape and device up; a shape never tuned there falls back to the family's
-heuristic (never to nothing), and the build says which in its `build.json` artifact
-(`"source": "db"` or `"heuristic"`, with the reason) and in `tuned.json`.
+(`family`) a search found, with its measured time, the command that found it and the date. `choose`
+looks the job's shape and device up; a shape never tuned there falls back to the family's heuristic
+(never to nothing), and the build says which in its `build.json` artifact (`"source": "db"` or
+`"heuristic"`, with the reason) and in `tuned.json`.
 
 Keys: the shape's sizes (`1x56x56x128-128s1`, with `-nobias` / `-norelu` when those are off; the
 catalog name is not part of it, so aliases share an entry), the device model (a GPU: the catalog's
-model name; the host CPU: its model name from `workers.hostinfo` and the cores the kernels use, since
+model name; the host CPU: its model name and the cores the kernels use (`kernels.host`), since
 the parallel grain depends on them) and the Halide version. The file is JSON, entries sorted by key,
 written atomically under a lock, so two searches on one machine never lose each other's entries.
 """
@@ -19,13 +19,15 @@ import contextlib
 import fcntl
 import json
 import os
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kernels import host
 from kernels.device import DeviceSpec
+from kernels.halide import family
+from kernels.halide.targets import halide_version
 from kernels.layer import LayerShape
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -54,16 +56,7 @@ def device_model(device: DeviceSpec) -> str:
     """The device model in the key: a GPU's catalog model; the host CPU's model name and cores."""
     if device.is_gpu:
         return device.model
-    from workers import hostinfo
-
-    cores = device.cores or hostinfo.available_cores()
-    return f"{hostinfo.cpu_model()} ({cores} cores)"
-
-
-def halide_version() -> str:
-    from kernels.halide import cache
-
-    return cache.halide_version()
+    return f"{host.cpu_model()} ({device.cores or host.available_cores()} cores)"
 
 
 def entry_key(shape: LayerShape, device: DeviceSpec, version: str | None = None) -> str:
@@ -114,15 +107,13 @@ def store(path: Path, key: str, entry: Mapping[str, Any], keep_better: bool = Tr
 class Choice:
     """The schedule `halide_tuned` builds for a job, and why."""
 
-    params: Any  # family.CpuParams | family.GpuParams
+    params: family.Params
     source: str  # db | heuristic
     key: str
     reason: str
     entry: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        from kernels.halide import family
-
         out: dict[str, Any] = {
             "source": self.source,
             "db_key": self.key,
@@ -136,8 +127,6 @@ class Choice:
 
 def choose(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any] | None = None) -> Choice:
     """The database's schedule for (shape, device model, Halide version), else the family's heuristic."""
-    from kernels.halide import family
-
     path = db_path(options)
     key = entry_key(shape, device)
     try:
@@ -154,13 +143,13 @@ def choose(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any] | N
     return Choice(params, "db", key, f"tuned {when}: {entry.get('time_ms')} ms", dict(entry))
 
 
-def relatives(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any] | None = None) -> list[Any]:
+def relatives(
+    shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any] | None = None
+) -> list[family.Params]:
     """The schedules the database keeps for `shape` and this Halide version on other device models of
     the same kind, fastest first, as parameters valid on `device` (entries the family rejects here are
-    left out). A search seeds from them: a tile another GPU kept is a strong start on the next one
-    (the H200's 28² warp tile, `tuning/README.md`)."""
-    from kernels.halide import family
-
+    left out). A search seeds from them: GPUs of one generation favour similar tiles, so a tile another
+    GPU kept is a strong start on the next one (docs/evidence/kernels.md, "relatives")."""
     try:
         entries = load(db_path(options))["entries"]
     except ValueError:
@@ -172,7 +161,7 @@ def relatives(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any] 
         (e for k, e in entries.items() if k.startswith(prefix) and k.endswith(suffix) and k != own),
         key=lambda e: float(e.get("time_ms", float("inf"))),
     )
-    out: list[Any] = []
+    out: list[family.Params] = []
     for params in (e.get("params") for e in found if e.get("kind") == kind):
         if not isinstance(params, Mapping):  # an entry without parameters seeds nothing
             continue
@@ -183,23 +172,3 @@ def relatives(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any] 
         if q not in out:
             out.append(q)
     return out
-
-
-def build(shape: LayerShape, device: DeviceSpec, options: Mapping[str, Any]) -> Any:
-    """The body of the `halide_tuned` variant: build the chosen family schedule; `build.json` and
-    `tuned.json` say whether it came from the database or the heuristic."""
-    from kernels.halide import family
-
-    if options.get("params") is not None:
-        raise ValueError("halide_tuned takes its parameters from the tuning database; use halide_family")
-    started = time.perf_counter()
-    choice = choose(shape, device, options)
-    built = family.build(shape, device, {**options, "params": family.as_dict(choice.params)})
-    info = json.loads(built.artifacts.get("build.json", "{}"))
-    info.update(
-        source=choice.source, db_key=choice.key, reason=choice.reason, lookup_s=time.perf_counter() - started
-    )
-    built.artifacts["build.json"] = json.dumps(info, indent=1)
-    built.artifacts["tuned.json"] = json.dumps(choice.as_dict(), indent=1, sort_keys=True)
-    built.build_params["schedule_source"] = choice.source  # db | heuristic: compare like with like
-    return built

@@ -22,9 +22,12 @@ from orchestrator.report.load import Row, device_facts, ok_rows, shape_of
 # Question 1 sets the best Halide against TensorFlow and cuDNN, strict fp32 and TF32 apart: the frameworks
 # a reader of this layer compares with. cuBLAS (`cublas_mm`, the pointwise as one GEMM) bounds what a
 # pointwise GEMM reaches, so question 2's pointwise table sets it apart rather than counting it a baseline.
+# Question 4 sets the best Halide against every peer in the records (`peer_table`: these, cuBLAS,
+# torch.compile and any baseline framework registered later).
 COMPARED = ("tensorflow", "cudnn")
 BASELINES = analytics.groups(COMPARED)
 BASELINE_LABELS = {g: analytics.label(g) for g in BASELINES}
+COVERED = ("halide", *COMPARED)  # the frameworks every device's coverage names, present or not
 UNFUSED = "halide_unfused"  # the depthwise result goes through memory (GPU: two kernels)
 FUSED = ("halide_app", "halide_fused_tile", "halide_fused_cblock")  # depthwise computed inside the pointwise
 ABLATION = (UNFUSED, *FUSED)
@@ -123,6 +126,50 @@ def speedup_table(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return table
 
 
+def peer_table(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Per device and shape: the best Halide against the best variant of every baseline group that ran
+    beside it (strict fp32 and TF32 apart): the group's variant, time and speedup (its time / Halide's),
+    and for a variant built in a compile mode (param `compile_mode`: torch.compile's default or
+    max-autotune), that mode and its `compile_s`. Only the groups present at a shape have keys there."""
+    per_group = analytics.best_per_group(analytics.timed_rows(rows))
+    present = analytics.baselines_present(per_group)
+    table = []
+    for device in devices(rows):
+        for shape in shapes(rows, device):
+            found = per_group.get((device, shape), {})
+            if analytics.SUBJECT not in found:
+                continue
+            h = found[analytics.SUBJECT].item
+            entry: dict[str, Any] = {"device": device, "shape": shape, "halide_variant": h["variant"],
+                                     "halide_ms": h["time_ms"]}  # fmt: skip
+            for g in present:
+                if g not in found:
+                    continue
+                b = found[g].item
+                entry.update({f"{g}_variant": b["variant"], f"{g}_ms": b["time_ms"],
+                              f"{g}_speedup": b["time_ms"] / h["time_ms"]})  # fmt: skip
+                if b.get("compile_mode"):
+                    entry.update(
+                        {f"{g}_compile_mode": b["compile_mode"], f"{g}_compile_s": b.get("compile_s")}
+                    )
+            table.append(entry)
+    return table
+
+
+def peer_groups(table: Sequence[Mapping[str, Any]], device: str | None = None) -> list[str]:
+    """The baseline groups of a peer table (on one device), in display order."""
+    found = {k.removesuffix("_speedup") for e in table if device in (None, e["device"]) for k in e
+             if k.endswith("_speedup")}  # fmt: skip
+    return [g for g in analytics.ordered(found) if analytics.is_baseline(g)]
+
+
+def covered_frameworks(rows: Iterable[Row]) -> list[str]:
+    """COVERED, then every other baseline framework the rows hold (cuBLAS, torch.compile, ...)."""
+    present = {str(r.get("framework")) for r in rows}
+    extra = [fw for fw in analytics.ordered(present) if analytics.is_baseline(fw) and fw not in COVERED]
+    return [*COVERED, *extra]
+
+
 def fusion_table(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """Per device and shape with halide_unfused or a fused schedule ok: each one's time, its speedup
     over halide_unfused (unfused time / its time), and the bytes each must move at least."""
@@ -159,7 +206,7 @@ def fusion_table(rows: Sequence[Row]) -> list[dict[str, Any]]:
                 entry[f"{v}_run"] = r.get("run_id", "") if r else ""
                 if v != UNFUSED:
                     entry[f"{v}_speedup"] = unfused["time_ms"] / r["time_ms"] if r and unfused else None
-            fused = [(v, found[v]) for v in FUSED if found[v]]
+            fused = [(v, hit) for v in FUSED if (hit := found[v])]
             if fused:
                 v, r = min(fused, key=lambda vr: vr[1]["time_ms"])
                 entry["best_fused"] = v
@@ -288,11 +335,13 @@ def problems(rows: Iterable[Row], framework: str | None = None) -> list[Row]:
     ]
 
 
-def coverage(rows: Sequence[Row], device: str) -> dict[str, dict[str, Any]]:
+def coverage(
+    rows: Sequence[Row], device: str, frameworks: Sequence[str] = COVERED
+) -> dict[str, dict[str, Any]]:
     """framework → {ok: count, statuses: Counter, reasons: first distinct errors} on one device."""
     out: dict[str, dict[str, Any]] = {}
     mine = [r for r in rows if r["device_key"] == device]
-    for fw in ("halide", "tensorflow", "cudnn"):
+    for fw in frameworks:
         of = [r for r in mine if r.get("framework") == fw]
         reasons = list(dict.fromkeys(r["error"] for r in of if r.get("status") != "ok" and r.get("error")))
         out[fw] = {"ok": len(ok_rows(of)), "statuses": status_counts(of), "reasons": reasons[:3]}
@@ -325,7 +374,8 @@ RECORD_COLUMNS = (
     "stride", "variant", "framework", "group", "status", "error", "time_ms", "time_min_ms", "call_ms",
     "gflops", "gbps", "pct_peak", "pct_roofline", "roofline_floor_ms", "arithmetic_intensity", "flops",
     "min_bytes", "intermediate_bytes", "peak_gflops", "mem_gbps", "rel_error", "compile_s", "target",
-    "run_id", "parent_run_id", "job_key", "source",
+    "compile_mode", "timing.cold_cache_method", "throttled", "dispatch", "run_id", "parent_run_id", "job_key",
+    "source",
 )  # fmt: skip
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from orchestrator.report import analysis, figures, gpus
+from orchestrator.report import analysis, conditions, figures, gpus
 from orchestrator.report.findings import Inputs, findings_text
 from orchestrator.report.load import Dataset, device_facts
 
@@ -21,31 +22,43 @@ FUSION_FIRST = (
 )
 # What a report writes (and removes from its folder before writing, so nothing stale lingers)
 OWNED = ("findings.md", "records.csv", "speedups.csv", "fusion.csv", "ncu.csv", "pointwise.csv",
-         "roofline_*.png", "fusion_*.png", "speedups_*.png", "gpus_concurrency.csv",
-         "gpus_agreement.csv")  # fmt: skip
+         "peers.csv", "cache.csv", "paths.csv", "roofline_*.png", "fusion_*.png", "speedups_*.png",
+         "gpus_concurrency.csv", "gpus_agreement.csv")  # fmt: skip
 NCU_FIRST = ("device", "shape", "variant", "framework", "time_ms")
+JOB_FIRST = ("device", "shape", "variant", "framework")
 
 
 def build_report(dataset: Dataset, out: Path, command: str) -> list[Path]:
     """Write records.csv, speedups.csv, fusion.csv, ncu.csv (when profiled), pointwise.csv (when GPU
-    records carry kernel times), the figures per device and findings.md into `out`; returns the files
-    written, findings.md last."""
+    records carry kernel times), peers.csv (when peers beyond question 1's ran), cache.csv (jobs timed
+    warm and cold), paths.csv (jobs run through Ray and the worker CLI), the figures per device and
+    findings.md into `out`; returns the files written, findings.md last."""
     out.mkdir(parents=True, exist_ok=True)
     for pattern in OWNED:
         for stale in out.glob(pattern):
             stale.unlink()
-    rows = dataset.rows
-    written = [analysis.write_csv(out / "records.csv", rows, analysis.RECORD_COLUMNS)]
+    written = [analysis.write_csv(out / "records.csv", dataset.rows, analysis.RECORD_COLUMNS)]
+    rows, set_aside = conditions.split_cold(dataset.rows)  # the questions compare warm with warm
+    compared = dataclasses.replace(dataset, rows=rows) if set_aside else dataset
     speed = analysis.speedup_table(rows)
+    peers = analysis.peer_table(rows)
     fusion = analysis.fusion_table(rows)
     ncu = analysis.ncu_table(rows)
     pointwise = analysis.pointwise_table(rows)
+    cache = conditions.cache_table(dataset.rows)
+    paths = conditions.path_pairs(dataset.all_rows)
     written.append(analysis.write_csv(out / "speedups.csv", speed, SPEEDUP_FIRST))
     written.append(analysis.write_csv(out / "fusion.csv", fusion, FUSION_FIRST))
     if ncu:
         written.append(analysis.write_csv(out / "ncu.csv", ncu, NCU_FIRST))
     if pointwise:
         written.append(analysis.write_csv(out / "pointwise.csv", pointwise, ("device", "shape")))
+    if set(analysis.peer_groups(peers)) - set(analysis.BASELINES):
+        written.append(analysis.write_csv(out / "peers.csv", peers, ("device", "shape", "halide_variant")))
+    if cache:
+        written.append(analysis.write_csv(out / "cache.csv", cache, JOB_FIRST))
+    if paths:
+        written.append(analysis.write_csv(out / "paths.csv", conditions.path_table(paths), JOB_FIRST))
     if gpus.used_several_gpus(dataset.all_rows):
         concurrency, pairs = gpus.concurrency(dataset.all_rows), gpus.agreement(dataset.all_rows)
         written.append(
@@ -58,14 +71,16 @@ def build_report(dataset: Dataset, out: Path, command: str) -> list[Path]:
         made: dict[str, Path | None] = {
             "roofline": figures.roofline(rows, device, dataset.experiment, out),
             "fusion": figures.fusion(fusion, device, dataset.experiment, model, out),
-            "speedups": figures.speedups(speed, device, dataset.experiment, model, out),
+            "speedups": figures.speedups(peers, device, dataset.experiment, model, out),
         }
         kept = {k: p for k, p in made.items() if p is not None}
         if kept:
             drawn[device] = {k: Path(p.name) for k, p in kept.items()}
             written.extend(kept.values())
     names = [p.name for p in written] + ["findings.md"]
-    text = findings_text(Inputs(dataset, command, speed, fusion, ncu, drawn, names, pointwise))
+    inputs = Inputs(compared, command, speed, fusion, ncu, drawn, names, pointwise, peers=peers, cache=cache,
+                    paths=paths, set_aside=set_aside)  # fmt: skip
+    text = findings_text(inputs)
     findings = out / "findings.md"
     findings.write_text(text, encoding="utf-8")
     written.append(findings)

@@ -17,10 +17,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib import ticker
 
+from orchestrator import analytics
 from orchestrator.report import analysis
 from orchestrator.report.load import Row, device_facts
 
-MARKERS = {"halide": "o", "tensorflow": "s", "cudnn": "^", "cublas": "v", "numpy": "X"}
+MARKERS = {"halide": "o", "tensorflow": "s", "cudnn": "^", "cublas": "v", "torch_compile": "P", "numpy": "X"}
+# A baseline framework's bar colours in the speedups figure: (strict fp32, TF32); others take SPARE_COLORS.
+GROUP_COLORS = {
+    "tensorflow": ("tab:orange", "moccasin"),
+    "cudnn": ("tab:green", "palegreen"),
+    "cublas": ("tab:blue", "lightskyblue"),
+    "torch_compile": ("tab:red", "lightsalmon"),
+}
+SPARE_COLORS = (("tab:purple", "plum"), ("tab:brown", "tan"), ("tab:cyan", "paleturquoise"))
 DPI = 130
 _UNSAFE = re.compile(r"[^\w.\-]+")
 
@@ -28,6 +37,17 @@ _UNSAFE = re.compile(r"[^\w.\-]+")
 def safe_name(text: str) -> str:
     """A file-name-safe form of a device or shape key."""
     return _UNSAFE.sub("_", text).strip("_") or "x"
+
+
+def group_colors(groups: Sequence[str]) -> dict[str, Any]:
+    """A colour per baseline group: its framework's (GROUP_COLORS), the lighter one for TF32."""
+    spare = iter(SPARE_COLORS * (1 + len(groups)))
+    frameworks: dict[str, tuple[str, str]] = {}
+    for g in groups:
+        fw = analytics.framework_of(g)
+        if fw not in frameworks:
+            frameworks[fw] = GROUP_COLORS.get(fw) or next(spare)
+    return {g: frameworks[analytics.framework_of(g)][analytics.is_tf32_group(g)] for g in groups}
 
 
 def _variant_colors(variants: Sequence[str]) -> dict[str, Any]:
@@ -174,13 +194,13 @@ def fusion(
 def speedups(
     table: Sequence[Mapping[str, Any]], device: str, experiment: str, model: str, out: Path
 ) -> Path | None:
-    """Best Halide against the best of each baseline group per shape (baseline time / Halide time)."""
+    """Best Halide against the best of each baseline group per shape (baseline time / Halide time), from
+    `analysis.peer_table`: every peer that ran beside Halide, strict fp32 and TF32 apart."""
     entries = [e for e in table if e["device"] == device]
-    groups = [g for g in analysis.BASELINES if any(e.get(f"{g}_speedup") for e in entries)]
+    groups = analysis.peer_groups(entries)
     if not entries or not groups:
         return None
-    colors = {"tensorflow": "tab:orange", "tensorflow_tf32": "moccasin", "cudnn": "tab:green",
-              "cudnn_tf32": "palegreen"}  # fmt: skip
+    colors = group_colors(groups)
     fig, ax = plt.subplots(figsize=(max(9, 1.3 * len(entries) + 4), 5.5))
     width = 0.8 / len(groups)
     for i, g in enumerate(groups):
@@ -189,7 +209,7 @@ def speedups(
         bars = [(x, y) for x, y in zip(xs, ys, strict=True) if y]
         # bars start at 1 (parity): a win rises, a loss hangs down
         ax.bar([x for x, _ in bars], [y - 1 for _, y in bars], width, bottom=1, color=colors[g],
-               edgecolor="black", linewidth=0.4, label=f"vs best {analysis.BASELINE_LABELS[g]}")  # fmt: skip
+               edgecolor="black", linewidth=0.4, label=f"vs best {analytics.label(g)}")  # fmt: skip
         for x, y in bars:
             ax.annotate(f"{y:.2f}x", (x, y), ha="center", va="bottom" if y >= 1 else "top", fontsize=6)
     ax.axhline(1.0, color="black", lw=1)

@@ -8,9 +8,10 @@ without MLflow. Rows come from three places, all through `row_from_parts`:
 - `rows_from_records`: `workers.schema.Record` objects already in memory.
 
 Selection rule (the default, documented in findings.md): every child run of the experiment, and where
-several runs measured the same thing (same variant, shape geometry, device and build options, whatever
-the code version), only the newest is kept. A newer `failed` run therefore replaces an older `ok` one:
-the report shows what the code does now.
+several runs measured the same thing (same variant, shape geometry, device, build options and cache
+condition, warm or cold, whatever the code version or the path that dispatched it), only the newest is
+kept. A newer `failed` run therefore replaces an older `ok` one: the report shows what the code does now.
+A cold-cache timing is another measurement than a warm one (as in `workers.schema.Job.key`): both are kept.
 
 A row that is not `ok` never carries a speed: its timing metrics are dropped on load, so no table or
 figure can quote a wrong or failed result as a time.
@@ -218,7 +219,27 @@ def _geometry(r: Mapping[str, Any]) -> tuple[Any, ...]:
 
 def _identity(r: Mapping[str, Any]) -> tuple[Any, ...]:
     options = tuple(sorted((k, str(v)) for k, v in r.items() if k.startswith("option.")))
-    return (r["variant"], r["shape"], _geometry(r), r["device_key"], options)
+    return (r["variant"], r["shape"], _geometry(r), r["device_key"], options, is_cold(r))
+
+
+def is_cold(r: Mapping[str, Any]) -> bool:
+    """Whether the row was timed with a cold cache (param `timing.cold_cache`)."""
+    return str(r.get("timing.cold_cache", "False")).strip().lower() in ("true", "1")
+
+
+def cache_method(r: Mapping[str, Any]) -> str:
+    """How the timing treated the cache: `warm`, `l2_flush` or `input_rotation` (param
+    `timing.cold_cache_method`; a cold record from before that param rotated its inputs)."""
+    if not is_cold(r):
+        return "warm"
+    return str(r.get("timing.cold_cache_method") or "input_rotation")
+
+
+def cache_note(rows: Iterable[Row]) -> str:
+    """What the selection rule adds when cold-cache records are among the rows: warm and cold are apart."""
+    if not any(is_cold(r) for r in rows):
+        return ""
+    return "; a warm and a cold-cache timing of one job are two measurements, both kept"
 
 
 def ok_rows(rows: Iterable[Row]) -> list[Row]:
@@ -365,7 +386,7 @@ def load_mlflow(tracking_uri: str, experiment: str | None = None, run_id: str | 
     ]
     every = rows
     rows, superseded = finish_rows(rows)
-    used = defaultdict(int)
+    used: defaultdict[str, int] = defaultdict(int)
     for r in rows:
         used[r["parent_run_id"]] += 1
     by_id = {r.info.run_id: r for r in runs}
@@ -389,7 +410,7 @@ def load_mlflow(tracking_uri: str, experiment: str | None = None, run_id: str | 
     else:
         selection = (
             f"every child run of experiment {exp.name!r} ({len(parents)} parent run(s)); where several runs "
-            "measured the same variant, shape, device and options, the newest"
+            "measured the same variant, shape, device and options, the newest" + cache_note(rows)
         )
     log_to = run_id or (parents[0].run_id if len(parents) == 1 else None)
     origin = f"MLflow store `{tracking_uri}`"
@@ -419,7 +440,7 @@ def load_bundles(bundles: Sequence[Path], experiment: str | None = None) -> list
         used = sorted({r["source"] for r in kept})
         selection = (
             "every record of the bundle(s); a later line or bundle replaces an earlier one of the same "
-            "measurement (variant, shape, device, options)"
+            "measurement (variant, shape, device, options)" + cache_note(kept)
         )
         origin = "results bundle(s), read directly"
         out.append(Dataset(name, kept, origin, selection, [], used, superseded, None, rows))

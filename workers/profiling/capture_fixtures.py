@@ -4,10 +4,11 @@
                                                                                   # Halide and torch
     python -m workers.profiling.capture_fixtures target CASE [launch options]    # the profiled process
 
-The cases are self-contained so fixtures can be re-captured whatever state the project's variants
-are in: a Halide CUDA pipeline of the layer with the project's Func names, scheduled fused (one
-kernel) or unfused (depthwise and output: two kernels a run), and cuDNN through PyTorch (depthwise
-conv2d with groups=C in channels-last, then the 1x1 conv with bias, then ReLU; strict fp32).
+The cases: the layer of `kernels.halide.algorithm` as a Halide CUDA pipeline with a fixed schedule of
+the capture's own (so fixtures can be re-captured whatever the project's schedules have become), fused
+(one kernel) or unfused (depthwise and output: two kernels a run), and cuDNN through PyTorch as the
+`cudnn_cl` variant runs it (`kernels.torch_layer`: depthwise conv2d with groups=C in channels-last, then
+the 1x1 conv with bias, then ReLU; strict fp32), without cuDNN's benchmark search.
 Each case is checked against the float64 reference before it is profiled. `capture` also profiles
 the unfused case with warm-ups skipped by count and by tail, to check all three skip modes agree,
 and tries Nsight Systems. OUT_DIR/summary.json says what happened.
@@ -25,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from kernels.layer import KERNEL, LayerInputs, LayerShape, make_inputs, reference, relative_l2_error
+from kernels import cudnn_variants
+from kernels.layer import LayerInputs, LayerShape, make_inputs, reference, relative_l2_error
 from workers.profiling import ncu, parse, procs
 from workers.profiling.runner import profile_target
 from workers.profiling.settings import ProfileSettings
@@ -38,37 +40,23 @@ MODULE = "workers.profiling.capture_fixtures"
 
 
 class HalideLayer:
-    """The layer as a Halide CUDA pipeline (Built protocol), buffers resident on the device."""
+    """The layer of `kernels.halide.algorithm` as a Halide CUDA pipeline (Built protocol), with a fixed
+    schedule of its own, fused (one kernel) or unfused (depthwise and output: two), so the fixtures do
+    not move when the project's schedules do; buffers resident on the device."""
 
     def __init__(self, shape: LayerShape, fused: bool) -> None:
         import halide as hl
+
+        from kernels.halide import algorithm
 
         self.hl, self.shape = hl, shape
         self.target = hl.get_host_target().with_feature(hl.TargetFeature.CUDA)
         self.target = self.target.with_feature(hl.TargetFeature.CUDACapability86)
         self.kernel_filter = HALIDE_FILTER
         self.artifacts: dict[str, str] = {}
-        f32 = hl.Float(32)
-        inp = hl.ImageParam(f32, 4, "input")  # (c, x, y, n)
-        dwf = hl.ImageParam(f32, 3, "depthwise_filter")  # (c, kx, ky)
-        pwf = hl.ImageParam(f32, 2, "pointwise_filter")  # (co, c)
-        bias = hl.ImageParam(f32, 1, "bias")
-        c, x, y, n = hl.Var("c"), hl.Var("x"), hl.Var("y"), hl.Var("n")
-        s = shape.stride
-
-        def tap(kx: int, ky: int) -> Any:
-            ix, iy = x * s + kx - shape.pad_left, y * s + ky - shape.pad_top
-            inside = (ix >= 0) & (ix < shape.w) & (iy >= 0) & (iy < shape.h)
-            value = inp[c, hl.clamp(ix, 0, shape.w - 1), hl.clamp(iy, 0, shape.h - 1), n]
-            return dwf[c, kx, ky] * hl.select(inside, value, hl.f32(0.0))
-
-        depthwise, pointwise, output = hl.Func("depthwise"), hl.Func("pointwise"), hl.Func("output")
-        taps = [tap(kx, ky) for ky in range(KERNEL) for kx in range(KERNEL)]
-        depthwise[c, x, y, n] = sum(taps[1:], taps[0])
-        rc = hl.RDom([hl.Range(0, shape.c)], "rc")
-        pointwise[c, x, y, n] = bias[c]
-        pointwise[c, x, y, n] += pwf[c, rc.x] * depthwise[rc.x, x, y, n]
-        output[c, x, y, n] = hl.max(pointwise[c, x, y, n], hl.f32(0.0))
+        L = algorithm.define(shape)
+        c, x, y, n = L.c, L.x, L.y, L.n
+        depthwise, pointwise, output = L.depthwise, L.pointwise, L.output
 
         guard = hl.TailStrategy.GuardWithIf
         co, ci, xo, xi, yn = hl.Var("co"), hl.Var("ci"), hl.Var("xo"), hl.Var("xi"), hl.Var("yn")
@@ -85,8 +73,8 @@ class HalideLayer:
             depthwise.reorder(dci, dxi, dco, dxo, y, n).fuse(y, n, dyn).gpu_blocks(dco, dxo, dyn)
             depthwise.gpu_threads(dci, dxi)
 
-        self.pipeline = hl.Pipeline(output)
-        self.arguments = [hl.Argument(p) for p in (inp, dwf, pwf, bias)]
+        self.pipeline = L.pipeline()
+        self.arguments = L.arguments
         t0 = time.perf_counter()
         self.fn = self.pipeline.compile_to_callable(self.arguments, self.target)
         self.compile_s = time.perf_counter() - t0
@@ -121,68 +109,14 @@ class HalideLayer:
         return np.asarray(placed["out"]).copy()  # Halide (co, x, y, n) reads as NumPy (n, y, x, co)
 
 
-class TorchCudnn:
-    """cuDNN through PyTorch (Built protocol): channels-last depthwise, 1x1 conv with bias, ReLU; fp32."""
-
-    kernel_filter = None  # every kernel of the run is the variant's
-
-    def __init__(self, shape: LayerShape) -> None:
-        import torch
-
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-        self.torch, self.shape = torch, shape
-        self.target = f"torch-{torch.__version__}-cudnn-{torch.backends.cudnn.version()}"
-        self.compile_s = 0.0
-        self.artifacts: dict[str, str] = {}
-
-    def place(self, inputs: LayerInputs) -> dict[str, Any]:
-        torch, s = self.torch, self.shape
-        cl = torch.channels_last
-        x = torch.from_numpy(inputs.x).cuda().permute(0, 3, 1, 2)  # NCHW view, channels-last strides
-        dw = (
-            torch.from_numpy(inputs.dw.transpose(2, 0, 1).copy())[:, None].cuda().contiguous(memory_format=cl)
-        )
-        pw = torch.from_numpy(inputs.pw.T.copy())[:, :, None, None].cuda().contiguous(memory_format=cl)
-        total_h = max((s.ho - 1) * s.stride + KERNEL - s.h, 0)
-        total_w = max((s.wo - 1) * s.stride + KERNEL - s.w, 0)
-        pads = (s.pad_left, total_w - s.pad_left, s.pad_top, total_h - s.pad_top)
-        return {
-            "x": x,
-            "dw": dw,
-            "pw": pw,
-            "bias": torch.from_numpy(inputs.bias).cuda(),
-            "pads": pads,
-            "out": None,
-        }
-
-    def poison(self, placed: dict[str, Any]) -> None:
-        placed["out"] = None
-
-    def run(self, placed: dict[str, Any]) -> None:
-        F, s = self.torch.nn.functional, self.shape
-        left, right, top, bottom = placed["pads"]
-        if left == right and top == bottom:
-            y = F.conv2d(placed["x"], placed["dw"], None, s.stride, (top, left), 1, s.c)
-        else:
-            y = F.conv2d(F.pad(placed["x"], placed["pads"]), placed["dw"], None, s.stride, 0, 1, s.c)
-        placed["out"] = F.relu(F.conv2d(y, placed["pw"], placed["bias"]), inplace=True)
-
-    def sync(self) -> None:
-        self.torch.cuda.synchronize()
-
-    def fetch(self, placed: dict[str, Any]) -> np.ndarray:
-        return placed["out"].permute(0, 2, 3, 1).cpu().numpy()
-
-
 def build_case(case: str) -> tuple[Any, str]:
     """The Built object and framework of a capture case."""
     if case == "halide_fused":
         return HalideLayer(SHAPE, fused=True), "halide"
     if case == "halide_unfused":
         return HalideLayer(SHAPE, fused=False), "halide"
-    if case == "cudnn":
-        return TorchCudnn(SHAPE), "cudnn"
+    if case == "cudnn":  # the registered cudnn_cl variant (strict fp32), cuDNN's default algorithm choice
+        return cudnn_variants.build(cudnn_variants.CudnnSpec("cl"), SHAPE, "cuda", benchmark=False), "cudnn"
     raise ValueError(f"unknown capture case {case!r}; valid cases: {', '.join(CASES)}")
 
 

@@ -1,7 +1,8 @@
 """Nsight Systems: a timeline of the target process (`profile=nsys`), where nsys can make a report.
 
-On some nodes nsys is present but cannot turn its raw stream into a report (on the lent H100 it
-writes a `.qdstrm` and stops): that, like a missing nsys, becomes the status, never an exception.
+On some nodes nsys is present but cannot turn its raw stream into a report (it writes a `.qdstrm` and
+stops: docs/evidence/kernels.md, "nsys"): that, like a missing nsys, becomes the status, never an
+exception.
 The kernel summary of a report (`nsys stats -r cuda_gpu_kern_sum`) gives a few metrics; it covers
 every launch, warm-ups included, so the per-kernel figures are medians.
 """

@@ -7,7 +7,8 @@ that the data does not carry. The only constants are the stated goals (conf/repo
 as goals.
 
 One module a part of the document: `sources` (where the records came from, the figures), `devices` (each
-device, the same job across GPU models, several GPUs of one machine), `question1` to `question4`, with
+device, the same job across GPU models, several GPUs of one machine), `question1` to `question4`,
+`conditions` (warm against cold cache, GPU clocks, the same jobs through both dispatch paths), with
 `goals` (the goals file, loaded and checked), `common` (the inputs, a device's source line and problems)
 and `format` (times, ratios, tables).
 """
@@ -18,6 +19,7 @@ import time
 
 from orchestrator.report.findings import question1, question2, question3, question4
 from orchestrator.report.findings.common import Inputs
+from orchestrator.report.findings.conditions import cache_section, clocks_section, paths_section
 from orchestrator.report.findings.devices import across_devices, devices_section, gpus_section
 from orchestrator.report.findings.sources import figures_section, source_section
 
@@ -43,6 +45,9 @@ def findings_text(inp: Inputs) -> str:
         question4.section(inp),
         across_devices(ds.rows),
         gpus_section(inp.dataset.all_rows),
+        cache_section(inp),
+        clocks_section([*ds.rows, *inp.set_aside]),
+        paths_section(inp),
     ]
     if inp.files:
         parts.append("## Files\n\n" + "\n".join(f"- `{f}`" for f in inp.files))

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator import analytics
+from orchestrator.analytics import PathPair
 from orchestrator.report import analysis
 from orchestrator.report.findings.format import clip, short
 from orchestrator.report.findings.goals import Goals
 from orchestrator.report.load import Dataset, Row
 
-FRAMEWORK_LABELS = {"halide": "Halide", "tensorflow": "TensorFlow", "cudnn": "cuDNN"}
 MAX_LISTED = 12  # wrong/failed records listed per device and question
 
 
@@ -29,6 +30,10 @@ class Inputs:
     files: Sequence[str] = ()
     pointwise: Sequence[Mapping[str, Any]] = ()  # analysis.pointwise_table
     goals: Goals | None = None  # what question 4 checks; None: conf/report/goals.yaml
+    peers: Sequence[Mapping[str, Any]] = ()  # analysis.peer_table: the best Halide against every peer
+    cache: Sequence[Mapping[str, Any]] = ()  # conditions.cache_table: warm against cold
+    paths: Sequence[PathPair[Row]] = ()  # conditions.path_pairs: one measurement via Ray and the worker CLI
+    set_aside: Sequence[Row] = ()  # cold-cache rows left out of the questions (conditions.split_cold)
 
 
 def source_line(inp: Inputs, device: str) -> str:
@@ -51,7 +56,8 @@ def problems(rows: Sequence[Row], device: str, framework: str) -> str:
     if not bad:
         return ""
     lines = [
-        f"{len(bad)} {FRAMEWORK_LABELS[framework]} record(s) on `{device}` are wrong or failed (no time):"
+        f"{len(bad)} {analytics.framework_label(framework)} record(s) on `{device}` are wrong or failed "
+        "(no time):"
     ]
     for r in bad[:MAX_LISTED]:
         lines.append(f"- `{r['variant']}` on `{r['shape_key']}`: {r['status']}: `{clip(r.get('error', ''))}`")

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from orchestrator import analytics
 from orchestrator.report import analysis, gpus
-from orchestrator.report.findings.common import FRAMEWORK_LABELS
 from orchestrator.report.findings.format import clip, fp, ft, md_table, num, short
 from orchestrator.report.load import Row, device_facts, ok_rows
 from orchestrator.summary import by_shape_variant_device
@@ -16,21 +16,23 @@ from orchestrator.summary import by_shape_variant_device
 def devices_section(rows: Sequence[Row]) -> str:
     """## Devices: each device's roofs, hosts and ok records per framework, and what is missing."""
     table, missing = [], []
+    frameworks = analysis.covered_frameworks(rows)
+    labels = {fw: analytics.framework_label(fw) for fw in frameworks}
     for d in analysis.devices(rows):
         f = device_facts(rows, d)
-        cov = analysis.coverage(rows, d)
+        cov = analysis.coverage(rows, d, frameworks)
         mine = [r for r in rows if r["device_key"] == d]
         table.append((
             f"`{d}`", f["model"], f["kind"], num(f["peak_gflops"], ",.0f"), num(f["mem_gbps"], ",.1f"),
             num(f["ridge"], ".1f"), ", ".join(f["hosts"]) or "-", f"{len(ok_rows(mine))} / {len(mine)}",
-            *(cov[fw]["ok"] for fw in FRAMEWORK_LABELS),
+            *(cov[fw]["ok"] for fw in frameworks),
         ))  # fmt: skip
         if f["peak_spread"] > 0.1:
             missing.append(
                 f"- `{d}`: its records carry peaks that differ by {fp(100 * f['peak_spread'])}; the median "
                 "is used."
             )
-        for fw, label in FRAMEWORK_LABELS.items():
+        for fw, label in labels.items():
             c = cov[fw]
             if c["ok"]:
                 continue
@@ -42,7 +44,7 @@ def devices_section(rows: Sequence[Row]) -> str:
             missing.append(f"- `{d}`: no ok {label} record ({statuses}{': ' + why if why else ''}).")
     text = "## Devices\n\n" + md_table(
         ("device", "model", "kind", "fp32 roof GFLOP/s", "DRAM roof GB/s", "ridge FLOP/B", "hosts",
-         "ok / records", "Halide ok", "TensorFlow ok", "cuDNN ok"), table)  # fmt: skip
+         "ok / records", *(f"{label} ok" for label in labels.values())), table)  # fmt: skip
     text += (
         "\n\nThe roofs are the records' own (`report.roofs`): the fp32 FMA peak measured with a "
         "register-resident Halide FMA kernel on the node and the read bandwidth of the level the working set "

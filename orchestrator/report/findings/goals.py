@@ -18,7 +18,7 @@ from orchestrator.report.load import REPO_ROOT, ReportInputError
 GOALS_FILE = REPO_ROOT / "conf" / "report" / "goals.yaml"
 KINDS = ("speedup_geomean", "roofline_geomean", "not_slower", "max_time_ms")
 SPEEDUP_KINDS = ("speedup_geomean", "not_slower")  # the kinds that compare with a baseline group
-FILE_KEYS = ("source", "goals")
+FILE_KEYS = ("source", "goals", "dispatch")
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,25 @@ class Goal:
 
 
 @dataclass(frozen=True)
+class DispatchGoal:
+    """The agreement stated for the same jobs run through Ray and through the worker CLI (the section
+    "Same jobs, both paths"): at least `min_pairs` pairs of `frameworks`, median |difference| within
+    `max_median_diff_pct` percent."""
+
+    source: str
+    text: str
+    frameworks: tuple[str, ...]
+    min_pairs: int
+    max_median_diff_pct: float
+
+
+@dataclass(frozen=True)
 class Goals:
     """The goals of one file and where they are stated (`source`, quoted in findings.md)."""
 
     source: str
     goals: tuple[Goal, ...]
+    dispatch: DispatchGoal | None = None
 
 
 class GoalsError(ReportInputError):
@@ -73,7 +87,40 @@ def load_goals(path: Path | None = None) -> Goals:
         raise GoalsError(f'{path}: `source` must name where the goals are stated, e.g. "issue #6"')
     if not isinstance(entries, list):
         raise GoalsError(f"{path}: `goals` must be a list of goals (keys: {', '.join(VALID_KEYS)})")
-    return Goals(source, tuple(_goal(entry, f"{path}: goal {i + 1}") for i, entry in enumerate(entries)))
+    goals = tuple(_goal(entry, f"{path}: goal {i + 1}") for i, entry in enumerate(entries))
+    dispatch = data.get("dispatch")
+    return Goals(source, goals, None if dispatch is None else _dispatch_goal(dispatch, f"{path}: dispatch"))
+
+
+DISPATCH_KEYS = tuple(f.name for f in dataclasses.fields(DispatchGoal))
+
+
+def _dispatch_goal(entry: Any, where: str) -> DispatchGoal:
+    """The file's `dispatch` entry, its keys and types checked."""
+    if not isinstance(entry, Mapping):
+        raise GoalsError(f"{where}: expected a mapping with keys {', '.join(DISPATCH_KEYS)}")
+    unknown = sorted(set(entry) - set(DISPATCH_KEYS))
+    missing = [k for k in DISPATCH_KEYS if k not in entry]
+    if unknown or missing:
+        what = f"unknown key {unknown[0]!r}" if unknown else f"missing key {missing[0]!r}"
+        raise GoalsError(f"{where}: {what}; keys: {', '.join(DISPATCH_KEYS)}")
+    for key in ("source", "text"):
+        if not isinstance(entry[key], str) or not entry[key]:
+            raise GoalsError(f"{where}: {key} must be text, got {entry[key]!r}")
+    frameworks = entry["frameworks"]
+    if not isinstance(frameworks, list) or not frameworks or not all(isinstance(f, str) for f in frameworks):
+        raise GoalsError(f"{where}: frameworks must be a list of framework names, got {frameworks!r}")
+    from kernels.registry import FRAMEWORKS
+
+    unknown = [f for f in frameworks if f not in FRAMEWORKS]
+    if unknown:
+        raise GoalsError(f"{where}: unknown framework {unknown[0]!r}; valid: {', '.join(FRAMEWORKS)}")
+    pairs, pct = entry["min_pairs"], entry["max_median_diff_pct"]
+    if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
+        raise GoalsError(f"{where}: min_pairs must be a positive integer, got {pairs!r}")
+    if isinstance(pct, bool) or not isinstance(pct, int | float) or pct < 0:
+        raise GoalsError(f"{where}: max_median_diff_pct must be a number >= 0, got {pct!r}")
+    return DispatchGoal(entry["source"], entry["text"], tuple(frameworks), pairs, float(pct))
 
 
 def _goal(entry: Any, where: str) -> Goal:

@@ -9,7 +9,7 @@ from typing import Any
 
 from orchestrator import analytics
 from orchestrator.report import analysis
-from orchestrator.report.findings.common import FRAMEWORK_LABELS, Inputs, problems, source_line
+from orchestrator.report.findings.common import Inputs, problems, source_line
 from orchestrator.report.findings.format import clip, fp, ft, fx, md_table, mean, num, short, value_range
 from orchestrator.report.load import device_facts
 
@@ -189,7 +189,7 @@ def _ncu_section(prof: Sequence[Mapping[str, Any]]) -> str:
         if not mine:
             continue
         tops = Counter(e["stall1"] for e in mine if e.get("stall1"))
-        summary = f"- {FRAMEWORK_LABELS[fw]}, {len(mine)} profiled record(s): "
+        summary = f"- {analytics.framework_label(fw)}, {len(mine)} profiled record(s): "
         summary += f"mean DRAM {fp(mean(mine, 'dram_pct'))}, "
         summary += f"mean SM {fp(mean(mine, 'sm_pct'))}, mean occupancy {fp(mean(mine, 'occupancy_pct'))}"
         if tops:

@@ -3,12 +3,14 @@ searched schedules against hand-written ones, and the stated goals (conf/report/
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from orchestrator import analytics
 from orchestrator.report import analysis
 from orchestrator.report.findings.common import Inputs, source_line
-from orchestrator.report.findings.format import fp, ft, fx, of_shapes, value_range
+from orchestrator.report.findings.format import fp, ft, fx, md_table, of_shapes, value_range
 from orchestrator.report.findings.goals import Goal, load_goals
 from orchestrator.report.load import REPO_ROOT, Row, device_facts, ok_rows
 
@@ -63,8 +65,8 @@ def section(inp: Inputs) -> str:
             )
         else:
             lines.append(
-                "- No TensorFlow or cuDNN variant in these records is faster than the best Halide schedule "
-                "on "
+                f"- No {_peer_names(inp, device)} variant in these records is faster than the best Halide "
+                "schedule on "
                 f"`{device}`; the roofline floor is the remaining reference."
             )
         above = [
@@ -81,7 +83,74 @@ def section(inp: Inputs) -> str:
         lines.append(_search_variants(rows, device))
         lines.append(_goals(inp, device))
         out.append("\n".join(line for line in lines if line))
+        out.append(_peers(inp, device))
     return "\n\n".join(p for p in out if p)
+
+
+def _extra_peers(inp: Inputs, device: str) -> list[str]:
+    """The baseline groups on `device` beyond question 1's (cuBLAS, torch.compile, ...)."""
+    entries = [e for e in inp.peers if e["device"] == device]
+    return [g for g in analysis.peer_groups(entries) if g not in analysis.BASELINES]
+
+
+def _peer_names(inp: Inputs, device: str) -> str:
+    """`TensorFlow or cuDNN`, with the other peer frameworks on the device: `TensorFlow, cuDNN or cuBLAS`."""
+    extra = dict.fromkeys(analytics.framework_of(g) for g in _extra_peers(inp, device))
+    names = [analytics.framework_label(fw) for fw in (*analysis.COMPARED, *extra)]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _peer_cell(e: Mapping[str, Any], g: str) -> str:
+    """`0.67x (`variant`, 46.5 us)`, with the compile mode and compile time of a variant built in one."""
+    if f"{g}_speedup" not in e:
+        return "-"
+    what = [f"`{e[f'{g}_variant']}`", ft(e[f"{g}_ms"])]
+    if e.get(f"{g}_compile_mode"):
+        what.insert(1, f"mode {e[f'{g}_compile_mode']}")
+        if e.get(f"{g}_compile_s") is not None:
+            what.append(f"compiled in {e[f'{g}_compile_s']:.3g} s")
+    return f"{fx(e[f'{g}_speedup'])} ({', '.join(what)})"
+
+
+def _peers(inp: Inputs, device: str) -> str:
+    """The best Halide against the best of every peer on the device, strict fp32 and TF32 apart; only where
+    peers beyond question 1's ran (there, question 1's table is already this one)."""
+    if not _extra_peers(inp, device):
+        return ""
+    entries = [e for e in inp.peers if e["device"] == device]
+    groups = analysis.peer_groups(entries)
+    table = [
+        [
+            f"`{e['shape']}`",
+            f"`{e['halide_variant']}` {ft(e['halide_ms'])}",
+            *(_peer_cell(e, g) for g in groups),
+        ]
+        for e in entries
+    ]
+    lines = [
+        f"The best Halide against the best variant of every peer on `{device}`, strict fp32 and TF32 apart "
+        "(speedup = the peer's time / the best Halide time, above 1: Halide is faster; `peers.csv`):",
+        md_table(["shape", "best Halide", *(f"vs best {analytics.label(g)}" for g in groups)], table),
+    ]
+    said = []
+    for g in groups:
+        with_g = [e for e in entries if f"{g}_speedup" in e]
+        wins = sum(e[f"{g}_speedup"] > 1 for e in with_g)
+        gm = analytics.geomean(e[f"{g}_speedup"] for e in with_g)
+        line = (
+            f"- Against the best {analytics.label(g)}: the best Halide is faster on "
+            f"{of_shapes(wins, len(with_g))} (geometric-mean speedup {fx(gm)})"
+        )
+        modes = Counter(str(e[f"{g}_compile_mode"]) for e in with_g if e.get(f"{g}_compile_mode"))
+        if modes:
+            won = ", ".join(f"`{m}` on {of_shapes(n, len(with_g))}" for m, n in modes.most_common())
+            times = [e[f"{g}_compile_s"] for e in with_g if e.get(f"{g}_compile_s") is not None]
+            line += f"; the faster compile mode: {won}"
+            if times:
+                line += f"; the winning variant compiled in {value_range(times, lambda v: f'{v:.3g} s')}"
+        said.append(line + ".")
+    lines.append("\n".join(said))
+    return "\n\n".join(lines)
 
 
 def _search_variants(rows: Sequence[Row], device: str) -> str:

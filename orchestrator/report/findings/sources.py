@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-from orchestrator.report import analysis
+from orchestrator.report import analysis, conditions
 from orchestrator.report.findings.common import Inputs
 from orchestrator.report.findings.format import md_table
 from orchestrator.report.load import Row, ok_rows
@@ -15,22 +15,36 @@ from orchestrator.report.load import Row, ok_rows
 def source_section(inp: Inputs) -> str:
     """## Source: where the records came from, how they were selected and timed, and the versions."""
     ds = inp.dataset
-    counts = analysis.status_counts(ds.rows)
+    every = [*ds.rows, *inp.set_aside]
+    counts = analysis.status_counts(every)
     lines = [
         "## Source",
         "",
         f"- Records: {ds.origin}.",
         f"- Selection: {ds.selection}"
         + (f"; {ds.superseded} older run(s) of the same measurement left out." if ds.superseded else "."),
-        f"- {len(ds.rows)} records: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "wrong", "failed",
-                                                                                        "skipped")) + ".",
+        f"- {len(every)} records: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "wrong", "failed",
+                                                                                      "skipped")) + ".",
     ]  # fmt: skip
+    if inp.set_aside:
+        lines.append(
+            f"- Cold cache: {len(inp.set_aside)} cold-cache record(s) on devices that also have warm ones "
+            "are left out of the questions, which compare warm timings; section Warm and cold cache shows "
+            "them."
+        )
+    paths = conditions.dispatch_counts(every)
+    if paths:
+        lines.append(
+            "- Dispatch (tag `dispatch`): "
+            + ", ".join(f"{n} via {p}" for p, n in sorted(paths.items(), key=lambda kv: -kv[1]))
+            + "."
+        )
     for tag, label in (("version.git", "code commit"), ("halide_version", "Halide"),
                        ("tensorflow_version", "TensorFlow"), ("torch_version", "PyTorch")):  # fmt: skip
         values = sorted({str(r[tag]) for r in ds.rows if r.get(tag)})
         if values:
             lines.append(f"- {label}: {', '.join(values)}.")
-    lines.append(_timing_line(ds.rows))
+    lines.append(_timing_line(every))
     if ds.bundles:
         lines.append(
             "- Bundles: "
