@@ -10,6 +10,7 @@ import functools
 import importlib.metadata
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
