@@ -2,7 +2,7 @@
 
     python -m orchestrator.report --experiment NAME [NAME ...] [--run-id ID] [--tracking-uri URI]
                                   [--out DIR] [--no-log]
-    python -m orchestrator.report --bundle DIR [DIR ...] [--out DIR]
+    python -m orchestrator.report --bundle DIR [DIR ...] [--out DIR]   (DIR: a bundle, or a folder of them)
 
 Records: the MLflow store of MLFLOW_TRACKING_URI, else the repository's (mlflow/mlflow.db); or, with
 --bundle, results bundles read directly (no MLflow). Which runs: with --run-id, that parent run's
@@ -48,6 +48,17 @@ def out_dir(args: argparse.Namespace, experiment: str, several: bool) -> Path:
     return Path(args.out) / experiment if several else Path(args.out)
 
 
+def bundle_folders(paths: Sequence[Path]) -> list[Path]:
+    """The bundles --bundle names: each a bundle, or a folder holding bundles at any depth (one line
+    says how many were found there)."""
+    from workers.bundle import BundleError, bundles_in
+
+    try:
+        return bundles_in(paths, print)
+    except BundleError as exc:
+        raise ReportInputError(str(exc)) from None
+
+
 def datasets(args: argparse.Namespace) -> list[Dataset]:
     """The datasets the arguments name (one per experiment)."""
     if args.bundle:
@@ -56,7 +67,7 @@ def datasets(args: argparse.Namespace) -> list[Dataset]:
         names = args.experiment or [None]
         if len(names) > 1:
             raise ReportInputError("with --bundle, give at most one --experiment (it renames the records')")
-        return load_bundles(args.bundle, names[0])
+        return load_bundles(bundle_folders(args.bundle), names[0])
     uri = args.tracking_uri or default_tracking_uri()
     if args.run_id:
         if args.experiment and len(args.experiment) > 1:
@@ -83,7 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else mlflow/)"
     )
     parser.add_argument(
-        "--bundle", nargs="+", type=Path, metavar="DIR", help="results bundles instead of MLflow"
+        "--bundle",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="results bundles instead of MLflow (a folder holding bundles: every one at any depth)",
     )
     parser.add_argument("--out", type=Path, help="output folder (default: reports/<experiment>/)")
     parser.add_argument("--no-log", action="store_true", help="do not log the files on the parent run")
