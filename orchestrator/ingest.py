@@ -28,7 +28,7 @@ from pathlib import Path
 from orchestrator.config import CONF_DIR, ConfigError, group_options
 
 EXIT_BAD_INPUT = 2
-BUNDLE_EXTRAS = ("config.yaml", "jobs.json")  # logged on the parent run when the bundle has them
+BUNDLE_EXTRAS = ("config.yaml", "jobs.json", "manifest.json")  # logged on the parent run when present
 
 
 def tracking_from_conf(name: str) -> tuple[str, str | None]:

@@ -143,3 +143,49 @@ def test_the_committed_results_tree_is_all_bundles_with_one_copy_of_each_source(
         for digest in json.loads(line).get("shared", {}).values()
     }
     assert named == set(digests), "results/sources holds exactly the sources the bundles name"
+
+
+def test_a_manifest_says_what_the_bundle_holds_and_unknown_for_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator import results
+
+    written = _tree(tmp_path)
+    one = tmp_path / "a" / "one"
+    (one / "run.log").write_text("jobs ...\nwall 3.0 s for 2.5 s of jobs in one worker\n")
+    results.main(["manifest", str(tmp_path / "a"), "--command", "python -m workers run jobs.json"])
+    assert f"{tmp_path / 'a'}: 2 bundle(s) found" in capsys.readouterr().out
+    made = json.loads((one / "manifest.json").read_text())
+    assert made["command"] == "python -m workers run jobs.json" and made["experiment"] == "tree"
+    assert made["records"] == {"total": len(written["a/one"]), "ok": 2}
+    assert made["wall"] == "wall 3.0 s for 2.5 s of jobs in one worker"
+    assert made["date"] == "1970-01-01" and made["first_start"].startswith("1970-01-01T00:00:01")
+    # what the records do not hold is unknown, never filled in
+    assert made["commit"] == made["versions"]["halide"] == made["machine"]["gpu_txt"] == "unknown"
+    assert set(made["derived_from"]) >= {"command", "commit", "date", "machine", "versions"}
+    # a manifest already there (an export's) keeps its keys; --note adds one
+    (one / "manifest.json").write_text(json.dumps({"experiment": "exported", "runs": [1]}))
+    results.main(["manifest", str(one), "--note", "a re-run"])
+    again = json.loads((one / "manifest.json").read_text())
+    assert again["experiment"] == "exported" and again["runs"] == [1] and again["note"] == "a re-run"
+    assert again["command"] == "unknown"
+    with pytest.raises(SystemExit) as stopped:
+        results.main(["manifest", str(tmp_path / "b" / "notes")])
+    assert stopped.value.code == 2 and "no results bundle" in capsys.readouterr().err
+
+
+def test_every_committed_bundle_has_a_manifest_that_matches_its_records() -> None:
+    from orchestrator import results
+
+    if not RESULTS.is_dir():
+        pytest.skip("results/ is not in this checkout")
+    for b in bundle.find_bundles(RESULTS):
+        path = b / "manifest.json"
+        assert path.is_file(), (
+            f"{b.relative_to(ROOT)} has no manifest.json (python -m orchestrator.results manifest)"
+        )
+        made = json.loads(path.read_text())
+        assert made["command"] and made["command"] != "unknown", f"{path}: say which command made it"
+        derived = results.derive(b)
+        for key in ("commit", "date", "machine", "versions", "records", "roofs", "wall"):
+            assert made[key] == derived[key], f"{path}: {key} differs from what the bundle holds"
