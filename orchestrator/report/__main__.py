@@ -3,6 +3,7 @@
     python -m orchestrator.report --experiment NAME [NAME ...] [--run-id ID] [--tracking-uri URI]
                                   [--out DIR] [--no-log]
     python -m orchestrator.report --bundle DIR [DIR ...] [--out DIR]   (DIR: a bundle, or a folder of them)
+    python -m orchestrator.report --published [NAME ...] [--out DIR]  (make reports: conf/reports.yaml)
 
 Records: the MLflow store of MLFLOW_TRACKING_URI, else the repository's (mlflow/mlflow.db); or, with
 --bundle, results bundles read directly (no MLflow). Which runs: with --run-id, that parent run's
@@ -10,6 +11,8 @@ jobs; otherwise every job run of the experiment, the newest run of each measurem
 device, options) kept. Writes reports/<experiment>/ (or --out; with several experiments,
 --out/<experiment>/). The files are also logged as artifacts of the parent run, under report/, when
 one parent run is the source (--run-id, or an experiment with a single parent run); --no-log skips it.
+With --published, the published reports of conf/reports.yaml (all, or those named) are rebuilt from the
+committed bundles into reports/<name>/ (or --out/<name>/), with no time stamp.
 """
 
 from __future__ import annotations
@@ -100,12 +103,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="results bundles instead of MLflow (a folder holding bundles: every one at any depth)",
     )
+    parser.add_argument(
+        "--published", nargs="*", metavar="NAME", help="rebuild the published reports (conf/reports.yaml)"
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: reports/<experiment>/)")
     parser.add_argument("--no-log", action="store_true", help="do not log the files on the parent run")
     args = parser.parse_args(argv)
     for noisy in ("alembic", "mlflow", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if args.published is not None:
+            if args.bundle or args.experiment or args.run_id:
+                raise ReportInputError(
+                    "--published rebuilds conf/reports.yaml's reports: give no other source"
+                )
+            from orchestrator.report.published import REPORTS, build_published
+
+            build_published(args.out or REPORTS, args.published)
+            return 0
         found = datasets(args)
         for ds in found:
             out = out_dir(args, ds.experiment, len(found) > 1)
