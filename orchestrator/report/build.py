@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from orchestrator.report import analysis, conditions, figures, gpus, quotable
+from orchestrator.report import analysis, conditions, figures, gpus
 from orchestrator.report.findings import Inputs, findings_text
 from orchestrator.report.load import Dataset, device_facts
 
@@ -23,7 +23,7 @@ FUSION_FIRST = (
 # What a report writes (and removes from its folder before writing, so nothing stale lingers)
 OWNED = ("findings.md", "records.csv", "speedups.csv", "fusion.csv", "ncu.csv", "pointwise.csv",
          "peers.csv", "cache.csv", "paths.csv", "roofline_*.png", "fusion_*.png", "speedups_*.png",
-         "gpus_concurrency.csv", "gpus_agreement.csv", quotable.FIGURES)  # fmt: skip
+         "gpus_concurrency.csv", "gpus_agreement.csv", "figures.json")  # fmt: skip
 NCU_FIRST = ("device", "shape", "variant", "framework", "time_ms")
 JOB_FIRST = ("device", "shape", "variant", "framework")
 
@@ -81,6 +81,9 @@ def build_report(
         if kept:
             drawn[device] = {k: Path(p.name) for k, p in kept.items()}
             written.extend(kept.values())
+    # imported here: `python -m orchestrator.report.quotable` must not find it imported by the package
+    from orchestrator.report import quotable
+
     names = [p.name for p in written] + [quotable.FIGURES, "findings.md"]
     inputs = Inputs(compared, command, speed, fusion, ncu, drawn, names, pointwise, peers=peers, cache=cache,
                     paths=paths, set_aside=set_aside, title=title, stamp=stamp)  # fmt: skip

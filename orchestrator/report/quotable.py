@@ -6,6 +6,7 @@ significant digits (times in µs, shares in %, speedups as ratios). The keys (do
     time_us/<device>/<shape>/<variant>          median kernel time (CUPTI on a GPU, wall on a CPU)
     pct_roofline/<device>/<shape>/<variant>     % of the roofline floor
     floor_us/<device>/<shape>                   the roofline floor
+    kernel_us/<device>/<shape>/<variant>/<Func> one Halide kernel's time (tag kernel_times), by its Func
     speedups/<device>/<shape>/<column>          a column of speedups.csv (`*_ms` columns as `*_us`)
     fusion/..., pointwise/..., peers/...        the same for fusion.csv, pointwise.csv, peers.csv
     ncu/<device>/<shape>/<variant>/<column>     a column of ncu.csv
@@ -42,6 +43,7 @@ from orchestrator.report.load import REPO_ROOT, device_facts, ok_rows
 
 FIGURES = "figures.json"
 _KEY_PART = re.compile(r"[^\w.\-+@]+")
+_HALIDE_KERNEL = re.compile(r"_kernel_([A-Za-z]+?)(?:__\d+)?_s\d")  # Halide's kernels are named by their Func
 _SKIP_COLUMNS = {"device", "shape", "label", "run", "halide_run", "variant", "framework"}
 
 
@@ -98,6 +100,15 @@ def _records(inp: Inputs) -> dict[str, Any]:
             out[f"pct_roofline/{device}/{shape}/{variant}"] = pct
         if r.get("roofline_floor_ms"):
             out[f"floor_us/{device}/{shape}"] = _value(r["roofline_floor_ms"] * 1000)
+        funcs = [
+            (m.group(1) if (m := _HALIDE_KERNEL.match(k)) else None, ms)
+            for k, ms in analysis.kernel_times(r).items()
+        ]
+        if r.get("framework") == "halide" and funcs and all(f for f, _ in funcs):
+            names = [f for f, _ in funcs]
+            for i, (func, ms) in enumerate(funcs):
+                name = func if names.count(func) == 1 else f"{func}{i}"
+                out[f"kernel_us/{device}/{shape}/{variant}/{name}"] = _value(ms * 1000)
     return out
 
 
@@ -182,7 +193,7 @@ def write_figures(inp: Inputs, out: Path) -> Path:
 _LINK = re.compile(r"\[([^\]\n]+)\]\(([^)\s#]*" + re.escape(FIGURES) + r")#([^)\s]+)\)")
 _TABLE = re.compile(r"<!--\s*figures:\s*([^#\s]+)#(\S+)((?:\s+[^\s=]+=\S+)*)\s*-->")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_MARKUP = re.compile(r"[*`_]")
+_MARKUP = re.compile(r"[*`]")
 
 
 def _matches(text: str, value: Any) -> bool:
