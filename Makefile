@@ -72,6 +72,8 @@ test-fast: install ## The inner loop: not slow, not gpu, -x, 2 workers [PYTEST_A
 	$(PY) -m pytest -m "not slow and not gpu" -x -n 2 --dist loadscope $(PYTEST_ARGS)
 
 mlflow-ui: install ## MLflow UI on the embedded store at http://127.0.0.1:5000 (MLFLOW_PORT=...)
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning -- pick 'Model training'" \
+		"(top left) once so that experiments open on their runs; each run of an experiment prints a link to its runs"
 	$(MLFLOW) ui --backend-store-uri sqlite:///$(MLFLOW_DB) \
 		--default-artifact-root $(MLFLOW_ARTIFACTS) --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 

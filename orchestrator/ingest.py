@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from orchestrator.config import CONF_DIR, ConfigError, group_options
+from orchestrator.config import CONF_DIR, ConfigError, experiment_description, group_options
 
 EXIT_BAD_INPUT = 2
 BUNDLE_EXTRAS = ("config.yaml", "jobs.json", "manifest.json")  # logged on the parent run when present
@@ -80,7 +80,7 @@ def ingest(
     name = experiment or (str(exported_from) if exported_from else experiment_of(records, bundle))
     check_tracking(tracking_uri)
 
-    recorder = Recorder(tracking_uri, name, artifact_root)
+    recorder = Recorder(tracking_uri, name, artifact_root, experiment_description(name))
     present = recorder.existing_measurements()
     new = [r for r in records if (r.key, r.tags.get("started_at", "")) not in present]
     if not new:

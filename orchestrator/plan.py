@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 # (Hydra's override grammar accepts `x`, `-` and digits unquoted; `->` and `:` it does not.)
 SPEC = re.compile(r"^(?P<n>\d+)x(?P<h>\d+)x(?P<w>\d+)x(?P<c>\d+)-(?P<co>\d+)(?:s(?P<stride>\d+))?$")
 SPEC_HELP = "or an inline spec NxHxWxC-CO[sS] such as 1x30x30x24-40s2"
+DEVICE_ROOFS = ("tf32_gflops", "fma_gflops", "sgemm_gflops", "cache_gbps", "cache_bytes", "dram_gbps")
 LIBRARIES = ("halide", "tensorflow", "torch")  # versions that enter the job key when installed
 
 
@@ -132,7 +133,7 @@ def resolve_device(name: str, catalog: Mapping[str, Any]) -> DeviceSpec:
     entry = _typed(catalog[name], DeviceConf, f"device {name!r}")
     if entry["kind"] not in KINDS:
         raise ConfigError(f"device {name!r}: kind must be one of {list(KINDS)}, got {entry['kind']!r}")
-    for key in ("peak_gflops", "mem_gbps", "sm_count", "cuda_capability", "cores"):
+    for key in ("peak_gflops", "mem_gbps", "sm_count", "cuda_capability", "cores", *DEVICE_ROOFS):
         if entry[key] < 0:
             raise ConfigError(f"device {name!r}: {key} must be >= 0, got {entry[key]!r}")
     return DeviceSpec(name=name, **entry)
@@ -248,6 +249,8 @@ def make_plan(cfg: DictConfig, devices: Sequence[str] | None = None) -> list[Job
     options = {k: v for k, v in OmegaConf.to_container(cfg.options, resolve=True).items() if v is not None}
     pinned = versions()
     stand_in = cfg.stand_in
+    tool, settings = profile_settings(cfg)
+    profile = {"tool": tool, **settings} if tool != "none" else {}
 
     def device_options(device: DeviceSpec) -> dict[str, Any]:
         return {**options, "stand_in": stand_in} if stand_in and device.is_gpu else dict(options)
@@ -263,6 +266,7 @@ def make_plan(cfg: DictConfig, devices: Sequence[str] | None = None) -> list[Job
             seed=int(cfg.seed),
             options=device_options(device),
             versions=dict(pinned),
+            profile=dict(profile),
         )
         for device in devices
         for shape in shapes

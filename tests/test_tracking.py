@@ -288,3 +288,30 @@ def test_an_experiment_is_exported_over_http_as_a_bundle(
     assert manifest["tracking_uri"] == server.uri
     assert (out / "config.yaml").read_text() == "name: export_http\n"
     assert [e["artifact"] for e in manifest["left_out"]] == ["profile/report.ncu-rep"]
+
+
+def test_runs_read_well_in_the_ui(tmp_path: Path) -> None:
+    """What the MLflow UI shows: the experiment's kind (model training) and description, and child runs
+    named variant · shape · device that span the job (the UI's start, end and Duration are the job's); a
+    description written in the UI is kept by later runs."""
+    from orchestrator.record import EXPERIMENT_KIND_TAG, MODEL_TRAINING, NOTE_TAG
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    began = 1_790_000_000.25
+    record = _record(0)
+    record.tags.update(started_at=f"{began:.6f}", ended_at=f"{began + 4.5:.6f}")
+    with Recorder(uri, "ui_read", str(tmp_path / "artifacts"), "what it is for") as recorder:
+        recorder.start_parent({"experiment": "ui_read"})
+        child = recorder.log_child(record)
+        link = recorder.runs_url()
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("ui_read")
+    assert exp.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING == "custom_model_development"
+    assert exp.tags[NOTE_TAG] == "what it is for"
+    run = client.get_run(child)
+    assert run.info.run_name == "numpy_ref · s0 · cpu"
+    assert (run.info.start_time, run.info.end_time) == (1_790_000_000_250, 1_790_000_004_750)
+    assert link.startswith(f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=")
+    client.set_experiment_tag(exp.experiment_id, NOTE_TAG, "edited in the UI")
+    Recorder(uri, "ui_read", str(tmp_path / "artifacts"), "what it is for")
+    assert client.get_experiment_by_name("ui_read").tags[NOTE_TAG] == "edited in the UI"

@@ -28,7 +28,7 @@ from kernels.device import DeviceSpec
 from kernels.layer import LayerShape
 from kernels.reference_variant import NumpyReference
 from workers import bundle, runner
-from workers.job import derive_seed, execute
+from workers.job import derive_seed, execute, iso_time
 from workers.schema import STATUSES, Job, Record, TimingSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,9 +144,11 @@ def test_ok_record_has_the_contract() -> None:
     assert r.params["peak_source"] == "measured" and float(r.params["peak_gflops"]) > 0  # host measured
     wanted = {"time_ms", "time_min_ms", "time_p25_ms", "time_p75_ms", "call_ms", "gflops", "gbps", "pct_peak"}
     wanted |= {"pct_roofline", "floor_ms", "rel_error", "compile_s", "arithmetic_intensity", "samples"}
-    wanted |= {"build_s", "verify_s", "measure_s"}  # where a job's seconds went, stage by stage
+    wanted |= {"build_s", "verify_s", "measure_s", "job_s"}  # where a job's seconds went, stage by stage
     assert wanted <= set(r.metrics)
     assert r.metrics["measure_s"] >= r.metrics["timing_s"] > 0
+    assert r.metrics["job_s"] >= r.metrics["build_s"] + r.metrics["verify_s"] + r.metrics["measure_s"]
+    assert r.tags["started"] == iso_time(float(r.tags["started_at"])) and r.tags["ended"].endswith("Z")
     assert all(METRIC_NAME.match(k) and math.isfinite(v) for k, v in r.metrics.items())
     assert r.metrics["rel_error"] < 1e-12 and 3 <= r.metrics["samples"] <= 5
     assert r.metrics["time_min_ms"] <= r.metrics["time_ms"] and r.metrics["time_ms"] > 0
@@ -359,6 +361,11 @@ def test_cli_gpus_time_different_jobs_at_once_never_two_on_one_gpu(tmp_path, mon
     jobs, their jobs overlapped in time, one worker's jobs never did, and every job is recorded once."""
     trace = tmp_path / "trace.jsonl"
     monkeypatch.setenv(TRACE, str(trace))
+    fake = tmp_path / "bin"  # a machine with two GPUs: nvidia-smi stands in for the driver this one lacks
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\nprintf 'NVIDIA H200, 570.1\\nNVIDIA H200, 570.1\\n'\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
     shapes = [LayerShape(f"s{i}", n=1, h=6, w=6, c=4, co=4) for i in range(6)]
     jobs = [job("_test_traced", s, RATED) for s in shapes]
     jobs_file = tmp_path / "jobs.json"
@@ -409,14 +416,15 @@ def test_gpu_without_measurable_ceilings_keeps_datasheet_rates_and_says_so() -> 
     the source names why; a GPU must never be given the host CPU's measurements."""
     from kernels.device import DeviceSpec
     from tests.conftest import has_cuda
-    from workers.hostinfo import resolve_device
+    from workers.roofs import resolve_device
 
     if has_cuda():
         pytest.skip("a CUDA GPU is present: its ceilings are measurable")
     h100 = DeviceSpec("h100", "cuda", "NVIDIA H100", 66900, 3350, sm_count=132, cuda_capability=90)
     device, source = resolve_device(h100)
     assert device == h100
-    assert device.roofs == (66900, 3350)
+    assert device.compute_roof() == (66900, "fp32 FMA peak (datasheet)")
+    assert device.memory_roof(10**6) == (3350, "DRAM")
     assert source.startswith("datasheet (GPU ceilings not measured")
 
 
