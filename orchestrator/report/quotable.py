@@ -5,14 +5,15 @@ significant digits (times in µs, shares in %, speedups as ratios). The keys (do
 
     time_us/<device>/<shape>/<variant>          median kernel time (CUPTI on a GPU, wall on a CPU)
     pct_roofline/<device>/<shape>/<variant>     % of the roofline floor
-    floor_us/<device>/<shape>                   the roofline floor
+    floor_us/<device>/<shape>[/tf32]            the roofline floor (strict fp32; /tf32: under the TF32 roof)
     kernel_us/<device>/<shape>/<variant>/<Func> one Halide kernel's time (tag kernel_times), by its Func
     speedups/<device>/<shape>/<column>          a column of speedups.csv (`*_ms` columns as `*_us`)
     fusion/..., pointwise/..., peers/...        the same for fusion.csv, pointwise.csv, peers.csv
     ncu/<device>/<shape>/<variant>/<column>     a column of ncu.csv
     geomean/<device>/<column>                   geometric mean over the shapes of speedups.csv
     goal/<device>/<kind>[/<baseline>]           a goal's value (conf/report/goals.yaml)
-    roof_tflops/<device>, roof_tbps/<device>    the measured roofs the records carry (median)
+    roof_tflops/<d>, roof_tbps/<d>              the fp32 compute roof and DRAM bandwidth (median of the rows)
+    cache_tbps/<d>, sgemm_tflops/<d>, tf32_tflops/<d>   the cache roof, the attainable SGEMM line, TF32
     records/<status>                            record counts
     gpus/concurrency/<run>/<column>, gpus/agreement/<kind>/<framework>/<column>   several GPUs
 
@@ -44,6 +45,10 @@ from orchestrator.report.load import REPO_ROOT, device_facts, ok_rows
 FIGURES = "figures.json"
 _KEY_PART = re.compile(r"[^\w.\-+@]+")
 _HALIDE_KERNEL = re.compile(r"_kernel_([A-Za-z]+?)(?:__\d+)?_s\d")  # Halide's kernels are named by their Func
+ROOF_KEYS = (  # figures.json key (TFLOP/s, TB/s) -> device_facts' GFLOP/s, GB/s
+    ("roof_tflops", "peak_gflops"), ("roof_tbps", "mem_gbps"), ("cache_tbps", "cache_gbps"),
+    ("sgemm_tflops", "sgemm_gflops"), ("tf32_tflops", "tf32_gflops"),
+)  # fmt: skip
 _SKIP_COLUMNS = {"device", "shape", "label", "run", "halide_run", "variant", "framework"}
 
 
@@ -98,8 +103,9 @@ def _records(inp: Inputs) -> dict[str, Any]:
         pct = _value(analysis.pct_roofline(r))
         if pct is not None:
             out[f"pct_roofline/{device}/{shape}/{variant}"] = pct
-        if r.get("roofline_floor_ms"):
-            out[f"floor_us/{device}/{shape}"] = _value(r["roofline_floor_ms"] * 1000)
+        if r.get("roofline_floor_ms"):  # a TF32 variant's floor is under its own (tensor-core) roof
+            tf32 = "/tf32" if analytics.is_tf32_group(str(r.get("group", ""))) else ""
+            out[f"floor_us/{device}/{shape}{tf32}"] = _value(r["roofline_floor_ms"] * 1000)
         funcs = [
             (m.group(1) if (m := _HALIDE_KERNEL.match(k)) else None, ms)
             for k, ms in analysis.kernel_times(r).items()
@@ -125,10 +131,9 @@ def _summary(inp: Inputs) -> dict[str, Any]:
     for device in analysis.devices(rows):
         d = _part(device)
         facts = device_facts(rows, device)
-        if facts["peak_gflops"]:
-            out[f"roof_tflops/{d}"] = _value(facts["peak_gflops"] / 1000)
-        if facts["mem_gbps"]:
-            out[f"roof_tbps/{d}"] = _value(facts["mem_gbps"] / 1000)
+        for key, fact in ROOF_KEYS:
+            if facts.get(fact):
+                out[f"{key}/{d}"] = _value(facts[fact] / 1000)
         entries = [e for e in inp.speed if e["device"] == device]
         for column in ("halide_pct_roofline", *(f"{g}_speedup" for g in analysis.BASELINES)):
             values = [e[column] for e in entries if e.get(column)]
