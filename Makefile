@@ -28,7 +28,7 @@ TRACKING ?= local
 NODE_ARGS = $(if $(GPU),--gpu $(GPU)) $(if $(GPUS),--gpus $(GPUS)) $(if $(BLOCK),--block)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast mlflow-ui mlflow-server ingest lint head worker ray-status sweep-all-gpus sync report export gpu-kit
+.PHONY: help install run test test-fast mlflow-ui mlflow-server ingest lint head worker ray-status sweep-all-gpus sync report reports export gpu-kit
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -100,10 +100,13 @@ sync: install ## Log into MLflow what the local journal holds and MLflow lacks [
 report: install ## Report an experiment from the embedded store into reports/<experiment>/ [EXPERIMENT=fusion_ablation]
 	$(PY) -m orchestrator.report --experiment $(EXPERIMENT) $(ARGS)
 
-ingest: install ## Log the committed results bundles (results/*/*/) into the embedded store
-	@shopt -s nullglob; bundles=(results/*/*/); \
-	if [ $${#bundles[@]} -eq 0 ]; then echo "no bundles under results/*/*/"; exit 0; fi; \
-	$(PY) -m orchestrator.ingest --no-summary "$${bundles[@]}"
+reports: install ## Rebuild the published reports (conf/reports.yaml) from the committed bundles into reports/
+	$(PY) -m orchestrator.report --published $(ARGS)
+
+ingest: install ## Log the committed results bundles (every folder with a records.jsonl under results/) into the embedded store
+	@if [ -z "$$(find results -name records.jsonl -print -quit 2>/dev/null)" ]; then \
+		echo "no results bundle (a folder with records.jsonl) under results/"; exit 0; fi; \
+	$(PY) -m orchestrator.ingest --no-summary results
 
 export: install ## An experiment's MLflow runs as a results bundle: make export EXPERIMENT=sweep OUT=DIR [TRACKING=server] [ARGS=...]
 	@if [ -z "$(OUT)" ]; then echo "make export: give the bundle folder to write, OUT=DIR" >&2; exit 2; fi

@@ -1,11 +1,13 @@
-"""`python -m orchestrator.ingest DIR [--experiment NAME]`: log a results bundle into MLflow.
+"""`python -m orchestrator.ingest DIR [DIR ...] [--experiment NAME]`: log results bundles into MLflow.
 
 A bundle is what `python -m workers run` writes where the GPU is (no Ray, no MLflow there):
-records.jsonl plus artifacts. Ingesting logs it exactly as if its jobs had run through Ray (the same
-Recorder: one parent run for the bundle, a child run per record), and idempotently: a record whose
-measurement (job key and start time) already has a child run in the experiment is skipped, so
-ingesting twice adds nothing, while a second measurement of the same job (on another GPU of the node,
-or a re-run) is kept beside the first.
+records.jsonl plus artifacts. DIR is a bundle or a folder holding bundles at any depth (`results/`):
+every folder with a records.jsonl is one, and the command says how many it found.
+
+Ingesting logs a bundle exactly as if its jobs had run through Ray (the same Recorder: one parent run
+for the bundle, a child run per record), and idempotently: a record whose measurement (job key and start
+time) already has a child run in the experiment is skipped, so ingesting twice adds nothing, while a
+second measurement of the same job (on another GPU of the node, or a re-run) is kept beside the first.
 
 A bundle exported from MLflow (`orchestrator.export`, with a manifest.json) goes back into the experiment
 it was exported from, unless --experiment names another.
@@ -20,13 +22,13 @@ import argparse
 import logging
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from orchestrator.config import CONF_DIR, ConfigError, experiment_description, group_options
 
 EXIT_BAD_INPUT = 2
-BUNDLE_EXTRAS = ("config.yaml", "jobs.json")  # logged on the parent run when the bundle has them
+BUNDLE_EXTRAS = ("config.yaml", "jobs.json", "manifest.json")  # logged on the parent run when present
 
 
 def tracking_from_conf(name: str) -> tuple[str, str | None]:
@@ -119,12 +121,24 @@ def ingest(
     return len(new), len(records) - len(new)
 
 
+def expand_bundles(paths: Sequence[Path], say: Callable[[str], None] = print) -> list[Path]:
+    """The bundles the paths name (`workers.bundle.bundles_in`); ConfigError for a path with none."""
+    from workers.bundle import BundleError, bundles_in
+
+    try:
+        return bundles_in(paths, say)
+    except BundleError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: python -m orchestrator.ingest DIR [DIR...] [--experiment NAME] [--tracking NAME]."""
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.ingest", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("bundles", nargs="+", type=Path, help="results bundle folders (records.jsonl inside)")
+    parser.add_argument(
+        "bundles", nargs="+", type=Path, help="results bundles (records.jsonl inside) or folders holding them"
+    )
     parser.add_argument(
         "--experiment", help="MLflow experiment name (default: an export's, else the records' experiment)"
     )
@@ -139,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             uri, root = args.tracking_uri, args.artifact_root
         elif args.artifact_root:
             root = args.artifact_root
-        for bundle in args.bundles:
+        for bundle in expand_bundles(args.bundles):
             ingest(bundle, uri, root, args.experiment, summary=not args.no_summary)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,7 +5,15 @@
     DIR/shared/<digest>/<name>        an artifact that repeats verbatim across jobs (a schedule's
                                       source, `SHARED`), stored once by content; the line's "shared"
                                       field maps its name to the digest
-    DIR/manifest.json                 only in a bundle exported from MLflow: its experiment, runs...
+    DIR/manifest.json                 where the records came from: an export from MLflow writes one
+                                      (its experiment, runs...); a published bundle under results/ has
+                                      one too (`orchestrator.results manifest`: command, commit, date...)
+
+A shared artifact may also live once for a whole tree of bundles: `TREE/sources/<digest>/<name>`
+(`pool_sources` moves every bundle's shared/ there, so that results/ keeps one copy of a schedule's
+source for all its bundles). Reading resolves a digest in the bundle's own shared/ first, then in the
+`sources/` folder of the nearest enclosing folder that has the file, checking its content against the
+digest. A folder is a bundle when it holds records.jsonl; `find_bundles` finds them at any depth.
 
 A record's line is appended (flushed and fsynced) only after its artifacts are on disk, so a line
 always has its files. A key may appear more than once (`--rerun`): the last line wins.
@@ -26,6 +34,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 
@@ -36,6 +45,7 @@ MANIFEST = "manifest.json"  # a bundle exported from MLflow: where its records c
 ARTIFACTS = "artifacts"
 SHARED_DIR = "shared"
 SHARED = frozenset({"schedule.py"})  # artifacts that repeat verbatim across a bundle's jobs
+SOURCES_DIR = "sources"  # TREE/sources/<digest>/<name>: shared artifacts stored once for a tree of bundles
 _UNSAFE = re.compile(r"[^\w.\-]")
 log = logging.getLogger(__name__)
 
@@ -68,9 +78,14 @@ def _shared_path(bundle: Path, digest: str, name: str) -> Path:
     return _artifact_path(Path(bundle) / SHARED_DIR / digest, name)
 
 
+def digest_of(text: str) -> str:
+    """The 16 hex digits that name a shared artifact: the start of its UTF-8 text's sha256."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def _write_shared(bundle: Path, name: str, text: str) -> str:
     """Store `text` once under its digest (written whole, then renamed) and return the digest."""
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    digest = digest_of(text)
     path = _shared_path(bundle, digest, name)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,10 +220,105 @@ def read_bundle(bundle: str | os.PathLike[str]) -> list[Record]:
                 if p.is_file()
             }
         for name, digest in shared.items():
-            path = _shared_path(bundle, digest, name)
+            path = _find_shared(bundle, digest, name, record.key)
             if path not in sources:
-                if not path.is_file():
-                    raise BundleError(f"{bundle}: record {record.key!r} names {path}, which is missing")
-                sources[path] = path.read_text(encoding="utf-8", errors="replace")
+                sources[path] = _read_shared(path, digest)
             record.artifacts[name] = sources[path]
     return [record for record, _ in latest.values()]
+
+
+def _find_shared(bundle: Path, digest: str, name: str, key: str) -> Path:
+    """Where a shared artifact is: the bundle's shared/, else the `sources/` of the nearest enclosing
+    folder that holds it; BundleError naming both places when neither does."""
+    own = _shared_path(bundle, digest, name)
+    if own.is_file():
+        return own
+    for folder in bundle.resolve().parents:
+        pooled = _artifact_path(folder / SOURCES_DIR / digest, name)
+        if pooled.is_file():
+            return pooled
+    raise BundleError(
+        f"{bundle}: record {key!r} names {own}, which is missing (and no enclosing folder has "
+        f"{SOURCES_DIR}/{digest}/{name})"
+    )
+
+
+def _read_shared(path: Path, digest: str) -> str:
+    """A shared artifact's text, checked against the digest that names it."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if digest_of(text) != digest:
+        raise BundleError(f"{path}: its content does not match its digest {digest} (edited or corrupt)")
+    return text
+
+
+def is_bundle(folder: str | os.PathLike[str]) -> bool:
+    """Whether `folder` is a results bundle: a folder holding records.jsonl."""
+    return (Path(folder) / RECORDS).is_file()
+
+
+def find_bundles(root: str | os.PathLike[str]) -> list[Path]:
+    """The bundles at `root` or below it, at any depth, in path order: `root` itself when it is one;
+    a bundle's own folders are not searched. BundleError when there is none."""
+    root = Path(root)
+    if is_bundle(root):
+        return [root]
+    if not root.is_dir():
+        raise BundleError(f"{root} is not a folder; give a results bundle (a folder with {RECORDS}) or a "
+                          "folder that holds bundles")  # fmt: skip
+    found: list[Path] = []
+    for here, folders, _ in os.walk(root):
+        if is_bundle(here):
+            found.append(Path(here))
+            folders.clear()  # artifacts/, shared/, logs/ of a bundle hold no bundles
+            continue
+        folders[:] = sorted(f for f in folders if not f.startswith(".") and f != SOURCES_DIR)
+    if not found:
+        raise BundleError(f"no results bundle (a folder with {RECORDS}) in {root} or below it")
+    return sorted(found)
+
+
+def bundles_in(
+    paths: Sequence[str | os.PathLike[str]], say: Callable[[str], None] = lambda line: None
+) -> list[Path]:
+    """The bundles the paths name, each once, in order: a bundle as itself, another folder as every
+    bundle at any depth below it (`say` gets one line with how many); BundleError for a path with none."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        bundles = find_bundles(path)
+        if not is_bundle(path):
+            say(f"{path}: {len(bundles)} bundle(s) found")
+        found.extend(b for b in bundles if b not in found)
+    return found
+
+
+def pool_sources(tree: str | os.PathLike[str]) -> tuple[int, int]:
+    """Move the shared artifacts of every bundle under `tree` into `tree/sources/`, once per digest
+    (an identical copy already there is dropped), and remove the emptied shared/ folders; a copy whose
+    content does not match its digest stops it (BundleError) before anything moves. Returns (files
+    moved, copies dropped)."""
+    tree = Path(tree)
+    files = [
+        (path, path.relative_to(bundle / SHARED_DIR))
+        for bundle in find_bundles(tree)
+        for path in sorted((bundle / SHARED_DIR).rglob("*"))
+        if path.is_file()
+    ]
+    for path, rel in files:  # check every copy first: a bad one stops the move before it starts
+        _read_shared(path, rel.parts[0])
+    moved = dropped = 0
+    for path, rel in files:
+        target = tree / SOURCES_DIR / rel
+        if target.is_file():
+            if target.read_bytes() != path.read_bytes():
+                raise BundleError(f"{path} and {target} have one digest and differ")
+            path.unlink()
+            dropped += 1
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), target)
+            moved += 1
+    for bundle in find_bundles(tree):
+        shared = bundle / SHARED_DIR
+        if shared.is_dir() and not any(p.is_file() for p in shared.rglob("*")):
+            shutil.rmtree(shared)
+    return moved, dropped

@@ -1,7 +1,9 @@
 """The report's figures (matplotlib, Agg backend): roofline, fusion ablation and speedups, per device.
 
 Each function draws from rows or tables of `analysis` and writes one PNG; it returns the path, or
-None when the device has nothing to draw. Only ok rows reach these functions as speeds.
+None when the device has nothing to draw. With `draw=False` it only says which path it would write (the
+check that committed reports are what the data produces compares everything but the pixels, which
+depend on the matplotlib and FreeType versions). Only ok rows reach these functions as speeds.
 """
 
 from __future__ import annotations
@@ -55,11 +57,13 @@ def _variant_colors(variants: Sequence[str]) -> dict[str, Any]:
     return {v: cmap(i % 20) for i, v in enumerate(variants)}
 
 
-def roofline(rows: Sequence[Row], device: str, experiment: str, out: Path) -> Path | None:
+def roofline(rows: Sequence[Row], device: str, experiment: str, out: Path, draw: bool = True) -> Path | None:
     """Log-log roofline of one device: every ok (variant, shape) a point under the roofs (`_roofs`)."""
     points = analysis.roofline_points(rows, device)
     if not points:
         return None
+    if not draw:
+        return out / f"roofline_{safe_name(device)}.png"
     facts = device_facts(rows, device)
     peak, bw = facts["peak_gflops"], facts["mem_gbps"]
     variants = list(dict.fromkeys(p["variant"] for p in points))
@@ -146,13 +150,15 @@ def _shape_labels(points: Sequence[Mapping[str, Any]]) -> list[tuple[float, list
 
 
 def fusion(
-    table: Sequence[Mapping[str, Any]], device: str, experiment: str, model: str, out: Path
+    table: Sequence[Mapping[str, Any]], device: str, experiment: str, model: str, out: Path, draw: bool = True
 ) -> Path | None:
     """Fused schedules against halide_unfused per shape: times (with each traffic's DRAM floor) and bytes."""
     entries = [e for e in table if e["device"] == device]
     present = [v for v in analysis.ABLATION if any(e.get(f"{v}_ms") for e in entries)]
     if not entries or not present:
         return None
+    if not draw:
+        return out / f"fusion_{safe_name(device)}.png"
     colors = _variant_colors(list(analysis.ABLATION))
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(max(8, 1.3 * len(entries) + 3), 8), sharex=True, height_ratios=(3, 2)
@@ -192,7 +198,7 @@ def fusion(
 
 
 def speedups(
-    table: Sequence[Mapping[str, Any]], device: str, experiment: str, model: str, out: Path
+    table: Sequence[Mapping[str, Any]], device: str, experiment: str, model: str, out: Path, draw: bool = True
 ) -> Path | None:
     """Best Halide against the best of each baseline group per shape (baseline time / Halide time), from
     `analysis.peer_table`: every peer that ran beside Halide, strict fp32 and TF32 apart."""
@@ -200,6 +206,8 @@ def speedups(
     groups = analysis.peer_groups(entries)
     if not entries or not groups:
         return None
+    if not draw:
+        return out / f"speedups_{safe_name(device)}.png"
     colors = group_colors(groups)
     fig, ax = plt.subplots(figsize=(max(9, 1.3 * len(entries) + 4), 5.5))
     width = 0.8 / len(groups)

@@ -417,14 +417,18 @@ def load_mlflow(tracking_uri: str, experiment: str | None = None, run_id: str | 
     return Dataset(exp.name, rows, origin, selection, parents, [], superseded, log_to, every)
 
 
-def load_bundles(bundles: Sequence[Path], experiment: str | None = None) -> list[Dataset]:
-    """One Dataset per experiment found in the bundles (later bundles and lines are newer)."""
+def load_bundles(
+    bundles: Sequence[Path], experiment: str | None = None, root: Path | None = None
+) -> list[Dataset]:
+    """One Dataset per experiment found in the bundles (later bundles and lines are newer); with `root`,
+    the bundles are paths relative to it, and named so in the report."""
     from workers.bundle import BundleError, read_bundle
 
     records: list[tuple[Any, str]] = []
     for bundle in bundles:
         try:
-            records.extend((r, str(bundle)) for r in read_bundle(bundle))
+            where = root / bundle if root is not None else bundle
+            records.extend((r, Path(bundle).as_posix()) for r in read_bundle(where))
         except BundleError as exc:
             raise ReportInputError(str(exc)) from None
     by_experiment: dict[str, list[Row]] = defaultdict(list)
