@@ -28,7 +28,7 @@ TRACKING ?= local
 NODE_ARGS = $(if $(GPU),--gpu $(GPU)) $(if $(GPUS),--gpus $(GPUS)) $(if $(BLOCK),--block)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test mlflow-ui mlflow-server ingest lint head worker ray-status sweep-all-gpus sync report
+.PHONY: help install run test test-fast mlflow-ui mlflow-server ingest lint head worker ray-status sweep-all-gpus sync report reports export gpu-kit
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -42,7 +42,18 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
+# On a node without a package index (a GPU node with the install kit, `scripts/install-kit.sh`), name the
+# interpreter that has the kit on its PYTHONPATH, e.g. `make head PY=python3 GPU=h200`: no .venv is made and
+# nothing is installed; the targets only check that the project's packages import.
+ifeq ($(origin PY),command line)
+MLFLOW := mlflow
+install:
+	@$(PY) -c 'import halide, hydra, mlflow, ray' 2>/dev/null || { echo "make: $(PY) cannot import halide, \
+	hydra, mlflow and ray: install the kit (scripts/install-kit.sh KIT_DIR) and eval the line it prints" >&2; exit 2; }
+else
+MLFLOW := $(VENV)/bin/mlflow
 install: $(STAMP) ## Create .venv if missing and install the package with its dev tools (no-op when up to date)
+endif
 
 run: install ## Run an experiment: make run [EXPERIMENT=fusion_ablation] [ARGS='timing=quick ...']
 	$(PY) -m orchestrator +experiment=$(EXPERIMENT) $(ARGS)
@@ -55,8 +66,15 @@ test: install ## Run the test suite: make test [PYTEST_ARGS='-x -k smoke']
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
 	exit $$rc
 
+# The inner loop: no `slow` test (the end-to-end runs through Ray and MLflow), no `gpu` test, stop at the
+# first failure, two workers (one a core; loadscope keeps a module's fixtures on one worker).
+test-fast: install ## The inner loop: not slow, not gpu, -x, 2 workers [PYTEST_ARGS='-k report']
+	$(PY) -m pytest -m "not slow and not gpu" -x -n 2 --dist loadscope $(PYTEST_ARGS)
+
 mlflow-ui: install ## MLflow UI on the embedded store at http://127.0.0.1:5000 (MLFLOW_PORT=...)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DB) \
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning -- pick 'Model training'" \
+		"(top left) once so that experiments open on their runs; each run of an experiment prints a link to its runs"
+	$(MLFLOW) ui --backend-store-uri sqlite:///$(MLFLOW_DB) \
 		--default-artifact-root $(MLFLOW_ARTIFACTS) --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 mlflow-server: install ## MLflow tracking server for tracking=server on 127.0.0.1 (HOST=, MLFLOW_PORT=); waits for /health
@@ -70,7 +88,7 @@ worker: install ## Join the Ray cluster declaring this node's GPU model: make wo
 	$(PY) -m orchestrator.cluster worker --head $(HEAD) $(if $(filter command line,$(origin HOST)),--host $(HOST)) $(NODE_ARGS)
 
 ray-status: install ## The cluster's nodes and the GPU models they declared [HEAD=host:port, else RAY_ADDRESS or local]
-	$(PY) -m orchestrator.cluster status $(if $(HEAD),--address $(HEAD))
+	@$(PY) -m orchestrator.cluster status $(if $(HEAD),--address $(HEAD))
 
 sweep-all-gpus: install ## The sweep on every GPU model of the cluster, compared: [HEAD=host:port] [TRACKING=server] [ARGS=...]
 	$(PY) -m orchestrator +experiment=sweep 'devices=[auto]' cluster=ray $(if $(HEAD),cluster.address=$(HEAD)) \
@@ -82,11 +100,37 @@ sync: install ## Log into MLflow what the local journal holds and MLflow lacks [
 report: install ## Report an experiment from the embedded store into reports/<experiment>/ [EXPERIMENT=fusion_ablation]
 	$(PY) -m orchestrator.report --experiment $(EXPERIMENT) $(ARGS)
 
-ingest: install ## Log the committed results bundles (results/*/*/) into the embedded store
-	@shopt -s nullglob; bundles=(results/*/*/); \
-	if [ $${#bundles[@]} -eq 0 ]; then echo "no bundles under results/*/*/"; exit 0; fi; \
-	$(PY) -m orchestrator.ingest --no-summary "$${bundles[@]}"
+reports: install ## Rebuild the published reports (conf/reports.yaml) from the committed bundles into reports/
+	$(PY) -m orchestrator.report --published $(ARGS)
 
-lint: install ## ruff check and format check
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+ingest: install ## Log the committed results bundles (every folder with a records.jsonl under results/) into the embedded store
+	@if [ -z "$$(find results -name records.jsonl -print -quit 2>/dev/null)" ]; then \
+		echo "no results bundle (a folder with records.jsonl) under results/"; exit 0; fi; \
+	$(PY) -m orchestrator.ingest --no-summary results
+
+export: install ## An experiment's MLflow runs as a results bundle: make export EXPERIMENT=sweep OUT=DIR [TRACKING=server] [ARGS=...]
+	@if [ -z "$(OUT)" ]; then echo "make export: give the bundle folder to write, OUT=DIR" >&2; exit 2; fi
+	$(PY) -m orchestrator.export --experiment $(EXPERIMENT) --out $(OUT) --tracking $(TRACKING) $(ARGS)
+
+# Every linter runs (so one pass shows every problem); the ones that failed are named on the last line
+# and in $(LINT_FAILED), which .ci/run reads.
+LINT_FAILED := $(VENV)/.lint-failed
+lint: install ## ruff check, ruff format --check, import contracts (lint-imports) and types (mypy); see pyproject.toml
+	@rm -f $(LINT_FAILED); failed=""; \
+	$(VENV)/bin/ruff check . || failed="$$failed ruff-check"; \
+	$(VENV)/bin/ruff format --check . || failed="$$failed ruff-format"; \
+	$(VENV)/bin/lint-imports --no-logo --cache-dir .cache/import-linter || failed="$$failed import-linter"; \
+	$(VENV)/bin/mypy || failed="$$failed mypy"; \
+	if [ -n "$$failed" ]; then echo "$${failed# }" > $(LINT_FAILED); echo "make lint: failed:$$failed" >&2; exit 1; fi
+
+# The offline install kit for GPU nodes without a package index (scripts/gpu_kit.py; on the node:
+# scripts/install-kit.sh KIT_DIR). Built here, from the package index, for the node's Python and platform.
+KIT_PYTHON ?= 3.12
+KIT_PLATFORM ?= manylinux_2_28_x86_64
+KIT_DIR ?= .devcache/gpu-kit
+KIT_PART_MB ?= 60
+KIT_BASE ?= scripts/kit/cuda-image-base.txt
+KIT_LEVEL ?= 6
+gpu-kit: install ## Kit for GPU nodes without an index: [KIT_PYTHON=3.12 KIT_PLATFORM=manylinux_2_28_x86_64 KIT_DIR=.devcache/gpu-kit KIT_PART_MB=60 KIT_BASE=file|none]
+	$(PY) scripts/gpu_kit.py build --out $(KIT_DIR) --python $(KIT_PYTHON) --platform $(KIT_PLATFORM) \
+		--part-mb $(KIT_PART_MB) --base $(KIT_BASE) --level $(KIT_LEVEL)

@@ -11,10 +11,19 @@ KINDS = ("cpu", "cuda")
 class DeviceSpec:
     """A device model from the catalog (`conf/catalog/devices.yaml`), resolved for one job.
 
-    `peak_gflops` is the fp32 FMA peak (not a tensor-core rate); `mem_gbps` is DRAM bandwidth: the
-    datasheet's, for `% of peak`. `roof_gflops` / `roof_gbps` are the ceilings measured on the device
-    (`python -m workers info --measure-gpu`), which the roofline floor uses when present: a floor no
-    code reaches is not a floor. For the host CPU, peak and bandwidth are measured on the machine.
+    `peak_gflops` is the datasheet's fp32 FMA peak (not a tensor-core rate) and `mem_gbps` its DRAM
+    bandwidth, for `% of peak`; on the host CPU, which has no datasheet here, both are measured. The
+    roofline's roofs are measured on the device (`workers.roofs`, `python -m workers info --measure`):
+
+    - compute: `fma_gflops`, the fp32 FMA peak of a register-resident FMA kernel (Halide); `tf32_gflops`,
+      the datasheet's TF32 tensor-core peak, for variants that run TF32. `sgemm_gflops` (cuBLAS or NumPy
+      SGEMM, TF32 off) is the *attainable* line beside them, never a roof: kernels beat it.
+    - memory: `cache_gbps`, the read bandwidth of the last cache level (`cache_bytes`: the GPU's L2, the
+      CPU's last-level cache), where the layer's working set fits and the timing keeps it warm;
+      `dram_gbps` otherwise.
+
+    A roof left at 0 falls back to the datasheet (`peak_gflops`, `mem_gbps`): see `compute_roof`,
+    `memory_roof`.
     """
 
     name: str  # catalog key: cpu, rtx2060, rtx2080ti, rtx3070, h100, ...
@@ -25,8 +34,12 @@ class DeviceSpec:
     sm_count: int = 0  # streaming multiprocessors (0 on a CPU)
     cuda_capability: int = 0  # e.g. 75 for sm_75 (0 on a CPU)
     cores: int = 0  # CPU cores used (0 on a GPU)
-    roof_gflops: float = 0.0  # measured attainable fp32 rate (e.g. cuBLAS SGEMM); 0 = use peak_gflops
-    roof_gbps: float = 0.0  # measured attainable DRAM bandwidth (a large copy); 0 = use mem_gbps
+    fma_gflops: float = 0.0  # measured fp32 FMA peak (GFLOP/s); 0 = use peak_gflops
+    tf32_gflops: float = 0.0  # datasheet TF32 tensor-core peak, dense (GFLOP/s); 0 = none
+    sgemm_gflops: float = 0.0  # measured SGEMM, TF32 off: the attainable line (not a roof); 0 = unknown
+    cache_gbps: float = 0.0  # measured read bandwidth of the last cache level (GB/s); 0 = unknown
+    cache_bytes: int = 0  # size of that level (GPU L2, CPU last-level cache); 0 = unknown
+    dram_gbps: float = 0.0  # measured DRAM read bandwidth (GB/s); 0 = use mem_gbps
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -37,9 +50,29 @@ class DeviceSpec:
         return self.kind == "cuda"
 
     @property
-    def roofs(self) -> tuple[float, float]:
-        """(GFLOP/s, GB/s) of the roofline: measured ceilings where the catalog has them, else datasheet."""
-        return (self.roof_gflops or self.peak_gflops, self.roof_gbps or self.mem_gbps)
+    def cache_level(self) -> str:
+        """The name of the cache level of `cache_gbps`: L2 on a GPU, LLC (last-level cache) on a CPU."""
+        return "L2" if self.is_gpu else "LLC"
+
+    def compute_roof(self, tf32: bool = False) -> tuple[float, str]:
+        """(GFLOP/s, what it is) of the compute roof: the TF32 tensor-core peak for a TF32 variant where
+        the device has one, else the measured FMA peak, else the datasheet's (0 when none is known)."""
+        if tf32 and self.tf32_gflops > 0:
+            return self.tf32_gflops, "TF32 tensor-core peak (datasheet)"
+        if self.fma_gflops > 0:
+            return self.fma_gflops, "fp32 FMA peak (measured)"
+        return self.peak_gflops, "fp32 FMA peak (datasheet)"
+
+    def memory_roof(self, resident_bytes: int, cold: bool = False) -> tuple[float, str]:
+        """(GB/s, level) of the memory roof for a working set of `resident_bytes`: the cache level's
+        bandwidth where the set fits in it and the timing does not flush it (`cold`), else DRAM's
+        (measured, else the datasheet's)."""
+        if not cold and self.cache_gbps > 0 and 0 < resident_bytes <= self.cache_bytes:
+            return self.cache_gbps, self.cache_level
+        return self.dram_gbps or self.mem_gbps, "DRAM"
+
+
+LEGACY_FIELDS = ("roof_gflops", "roof_gbps")  # DeviceSpec fields of older job files (SGEMM, copy): dropped
 
 
 def visible_gpu(name: str = "gpu", peak_gflops: float = 0.0, mem_gbps: float = 0.0) -> DeviceSpec:

@@ -49,9 +49,14 @@ class Built(Protocol):
 
     compile_s: float  # seconds spent compiling (0 when served from the compile cache)
     target: str  # what it was compiled for, e.g. a Halide target string or "tf-cpu"
-    artifacts: Mapping[str, str]  # file name -> text: schedule source, lowered statement, ...
     kernel_filter: str | None  # regex matching this variant's GPU kernel names (profilers), or None
     build_params: Mapping[str, str]  # facts of this build the record keeps as params (e.g. schedule_source)
+
+    @property
+    def artifacts(self) -> Mapping[str, str]:
+        """File name -> text: schedule source, lowered statement, ... (read only here, so that a variant
+        may keep them in a dict)."""
+        ...
 
     def place(self, inputs: LayerInputs) -> Any:
         """Copy one input set to where the kernel runs and allocate its output; returns a handle."""

@@ -14,10 +14,17 @@
 #                                password in ~/.pgpass or PGPASSWORD, never in the URI)
 #   MLFLOW_ARTIFACTS_DIR=...     served artifacts folder; default <this folder>/artifacts
 #   MLFLOW_HEALTH_TIMEOUT=120    seconds to wait for /health
+#   MLFLOW_BIN=...               the mlflow command; default .venv/bin/mlflow, else mlflow on PATH
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
+# The mlflow command: MLFLOW_BIN, else the repository's .venv (make install), else the one on PATH (the
+# GPU-node kit's, after scripts/install-kit.sh's export line).
 mlflow_bin="${MLFLOW_BIN:-$root/.venv/bin/mlflow}"
+if [[ -z "${MLFLOW_BIN:-}" && ! -x "$mlflow_bin" ]]; then
+  mlflow_bin="$(command -v mlflow || true)"
+  [[ -n "$mlflow_bin" ]] || { echo "mlflow/server.sh: no mlflow: run make install (or install the GPU-node kit)" >&2; exit 2; }
+fi
 host="${MLFLOW_HOST:-127.0.0.1}"
 port="${MLFLOW_PORT:-5000}"
 backend="${MLFLOW_BACKEND_URI:-sqlite:///$here/mlflow.db}"

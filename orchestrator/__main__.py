@@ -5,6 +5,10 @@
     python -m orchestrator +experiment=mobilenet_v1 devices=[h100] dispatch=export
     python -m orchestrator +experiment=sweep devices=[auto] cluster=ray tracking=server
 
+Exit codes (`orchestrator.outcome`): 0 every job of the experiment ok or skipped; 1 a job failed or is
+wrong (each listed with its reason at the end of the summary; `allow_failures=true` exits 0 instead);
+2 bad input; 130 interrupted. On a resume the experiment's jobs recorded earlier count with this run's.
+
 Bad input (an unknown experiment, variant, shape, device or config option, a shape that makes no
 sense, a malformed override, a value of the wrong type) ends with ONE line on stderr naming the valid
 choices and exit code 2: no traceback, and nothing started (Ray, MLflow) before the input is valid.
@@ -16,9 +20,11 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -79,8 +85,9 @@ def _device_names(cfg: DictConfig) -> list[str]:
     return [d for d in cfg.devices if d != AUTO_DEVICES]
 
 
-def run(cfg: DictConfig) -> None:
-    """Plan the experiment, then export the jobs or run them through Ray into MLflow, then summarise.
+def run(cfg: DictConfig) -> int:
+    """Plan the experiment, then export the jobs or run them through Ray into MLflow, then summarise;
+    returns the exit code (`orchestrator.outcome`: 1 when a job of the experiment failed or is wrong).
 
     Through Ray: check the tracking store answers; start or join Ray; resolve devices=[auto] from the
     models the cluster's nodes declare; check the cluster offers every model (one line if not); log any
@@ -105,21 +112,19 @@ def run(cfg: DictConfig) -> None:
         print(f"wrote {len(jobs)} jobs to {path}")
         print(f"next, where the devices are: python -m workers run {path} --out BUNDLE_DIR")
         print("then here: python -m orchestrator.ingest BUNDLE_DIR")
-        return
+        return 0
     if auto and cfg.cluster.address is None:
         raise ConfigError(
             "devices=[auto] takes the GPU models declared by the nodes of a Ray cluster: add cluster=ray "
             "(make head; make worker HEAD=host:port GPU=MODEL), or name the devices"
         )
 
+    from orchestrator import resume
     from orchestrator.cluster import auto_devices
-    from orchestrator.journal import Journal, journal_root, pending_keys
+    from orchestrator.journal import Journal, journal_root
     from orchestrator.record import Recorder, check_tracking
     from orchestrator.summary import (
-        WIDE,
         cross_device_artifacts,
-        cross_device_table,
-        print_summary,
         summary_metrics,
     )
     from orchestrator.sync import Delivery, fail_fast_http, sync_all
@@ -158,22 +163,18 @@ def run(cfg: DictConfig) -> None:
                 devices = {job.device.name: job.device.kind for job in jobs}
             dispatcher.check(devices)
 
-        recorder = Recorder(uri, cfg.name, cfg.tracking.artifact_root)
+        recorder = Recorder(uri, cfg.name, cfg.tracking.artifact_root, cfg.description or None)
         for result in sync_all(journal_dir, cfg.name, only_uri=uri):  # what an earlier run left behind
             print(result.describe(), file=sys.stderr)
-        todo = jobs
-        if not cfg.rerun:
-            done = recorder.existing_keys() | pending_keys(journal_dir, cfg.name, uri)
-            todo = [job for job in jobs if job.key not in done]
+        todo, earlier = jobs, {}
+        if not cfg.rerun:  # what earlier runs recorded: skipped here, summarised with this run's
+            earlier = resume.earlier_records(recorder, journal_dir, cfg.name, uri)
+            todo = [job for job in jobs if job.key not in earlier]
             if len(todo) < len(jobs):
-                print(
-                    f"{len(jobs) - len(todo)} of {len(jobs)} jobs already recorded in experiment "
-                    f"{cfg.name!r}: skipped (rerun=true runs them again)",
-                    file=sys.stderr,
-                )
+                print(resume.describe_skipped(jobs, earlier, cfg.name), file=sys.stderr)
         if not todo:
             print(f"nothing to run: every job of {cfg.name!r} is recorded")
-            return
+            return _summarise(resume.whole_experiment(jobs, earlier, []), cfg)
         log.info(
             "%s: %d jobs (%d variants x %d shapes x %d devices), MLflow at %s, journal in %s",
             cfg.name,
@@ -197,16 +198,35 @@ def run(cfg: DictConfig) -> None:
                 artifacts={"config.yaml": config_yaml},
             )
             dispatcher.run(todo, delivery.add)
-            plan_order = {job.key: i for i, job in enumerate(todo)}  # device, shape, variant
-            records = sorted(delivery.records, key=lambda r: plan_order.get(r.key, len(plan_order)))
-            delivery.finish("FINISHED", summary_metrics(records), cross_device_artifacts(records, cfg.name))
-    print_summary(records, cfg.name)
+            whole = resume.whole_experiment(jobs, earlier, delivery.records)  # plan order
+            metrics = {**summary_metrics(whole), **resume.counts(whole, len(delivery.records))}
+            delivery.finish("FINISHED", metrics, cross_device_artifacts(whole, cfg.name))
+    code = _summarise(whole, cfg)
+    where = "" if uri.startswith(("http://", "https://")) else " (after `make mlflow-ui`)"
+    print(f"runs in the MLflow UI{where}: {recorder.runs_url()}")
+    return code
+
+
+def _summarise(records: list[Any], cfg: DictConfig) -> int:
+    """Print the summary of the experiment's records, the cross-device table and each failed or wrong
+    job with its reason; returns the exit code."""
+    from orchestrator import outcome
+    from orchestrator.summary import WIDE, cross_device_table, print_summary
+
+    console = Console(width=None if sys.stdout.isatty() else WIDE)
+    print_summary(records, cfg.name, console)
     table = cross_device_table(records, f"{cfg.name}: time on each device (median ms)")
     if table is not None:
-        Console(width=None if sys.stdout.isatty() else WIDE).print(table)
+        console.print(table)
+    outcome.print_failures(records, console)
+    code = outcome.exit_code(records, bool(cfg.allow_failures))
+    if code != outcome.EXIT_OK:
+        print(f"exit {code}: a job failed or is wrong (allow_failures=true exits 0)", file=sys.stderr)
+    return code
 
 
 _bad_input: list[BaseException] = []  # raised inside the task, re-raised after Hydra returns
+_exit_codes: list[int] = []  # the task's exit code, used after Hydra returns
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -214,7 +234,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     # Hydra logs "Error executing job with overrides: ..." for an exception leaving the task; bad input
     # is not an error of the job, so it leaves quietly and is reported by main().
     try:
-        run(cfg)
+        _exit_codes.append(run(cfg))
     except (ConfigError, OmegaConfBaseException) as exc:
         _bad_input.append(exc)
 
@@ -292,21 +312,35 @@ def _one_line(exc: BaseException, argv: list[str]) -> str:
     return _collapse(str(exc)) or type(exc).__name__
 
 
+_terminated: list[int] = []  # the SIGTERM that stopped the run, if one did
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM takes Ctrl-C's path: a KeyboardInterrupt, so that the parent run ends KILLED, the journal
+    is closed and Ray is left (orchestrator.record.deferred_interrupt holds it during atomic steps)."""
+    _terminated.append(signum)
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """Entry point: run Hydra, turning bad input into one line on stderr and exit code 2."""
+    """Entry point: run Hydra, turning bad input into one line on stderr and exit code 2, and Ctrl-C or
+    SIGTERM into a clean stop (exit 130 or 143)."""
     argv = sys.argv[1:]
+    signal.signal(signal.SIGTERM, _on_sigterm)
     with hydra_raises() as user_wants_traceback:
         try:
             _hydra_main()
             if _bad_input:
                 raise _bad_input[0]
+            if _exit_codes and _exit_codes[0]:
+                sys.exit(_exit_codes[0])
         except KeyboardInterrupt:
+            how = "terminated (SIGTERM)" if _terminated else "interrupted"
             print(
-                "interrupted (any MLflow run in progress was ended KILLED; "
-                "the journal keeps every finished job)",
+                f"{how} (any MLflow run in progress was ended KILLED; the journal keeps every finished job)",
                 file=sys.stderr,
             )
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(128 + signal.SIGTERM if _terminated else EXIT_INTERRUPTED)
         except (ConfigError, HydraException, OmegaConfBaseException) as exc:
             if user_wants_traceback:
                 raise

@@ -325,7 +325,7 @@ def throttle_text(flat: Mapping[str, Any]) -> str:
     reasons NVML reported and the harness's note."""
 
     def mhz(key: str) -> str:
-        value = flat.get(key)
+        value: Any = flat.get(key)
         return f"{float(value):.0f} MHz" if _number(value) else "?"
 
     reasons = flat.get("clock_event_reasons") or "none reported"

@@ -30,6 +30,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import CONF_DIR, ConfigError
+from workers.hostinfo import MISMATCH_LABEL, gpu_model_check, same_gpu_model, visible_gpu_names
 
 MODEL_LABEL = "gpu_model"  # node label: the GPU model the node declared when it joined
 GPU_COUNT_LABEL = "gpu_count"  # node label: how many GPUs it declared (0: a CPU stand-in node)
@@ -47,6 +49,7 @@ LOCAL_MODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray binds a loopbac
 AUTH_MODE_ENV = "RAY_AUTH_MODE"  # token | disabled: Ray's token authentication between nodes and drivers
 DEFAULT_PORT = 6379
 EXIT_BAD_INPUT = 2
+PROBE_TIMEOUT_S = 5.0  # seconds to wait for a head's TCP port, and again for its gRPC handshake
 
 
 def resource_for(device: str) -> str:
@@ -72,6 +75,63 @@ def resolve_address(address: str) -> str:
         return path.read_text().strip() or address
     except OSError:
         return address
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """(host, port) of a Ray address `host:port`, `[v6]:port` or `ray://host:port` (port 6379 if none)."""
+    rest = address.split("://", 1)[-1].rstrip("/")
+    if rest.startswith("["):
+        host, _, port = rest[1:].partition("]")
+        port = port.lstrip(":")
+    elif rest.count(":") == 1:
+        host, port = rest.split(":")
+    else:
+        host, port = rest, ""
+    try:
+        return host, int(port) if port else DEFAULT_PORT
+    except ValueError:
+        raise ConfigError(
+            f"malformed Ray address {address!r}: expected host:port, e.g. 10.0.0.1:6379"
+        ) from None
+
+
+def probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why nothing at `address` answers as a Ray head within about 2 x `timeout` seconds (one phrase), or
+    None: something accepts TCP connections there and completes a gRPC (HTTP/2) handshake, as Ray's GCS
+    does. Checked before `ray.init`, which would otherwise retry for minutes, printing warnings."""
+    host, port = host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+    try:
+        import grpc
+    except ImportError:  # Ray depends on grpcio: without it, the TCP answer is all there is to check
+        return None
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    channel = grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)])
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        return f"something listens there but does not answer as Ray's GCS (gRPC) within {timeout:g} s"
+    finally:
+        channel.close()
+    return None
+
+
+def check_reachable(address: str) -> None:
+    """Raise one ConfigError line naming `address` and what to check when no Ray head answers there."""
+    why = probe(address)
+    if why is not None:
+        raise ConfigError(
+            f"cannot reach a Ray cluster at {address}: {why}. Check that its head is running "
+            f"(`make head` there; `make ray-status HEAD={address}`), that {address} is the head's address "
+            f"and GCS port ({DEFAULT_PORT} unless the head was started with another RAY_PORT), and that no "
+            "firewall blocks it"
+        )
 
 
 def local_gpu_count() -> int:
@@ -267,7 +327,34 @@ def declaration(gpu: str | None, gpus: int | None) -> tuple[dict[str, float], di
     if gpu not in models:
         raise ConfigError(f"unknown GPU model {gpu!r}; valid models: {', '.join(models)}")
     resources[resource_for(gpu)] = max(count, 1)  # a GPU-less node: one stand-in slot
-    return resources, {MODEL_LABEL: gpu, GPU_COUNT_LABEL: str(count)}, count
+    check = gpu_model_check(models[gpu], visible_gpu_names()) if count > 0 else "unknown"
+    return resources, {MODEL_LABEL: gpu, GPU_COUNT_LABEL: str(count), MISMATCH_LABEL: check}, count
+
+
+def model_note(gpu: str, count: int, names: Sequence[str], models: Mapping[str, str]) -> str | None:
+    """One line for a node declaring `gpu` (a key of `models`, catalog key → model name) with `count`
+    GPUs whose driver names them `names`: a warning when they are not that model, a note when there is
+    nothing to compare with, None when they are."""
+    check = gpu_model_check(models[gpu], names) if count > 0 else "unknown"
+    if check == "false":
+        return None
+    if check == "unknown":
+        why = (
+            "it offers no GPU (none visible here, or GPUS=0)"
+            if count == 0
+            else "no GPU driver names its GPUs here (nvidia-smi)"
+        )
+        return (
+            f"note: this node declares GPU={gpu} ({models[gpu]}) and {why}: there is nothing to compare the "
+            f"declared model with; its jobs record {MISMATCH_LABEL}=unknown"
+        )
+    seen = sorted(set(names))
+    likely = [k for k, model in models.items() if any(same_gpu_model(model, n) for n in seen)]
+    hint = f"GPU={likely[0]}" if likely else f"a model of conf/catalog/devices.yaml ({', '.join(models)})"
+    return (
+        f"warning: this node declares GPU={gpu} ({models[gpu]}) but its driver names its GPU(s) "
+        f"{', '.join(seen)}: its jobs will be recorded as {gpu} with {MISMATCH_LABEL}=true; declare {hint}"
+    )
 
 
 def _ray_bin() -> str:
@@ -331,12 +418,22 @@ def start_command(
 # --- command line ----------------------------------------------------------------------------------
 def _status(address: str) -> None:
     address = resolve_address(address)
+    if address == "auto":
+        raise ConfigError(
+            "no Ray cluster to ask: none was started on this machine (make head) and RAY_ADDRESS is unset; "
+            "give the head's address: make ray-status HEAD=host:port"
+        )
+    check_reachable(address)
     if is_loopback(address):
         os.environ.setdefault(LOCAL_MODE_ENV, "0")
     use_token_auth()
     import ray
 
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot connect to Ray at {address}: {first}") from None
     try:
         view = ClusterView.from_ray(ray)
     finally:
@@ -390,6 +487,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     print(shlex.join([*(f"{k}={v}" for k, v in env.items()), *command]), flush=True)
+    if args.gpu:
+        count = local_gpu_count() if args.gpus is None else args.gpus
+        note = model_note(args.gpu, count, visible_gpu_names(), gpu_models())
+        if note:
+            print(note, file=sys.stderr, flush=True)
     if args.dry_run:
         return
     if head is None and env.get(AUTH_MODE_ENV) == "token" and not token_available():

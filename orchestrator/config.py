@@ -14,10 +14,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -54,6 +57,13 @@ class DeviceConf:
     sm_count: int = 0  # streaming multiprocessors (0 on a CPU)
     cuda_capability: int = 0  # e.g. 75 for sm_75 (0 on a CPU)
     cores: int = 0  # CPU cores to use; 0 = all cores of the node (and 0 on a GPU)
+    tf32_gflops: float = 0.0  # datasheet TF32 tensor-core peak, dense; 0 = none
+    # measured roofs pinned in the catalog (0 = measured on the node: workers.roofs)
+    fma_gflops: float = 0.0  # fp32 FMA peak
+    sgemm_gflops: float = 0.0  # SGEMM, TF32 off (the attainable line)
+    cache_gbps: float = 0.0  # L2 / last-level cache read bandwidth
+    cache_bytes: int = 0  # its size
+    dram_gbps: float = 0.0  # DRAM read bandwidth
 
 
 @dataclass
@@ -113,6 +123,7 @@ class Config:
     """The whole configuration of one invocation of `python -m orchestrator`."""
 
     name: str = MISSING  # experiment name = MLflow experiment; set by +experiment=NAME
+    description: str = ""  # what the experiment is for: the MLflow experiment's description
     variants: list[str] = field(default_factory=list)
     shapes: list[str] = field(default_factory=list)
     batch: int | None = None
@@ -124,6 +135,7 @@ class Config:
     tuned: TunedConf = field(default_factory=TunedConf)
     retries: int = 1
     rerun: bool = False  # true: run jobs whose key is already recorded (in MLflow or the journal) again
+    allow_failures: bool = False  # true: exit 0 even when a job failed or is wrong (else exit 1)
     stand_in: str | None = None  # cpu: a GPU model's jobs run CPU kernels on a node declaring that model
     extra_variant_modules: list[str] = field(default_factory=list)
     # Catalog entries are checked against ShapeConf / DeviceConf when the plan is made: OmegaConf cannot
@@ -140,7 +152,7 @@ class Config:
     profile: dict[str, Any] = field(default_factory=lambda: {"tool": "none"})
 
 
-SCHEMAS: dict[str, type] = {
+SCHEMAS: dict[str, type[DataclassInstance]] = {
     "": Config,
     "timing": TimingConf,
     "tracking": TrackingConf,
@@ -181,6 +193,17 @@ def register() -> None:
     if not OmegaConf.has_resolver("repo_root"):
         OmegaConf.register_new_resolver("repo_root", _repo_root)
     ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+def experiment_description(name: str) -> str | None:
+    """The `description` of conf/experiment/NAME.yaml, or None when there is no such experiment."""
+    path = CONF_DIR / "experiment" / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.load(path).get("description")
+    return str(value) if value else None
 
 
 def experiment_names() -> list[str]:

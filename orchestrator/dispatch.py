@@ -21,6 +21,8 @@ import contextlib
 import importlib
 import json
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from orchestrator.cluster import (
     LOCAL_MODE_ENV,
     ClusterView,
     check_devices,
+    check_reachable,
     is_loopback,
     local_gpu_count,
     resolve_address,
@@ -39,9 +42,10 @@ from orchestrator.cluster import (
     use_token_auth,
 )
 from orchestrator.config import ConfigError
+from workers.hostinfo import DISPATCH_TAG
 from workers.schema import Job, Record
 
-OnRecord = Callable[[Job, Record], None]
+OnRecord = Callable[[Job, Record], object]  # what it returns is ignored
 Profile = tuple[str, dict[str, Any]]  # (tool, settings of conf/profile/<tool>.yaml without `tool`)
 MAX_CAUSE_CHARS = 500
 WATCH_S = 5.0  # seconds between checks that every pending job still has a node of its model
@@ -74,6 +78,7 @@ def execute_in_worker(
         from workers.profiling import profile_into
 
         profile_into(job, record, profile[0], profile[1], Path(profile_dir or "profiles"), modules)
+    record.tags[DISPATCH_TAG] = "ray"
     stand_in = job.options.get("stand_in")
     if stand_in:
         record.params["stand_in_for"] = job.device.name
@@ -91,7 +96,9 @@ def failed_record(job: Job, cause: str) -> Record:
     record = base_record(job)
     with contextlib.suppress(registry.UnknownVariantError):
         record.params["framework"] = registry.get(job.variant).framework
-    record.tags.update(status="failed", error=cause[:MAX_CAUSE_CHARS])
+    record.tags.update(status="failed", error=cause[:MAX_CAUSE_CHARS], **{DISPATCH_TAG: "ray"})
+    # where it ran is lost with its worker: only a node declaring the job's model could have taken it
+    record.params["node_gpu_model"] = job.device.name if job.device.name != "cpu" else "unknown"
     return record
 
 
@@ -105,6 +112,26 @@ def describe_ray_error(exc: BaseException) -> str:
     if kind == "WorkerCrashedError":
         kind = "worker process died (WorkerCrashedError)"
     return f"{kind}: {lines[0]}" if lines else kind
+
+
+def init_ray(ray: Any, **kwargs: Any) -> None:
+    """`ray.init(**kwargs)`, keeping this process's SIGTERM handler: ray.init installs one of its own that
+    calls sys.exit, which would bypass the driver's Ctrl-C path (parent run ended KILLED, Ray left). A
+    SIGTERM that arrives while ray.init runs is handed to the handler that was there before."""
+    if threading.current_thread() is not threading.main_thread():
+        ray.init(**kwargs)
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        ray.init(**kwargs)
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM or previous in (None, signal.SIG_DFL, signal.SIG_IGN):
+            raise
+        signal.signal(signal.SIGTERM, previous)
+        signal.raise_signal(signal.SIGTERM)  # the driver's handler: KeyboardInterrupt, as on Ctrl-C
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 class JobProgress:
@@ -191,6 +218,8 @@ class RayDispatcher:
             # Before `import ray`: loopback only. A driver joining a cluster on 127.0.0.1 needs it too,
             # or it looks for a node at the machine's external address and waits forever.
             os.environ.setdefault(LOCAL_MODE_ENV, "0")
+        if self.address is not None and self.address != "auto":
+            check_reachable(self.address)  # one line in seconds, where ray.init would retry for minutes
         if self.address is not None:
             use_token_auth()
         import ray
@@ -207,7 +236,8 @@ class RayDispatcher:
             }
             # address="local": a new private instance, even when a Ray cluster is running on this machine
             # (ray.init() without an address would join it).
-            ray.init(
+            init_ray(
+                ray,
                 address="local",
                 num_cpus=self.num_cpus or os.cpu_count() or 1,
                 num_gpus=gpus,
@@ -216,7 +246,7 @@ class RayDispatcher:
             )
         else:
             try:
-                ray.init(address=self.address, **common)
+                init_ray(ray, address=self.address, **common)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ConfigError(f"cannot connect to Ray at {self.address!r}: {first}") from None

@@ -1,11 +1,16 @@
-"""`python -m orchestrator.ingest DIR [--experiment NAME]`: log a results bundle into MLflow.
+"""`python -m orchestrator.ingest DIR [DIR ...] [--experiment NAME]`: log results bundles into MLflow.
 
 A bundle is what `python -m workers run` writes where the GPU is (no Ray, no MLflow there):
-records.jsonl plus artifacts. Ingesting logs it exactly as if its jobs had run through Ray (the same
-Recorder: one parent run for the bundle, a child run per record), and idempotently: a record whose
-measurement (job key and start time) already has a child run in the experiment is skipped, so
-ingesting twice adds nothing, while a second measurement of the same job (on another GPU of the node,
-or a re-run) is kept beside the first.
+records.jsonl plus artifacts. DIR is a bundle or a folder holding bundles at any depth (`results/`):
+every folder with a records.jsonl is one, and the command says how many it found.
+
+Ingesting logs a bundle exactly as if its jobs had run through Ray (the same Recorder: one parent run
+for the bundle, a child run per record), and idempotently: a record whose measurement (job key and start
+time) already has a child run in the experiment is skipped, so ingesting twice adds nothing, while a
+second measurement of the same job (on another GPU of the node, or a re-run) is kept beside the first.
+
+A bundle exported from MLflow (`orchestrator.export`, with a manifest.json) goes back into the experiment
+it was exported from, unless --experiment names another.
 
 The MLflow store is the one of `conf/tracking/<name>.yaml` (local by default, which honours
 MLFLOW_TRACKING_URI), or `--tracking-uri`.
@@ -17,13 +22,13 @@ import argparse
 import logging
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from orchestrator.config import CONF_DIR, ConfigError, group_options
+from orchestrator.config import CONF_DIR, ConfigError, experiment_description, group_options
 
 EXIT_BAD_INPUT = 2
-BUNDLE_EXTRAS = ("config.yaml", "jobs.json")  # logged on the parent run when the bundle has them
+BUNDLE_EXTRAS = ("config.yaml", "jobs.json", "manifest.json")  # logged on the parent run when present
 
 
 def tracking_from_conf(name: str) -> tuple[str, str | None]:
@@ -58,7 +63,7 @@ def ingest(
     """Log the bundle's new records; returns (logged, skipped as already present)."""
     from orchestrator.record import Recorder, check_tracking
     from orchestrator.summary import print_summary, summary_metrics
-    from workers.bundle import BundleError, read_bundle
+    from workers.bundle import BundleError, read_bundle, read_manifest
 
     for noisy in ("alembic", "mlflow"):  # database migrations announce themselves at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -67,14 +72,15 @@ def ingest(
         raise ConfigError(f"{bundle} is not a folder; give a results bundle made by `python -m workers run`")
     try:
         records = read_bundle(bundle)
+        exported_from = read_manifest(bundle).get("experiment")  # an export goes back where it came from
     except BundleError as exc:
         raise ConfigError(str(exc)) from None
     if not records:
         raise ConfigError(f"{bundle} holds no records")
-    name = experiment or experiment_of(records, bundle)
+    name = experiment or (str(exported_from) if exported_from else experiment_of(records, bundle))
     check_tracking(tracking_uri)
 
-    recorder = Recorder(tracking_uri, name, artifact_root)
+    recorder = Recorder(tracking_uri, name, artifact_root, experiment_description(name))
     present = recorder.existing_measurements()
     new = [r for r in records if (r.key, r.tags.get("started_at", "")) not in present]
     if not new:
@@ -115,13 +121,27 @@ def ingest(
     return len(new), len(records) - len(new)
 
 
+def expand_bundles(paths: Sequence[Path], say: Callable[[str], None] = print) -> list[Path]:
+    """The bundles the paths name (`workers.bundle.bundles_in`); ConfigError for a path with none."""
+    from workers.bundle import BundleError, bundles_in
+
+    try:
+        return bundles_in(paths, say)
+    except BundleError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: python -m orchestrator.ingest DIR [DIR...] [--experiment NAME] [--tracking NAME]."""
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.ingest", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("bundles", nargs="+", type=Path, help="results bundle folders (records.jsonl inside)")
-    parser.add_argument("--experiment", help="MLflow experiment name (default: the records' experiment)")
+    parser.add_argument(
+        "bundles", nargs="+", type=Path, help="results bundles (records.jsonl inside) or folders holding them"
+    )
+    parser.add_argument(
+        "--experiment", help="MLflow experiment name (default: an export's, else the records' experiment)"
+    )
     parser.add_argument("--tracking", default="local", help="conf/tracking option: local | server")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (overrides --tracking)")
     parser.add_argument("--artifact-root", help="artifact folder for a database URI")
@@ -133,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             uri, root = args.tracking_uri, args.artifact_root
         elif args.artifact_root:
             root = args.artifact_root
-        for bundle in args.bundles:
+        for bundle in expand_bundles(args.bundles):
             ingest(bundle, uri, root, args.experiment, summary=not args.no_summary)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

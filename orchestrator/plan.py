@@ -13,7 +13,7 @@ import importlib.metadata
 import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -35,10 +35,14 @@ from orchestrator.config import (
 )
 from workers.schema import Job, TimingSpec
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 # An inline shape in `shapes`: NxHxWxC-CO with an optional sS stride suffix, e.g. 1x30x30x24-40s2.
 # (Hydra's override grammar accepts `x`, `-` and digits unquoted; `->` and `:` it does not.)
 SPEC = re.compile(r"^(?P<n>\d+)x(?P<h>\d+)x(?P<w>\d+)x(?P<c>\d+)-(?P<co>\d+)(?:s(?P<stride>\d+))?$")
 SPEC_HELP = "or an inline spec NxHxWxC-CO[sS] such as 1x30x30x24-40s2"
+DEVICE_ROOFS = ("tf32_gflops", "fma_gflops", "sgemm_gflops", "cache_gbps", "cache_bytes", "dram_gbps")
 LIBRARIES = ("halide", "tensorflow", "torch")  # versions that enter the job key when installed
 
 
@@ -80,7 +84,7 @@ def load_variant_modules(modules: Iterable[str]) -> None:
             raise ConfigError(f"extra_variant_modules: cannot import {module!r}: {exc}") from None
 
 
-def _typed(entry: Any, schema: type, what: str) -> dict[str, Any]:
+def _typed(entry: Any, schema: type[DataclassInstance], what: str) -> dict[str, Any]:
     """A catalog entry checked against its schema (types, unknown and missing keys), as a plain dict."""
     valid = ", ".join(schema.__dataclass_fields__)
     if not isinstance(entry, Mapping | DictConfig):
@@ -130,7 +134,7 @@ def resolve_device(name: str, catalog: Mapping[str, Any]) -> DeviceSpec:
     entry = _typed(catalog[name], DeviceConf, f"device {name!r}")
     if entry["kind"] not in KINDS:
         raise ConfigError(f"device {name!r}: kind must be one of {list(KINDS)}, got {entry['kind']!r}")
-    for key in ("peak_gflops", "mem_gbps", "sm_count", "cuda_capability", "cores"):
+    for key in ("peak_gflops", "mem_gbps", "sm_count", "cuda_capability", "cores", *DEVICE_ROOFS):
         if entry[key] < 0:
             raise ConfigError(f"device {name!r}: {key} must be >= 0, got {entry[key]!r}")
     return DeviceSpec(name=name, **entry)
@@ -253,6 +257,8 @@ def make_plan(cfg: DictConfig, devices: Sequence[str] | None = None) -> list[Job
     options = {k: v for k, v in OmegaConf.to_container(cfg.options, resolve=True).items() if v is not None}
     pinned = versions()
     stand_in = cfg.stand_in
+    tool, settings = profile_settings(cfg)
+    profile = {"tool": tool, **settings} if tool != "none" else {}
 
     tuned = {k: v for k, v in OmegaConf.to_container(cfg.tuned, resolve=True).items() if v is not None}
 
@@ -273,6 +279,7 @@ def make_plan(cfg: DictConfig, devices: Sequence[str] | None = None) -> list[Job
             seed=int(cfg.seed),
             options=device_options(device, variant),
             versions=dict(pinned),
+            profile=dict(profile),
         )
         for device in devices
         for shape in shapes

@@ -4,6 +4,12 @@ Workers never talk to MLflow; they return Records and the driver logs them here 
 SQLite store is never written by two processes at once). The same code logs a results bundle made
 on a GPU node (`orchestrator.ingest`), so both paths give identical runs.
 
+What the MLflow UI shows: each experiment has the model-training kind (`mlflow.experimentKind`) and a
+description (`mlflow.note.content`, from the experiment's config); a child run is named `variant · shape ·
+device` and starts and ends when its job did (so the UI's Duration is the job's: the worker's `started_at`
+/ `ended_at` tags; it also records them in ISO 8601 as `started` / `ended`, and the job's seconds as the
+metric `job_s`). `Recorder.runs_url` links the child runs.
+
 Every run this module opens ends FINISHED, FAILED or KILLED: a child is created, filled and
 terminated in one call; the parent is ended by the context manager, KILLED on Ctrl-C, FAILED when an
 exception escapes, FINISHED otherwise (failed or wrong jobs are results, not a failure of the run).
@@ -24,6 +30,7 @@ import signal
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
@@ -39,13 +46,20 @@ from workers.profiling import PROFILE_FILE_TAG  # a binary profiler file (.ncu-r
 from workers.schema import STATUSES, Job, Record
 
 ROLE_TAG = "dsconv.role"  # parent | child: lets the UI and ingest tell the two apart
+# MLflow 3's UI opens an experiment in its GenAI (traces) view unless the experiment's kind says model
+# training (the UI reads this tag; mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # the experiment's (or a run's) description in the UI
+NAME_SEPARATOR = " · "  # child run names: variant · shape · device
+DEFAULT_UI = "http://127.0.0.1:5000"  # `make mlflow-ui` on the embedded store
 SOURCE_TAG = "dsconv.source"  # ray | ingest
 MAX_PARAM_CHARS = 6000  # MLflow 3 limit on a param value
 MAX_TAG_CHARS = 8000  # MLflow 3 limit on a tag value
 BATCH = 100  # params and tags per log_batch call (MLflow's limit)
 _BAD_KEY = re.compile(r"[^/\w.\- ]")
 REDACTED = "[redacted]"
-SAFE_NAMES = frozenset({"job_key", RECORD_ID_TAG})  # our own names that merely contain `key`
+SAFE_NAMES = frozenset({"job_key", "db_key", RECORD_ID_TAG})  # our own names that merely contain `key`
 _SECRET_NAME = re.compile(r"token|secret|passw|pwd|credential|auth(?!or)|key|cookie|session_id", re.I)
 _URI_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/\s:@]+):([^/\s@]+)@")
 _URI_TOKEN = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/\s:@]{20,})@")  # https://<token>@host
@@ -143,7 +157,9 @@ _deferring = threading.local()
 
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C until the block is done, then raise it: for steps that must not stop halfway.
+    """Hold Ctrl-C (and SIGTERM) until the block is done, then raise it: for steps that must not stop
+    halfway. A held SIGTERM goes, after the block, to the handler that was there before it (the driver's
+    raises KeyboardInterrupt, as Ctrl-C does).
 
     Blocks nest: an inner block inside an outer one defers to the outer, so a step made of several
     atomic steps (log a child, then journal that it is logged) is atomic as a whole.
@@ -152,15 +168,28 @@ def deferred_interrupt() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in held}
     _deferring.active = True
     try:
         yield
     finally:
         _deferring.active = False
-        signal.signal(signal.SIGINT, previous)
-    if caught:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    if signal.SIGTERM in caught:
+        signal.raise_signal(signal.SIGTERM)
+    if signal.SIGINT in caught:
         raise KeyboardInterrupt
+
+
+def _seconds(text: str | None) -> float | None:
+    """Unix seconds from a record's `started_at` / `ended_at` tag, or None when absent or unreadable."""
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) and value > 0 else None
 
 
 def run_status(record: Record) -> str:
@@ -171,12 +200,22 @@ def run_status(record: Record) -> str:
 class Recorder:
     """Writes one invocation (or one ingested bundle) into the MLflow experiment `experiment`."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        artifact_root: str | None = None,
+        description: str | None = None,
+    ) -> None:
         # A MLFLOW_RUN_ID in the environment silently overrides parent_run_id in the fluent API; this
         # module uses MlflowClient only, and drops the variable so nothing below can pick it up.
         os.environ.pop("MLFLOW_RUN_ID", None)
         self.tracking_uri = tracking_uri
         self.experiment = experiment
+        self.description = description or (
+            f"dsconv-lab experiment {experiment!r}: a parent run per invocation, a child run per job "
+            "(variant · shape · device) with its time_ms, gflops and pct_roofline."
+        )
         with deferred_interrupt():  # a new database is migrated here; a Ctrl-C midway would corrupt it
             self.client = MlflowClient(tracking_uri=tracking_uri)
             self.experiment_id = self._experiment_id(artifact_root)
@@ -184,15 +223,39 @@ class Recorder:
         self.counts: Counter[str] = Counter()
 
     def _experiment_id(self, artifact_root: str | None) -> str:
+        """The experiment's id, created if missing; its kind (model training, so the UI opens on its runs)
+        and description are set where they are missing (a description written in the UI is kept)."""
+        tags = {EXPERIMENT_KIND_TAG: MODEL_TRAINING, NOTE_TAG: self.description}
         found = self.client.get_experiment_by_name(self.experiment)
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
+            for key, value in tags.items():
+                if not found.tags.get(key):
+                    self.client.set_experiment_tag(found.experiment_id, key, value)
             return found.experiment_id
         location = None
         if artifact_root and is_database_uri(self.tracking_uri):
             location = (Path(artifact_root).resolve() / self.experiment).as_uri()
-        return self.client.create_experiment(self.experiment, artifact_location=location)
+        return self.client.create_experiment(self.experiment, artifact_location=location, tags=tags)
+
+    def runs_url(self, ui: str | None = None) -> str:
+        """The experiment's child runs in the MLflow UI, fastest first: `ui` (default: the tracking server,
+        or `make mlflow-ui`'s http://127.0.0.1:5000 for a database store) + the runs page with the model
+        training view, the child runs only (so none is folded under its parent) and sorted by time_ms.
+
+        MLflow 3.17's UI opens an experiment in the view its own GenAI / Model training switch holds (GenAI
+        until a user picks the other; the experiment's kind tag does not override it), so a link names it.
+        """
+        server = None if is_database_uri(self.tracking_uri) else self.tracking_uri
+        base = (ui or server or DEFAULT_UI).rstrip("/")
+        query = urllib.parse.urlencode({
+            "workflowType": "machine_learning",
+            "searchFilter": f"tags.`{ROLE_TAG}` = 'child'",
+            "orderByKey": "metrics.`time_ms`",
+            "orderByAsc": "true",
+        })  # fmt: skip
+        return f"{base}/#/experiments/{self.experiment_id}/runs?{query}"
 
     # --- the parent run --------------------------------------------------------------------------
     def start_parent(
@@ -273,10 +336,13 @@ class Recorder:
             ROLE_TAG: "child",
             SOURCE_TAG: source,
         }
-        name = ".".join(params.get(k, "?") for k in ("variant", "shape", "device"))
+        name = NAME_SEPARATOR.join(params.get(k, "?") for k in ("variant", "shape", "device"))
+        started, ended = _seconds(record.tags.get("started_at")), _seconds(record.tags.get("ended_at"))
         tags = {k: v[:MAX_TAG_CHARS] for k, v in scrub_mapping(tags).items()}
         with deferred_interrupt():  # a child is logged whole: Ctrl-C takes effect after it
-            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+            # the run spans the job, not the logging: the UI's Duration is then the job's own
+            start_ms = int(started * 1000) if started is not None else None
+            run = self.client.create_run(self.experiment_id, start_time=start_ms, run_name=name, tags=tags)
             run_id = run.info.run_id
             status = "FAILED"
             try:
@@ -284,7 +350,8 @@ class Recorder:
                 self._log_files(run_id, record.tags)
                 status = run_status(record)
             finally:
-                self.client.set_terminated(run_id, status=status)
+                end_ms = int(ended * 1000) if ended is not None and started is not None else None
+                self.client.set_terminated(run_id, status=status, end_time=end_ms)
             self.counts[record.status] += 1
         return run_id
 
@@ -302,6 +369,20 @@ class Recorder:
             token = page.token
             if not token:
                 return
+
+    def recorded(self) -> dict[str, Record]:
+        """The newest complete child run of each job key in this experiment, read back as a Record
+        (params, metrics and tags, `mlflow.parentRunId` included; artifacts stay in MLflow): what a
+        resumed run summarises beside its own records."""
+        found: dict[str, tuple[int, Record]] = {}
+        for run in self._complete_children():
+            tags = dict(run.data.tags)
+            key = tags.get("job_key")
+            if not key or (key in found and found[key][0] >= (run.info.start_time or 0)):
+                continue
+            record = Record(key=key, params=dict(run.data.params), metrics=dict(run.data.metrics), tags=tags)
+            found[key] = (run.info.start_time or 0, record)
+        return {key: record for key, (_, record) in found.items()}
 
     def existing_keys(self) -> set[str]:
         """Job keys that already have a complete child run in this experiment (re-runs skip those)."""

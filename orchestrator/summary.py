@@ -135,7 +135,7 @@ def print_summary(records: Sequence[Record], experiment: str, console: Console |
         console.print(table)
     for line in throttled_lines(records):
         console.print(line, style="yellow", markup=False, highlight=False)
-    counts = defaultdict(int)
+    counts: defaultdict[str, int] = defaultdict(int)
     for r in records:
         counts[r.status] += 1
     console.print("  ".join(f"{s}: {n}" for s, n in sorted(counts.items())))

@@ -32,7 +32,25 @@ def has_cuda() -> bool:
         return False
 
 
-requires_gpu = pytest.mark.skipif(not has_cuda(), reason="no CUDA GPU on this machine")
+NO_GPU = "no CUDA GPU on this machine"
+requires_gpu = pytest.mark.skipif(not has_cuda(), reason=NO_GPU)
+
+
+def _skips_without_gpu(item: pytest.Item) -> bool:
+    return any(m.kwargs.get("reason") == NO_GPU for m in item.iter_markers("skipif"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that needs a GPU (`requires_gpu`) must carry the `gpu` marker, so that `-m "not gpu"`
+    leaves it out; and a test marked `gpu` is skipped with the reason where there is no GPU, even
+    without `requires_gpu`."""
+    unmarked = [i.nodeid for i in items if _skips_without_gpu(i) and not i.get_closest_marker("gpu")]
+    if unmarked:
+        raise pytest.UsageError("tests that need a GPU lack the `gpu` marker: " + ", ".join(unmarked))
+    if not has_cuda():
+        for item in items:
+            if item.get_closest_marker("gpu"):
+                item.add_marker(pytest.mark.skip(reason=NO_GPU))
 
 
 def reference_error(built: Built, shape: LayerShape, seed: int = 1) -> float:

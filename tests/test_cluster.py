@@ -158,6 +158,9 @@ def test_sweep_on_every_declared_model_runs_each_job_on_its_model(lab: Lab, tmp_
         model = params["device"]
         assert lab.models.get(params["node_id"]) == model, f"{model} job ran on {params['node_id']}"
         assert params["node_gpu_model"] == model and params["node_ip"] == "127.0.0.1"
+        assert tags["dispatch"] == "ray"  # how it came: through Ray, not the worker CLI
+        # no GPU here to compare the declared model with: said so on every job (and at `make worker`)
+        assert tags["gpu_model_mismatch"] == "unknown" and tags["node_gpu_name"] == "none"
         assert params["node"] == socket.gethostname() and params["gpu_index"] == "none"
         # the stand-in is recorded as what it is: CPU kernels, never GPU time
         assert params["device_kind"] == "cpu" and params["option.stand_in"] == "cpu"
@@ -214,7 +217,7 @@ def test_a_dead_node_and_an_aborting_job_leave_every_other_job_recorded_once(
     shapes = "shapes=[tiny_s1,tiny_s2,1x9x9x3-5]"
     modules = "extra_variant_modules=[cluster_variants,crashing_variant]"
     args = _args(lab, tmp_path, "devices=[rtx2060]", "stand_in=cpu", "variants=[sleepy_ref,crash_abort]",
-                 shapes, modules, "retries=1")  # fmt: skip
+                 shapes, modules, "retries=1", "allow_failures=true")  # fmt: skip
     proc = subprocess.Popen(
         args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -247,6 +250,10 @@ def test_a_dead_node_and_an_aborting_job_leave_every_other_job_recorded_once(
         c.data.params["node_id"] for c in sleepy
     } <= survivors  # the killed node's job ran again elsewhere
     assert all(c.data.tags["status"] == "failed" and c.info.status == "FAILED" for c in crashed)
+    # a job whose worker died still says how it was dispatched and which model's node it needed
+    assert all(
+        c.data.tags["dispatch"] == "ray" and c.data.params["node_gpu_model"] == "rtx2060" for c in crashed
+    )
     assert all("died" in c.data.tags["error"] or "Crashed" in c.data.tags["error"] for c in crashed)
     _no_overlap(sleepy)
     del lab.models[killed]

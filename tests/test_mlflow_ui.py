@@ -1,14 +1,24 @@
-"""The MLflow UI in a real browser: headless Chromium (Debian's `chromium`, driven by Playwright) opens
-the UI of a real tracking server on 127.0.0.1, finds the experiment in the list, opens its runs, shows
-the child runs with their `time_ms`, and saves a screenshot. Skipped, with the reason, where Chromium
-or Playwright is missing (`.ci/run` installs Chromium; Playwright is in the dev extra).
+"""The MLflow UI in a real browser, as a newcomer meets it: headless Chromium (Debian's `chromium`, driven
+by Playwright) opens the UI of a real tracking server on 127.0.0.1 that holds one experiment logged by
+`orchestrator.record.Recorder` (a parent run and a child run per job).
+
+- From the experiments list, with the UI's "Model training" view picked, the experiment opens on its runs
+  and shows its description.
+- The link every run of an experiment prints (`Recorder.runs_url`) lists the child runs unfolded, with
+  readable names (variant · shape · device), fastest first; two of them compared side by side show their
+  time_ms, the job's own start, end and duration.
+
+Skipped, with the reason, where Chromium or Playwright is missing (`.ci/run` installs Chromium; Playwright
+is in the dev extra).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +26,7 @@ import pytest
 from mlflow_server import MlflowServer
 
 from orchestrator.record import Recorder
+from workers.job import iso_time
 from workers.schema import Record
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -23,7 +34,9 @@ FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]  # fmt: skip
-RUNS = {"halide_app": 0.125, "halide_fused_tile": 0.25, "tf_separable": 0.5}  # variant → time_ms
+RUNS = {"tf_separable": 0.5, "halide_app": 0.125, "halide_fused_tile": 0.25}  # variant → time_ms
+JOB_S = 5.0  # each job's own duration
+DESCRIPTION = "What a newcomer sees: the Halide schedules against TensorFlow on the app shape."
 TIMEOUT_MS = 90_000  # the first page load compiles nothing, but two shared cores are slow
 
 
@@ -40,69 +53,94 @@ def _missing() -> str | None:
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
 
 
+def _name(variant: str) -> str:
+    return f"{variant} · app · cpu"
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """A tracking server holding one experiment: a parent run and a child per variant, logged over HTTP."""
+def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MlflowServer, str]]:
+    """A tracking server holding one experiment: a parent run and a child per variant, each child a job of
+    JOB_S seconds that started ten seconds after the last; yields (server, the runs link)."""
     srv = MlflowServer(tmp_path_factory.mktemp("mlflow-ui")).start()
+    start = time.time() - 600
     try:
-        with Recorder(srv.uri, "ui_check") as recorder:
+        with Recorder(srv.uri, "ui_check", description=DESCRIPTION) as recorder:
             recorder.start_parent({"experiment": "ui_check"}, run_name="ui_check sweep")
-            for variant, time_ms in RUNS.items():
+            for i, (variant, time_ms) in enumerate(RUNS.items()):
                 params = {
                     "variant": variant,
                     "shape": "app",
                     "device": "cpu",
                     "framework": variant.split("_")[0],
                 }
-                key = f"{variant}.app.cpu.0"
-                recorder.log_child(
-                    Record(key=key, params=params, metrics={"time_ms": time_ms}, tags={"status": "ok"})
-                )
-        yield srv
+                began = start + 10 * i
+                ended = began + JOB_S
+                tags = {"status": "ok", "started_at": f"{began:.6f}", "ended_at": f"{ended:.6f}"}
+                tags.update(started=iso_time(began), ended=iso_time(ended))  # as a worker writes them
+                recorder.log_child(Record(f"{variant}.app.cpu.0", params, {"time_ms": time_ms}, tags))
+            link = recorder.runs_url()
+        yield srv, link
     finally:
         srv.stop()
 
 
-def test_the_ui_shows_the_experiment_and_its_runs_with_time_ms(server: MlflowServer, tmp_path: Path) -> None:
+def test_a_newcomer_opens_the_experiment_on_its_runs_and_compares_time_ms(
+    logged: tuple[MlflowServer, str], tmp_path: Path
+) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
+    server, link = logged
     shot = Path(os.environ.get("DSCONV_UI_SCREENSHOT", tmp_path / "mlflow_ui.png"))
+    fastest = sorted(RUNS, key=RUNS.__getitem__)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1800, "height": 900})
             page.set_default_timeout(TIMEOUT_MS)
             try:
+                # 1. The experiments list: the one choice is MLflow's "Model training" view; then the
+                #    experiment opens on its runs, with its description.
                 page.goto(f"{server.uri}/#/experiments", wait_until="load")
-                page.get_by_text("Model training").first.click()  # MLflow 3 opens in its GenAI view
-                page.get_by_role("link", name="ui_check").first.click()  # find the experiment in the list
-                search = page.get_by_placeholder('metrics.rmse < 1 and params.model = "tree"')
-                search.fill("metrics.time_ms > 0")
-                search.press("Enter")
-                page.get_by_role("button", name="Columns").first.click()  # show the metric as a column
-                page.get_by_placeholder("Search columns").fill("time_ms")
-                tree = page.get_by_test_id("column-selector-tree")
-                tree.get_by_text("Metrics (1)", exact=True).wait_for()  # the search left time_ms alone
-                group = tree.locator(".du-bois-light-tree-treenode").filter(has_text="Metrics (1)")
-                group.first.locator(".du-bois-light-tree-checkbox").click()  # (collapsed or not)
-                page.keyboard.press("Escape")
+                page.get_by_text("Model training").first.click()
+                page.get_by_role("link", name="ui_check").first.click()
+                page.wait_for_url(re.compile(r"#/experiments/\d+/runs"))
+                page.get_by_text(DESCRIPTION).first.wait_for()
                 with contextlib.suppress(PlaywrightTimeout):  # the assistant panel, which hides columns
                     page.get_by_role("button", name="Close").first.click(timeout=5_000)
-                page.locator(
-                    'button[data-component-id*="runnamecellrenderer"]'
-                ).first.click()  # expand the parent
+
+                # 2. The link a run prints: the child runs, unfolded, readable names, fastest first.
+                page.goto(link, wait_until="load")
                 grid = page.get_by_role("grid").first
                 for variant in RUNS:
-                    grid.get_by_text(f"{variant}.app.cpu").first.wait_for()
-                text = grid.inner_text()
+                    grid.get_by_text(_name(variant)).first.wait_for()
+                rows = grid.inner_text()
+                assert "ui_check sweep" not in rows, rows  # no child is folded under its parent
+                assert [rows.index(_name(v)) for v in fastest] == sorted(
+                    rows.index(_name(v)) for v in fastest
+                )
+                assert rows.count(f"{JOB_S:.1f}s") == len(RUNS), rows  # Duration: the job's own
+
+                # 3. The two fastest compared side by side.
+                boxes = grid.get_by_role("checkbox")
+                boxes.nth(1).check()
+                boxes.nth(2).check()
+                page.get_by_role("button", name="Compare").first.click()
+                page.wait_for_url(re.compile(r"#/compare-runs"))
+                page.get_by_text("Comparing 2 Runs").first.wait_for()
+                page.get_by_text(_name(fastest[1])).first.wait_for()
+                compared = page.inner_text("body")
             except Exception:
                 page.screenshot(path=str(shot.with_name(shot.stem + "-failed.png")))  # what the browser saw
                 raise
-            page.screenshot(path=str(shot))
+            page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
-    assert "time_ms" in text and "ui_check sweep" in text, text
-    for variant, time_ms in RUNS.items():
-        assert f"{variant}.app.cpu" in text and str(time_ms) in text, text
+    metrics = compared[compared.index("\nMetrics") :]
+    assert "time_ms" in metrics and "0.125" in metrics and "0.25" in metrics, metrics
+    assert (
+        _name(fastest[0]) in compared and _name(fastest[1]) in compared and _name(fastest[2]) not in compared
+    )
+    assert compared.count(f"{JOB_S:.1f}s") >= 2, compared  # the Duration row: each job's own
+    assert re.search(r"started\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", compared), compared  # ISO times
     assert shot.stat().st_size > 10_000, "the screenshot is empty"

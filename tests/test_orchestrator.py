@@ -214,9 +214,11 @@ def test_ctrl_c_while_a_child_is_written_logs_it_once_and_counts_it(tmp_path: Pa
     journal = Journal.create(tmp_path / "journal", "unit", uri, str(tmp_path / "artifacts"))
     set_terminated = recorder.client.set_terminated
 
-    def interrupted_set_terminated(run_id: str, status: str | None = None) -> None:
+    def interrupted_set_terminated(
+        run_id: str, status: str | None = None, end_time: int | None = None
+    ) -> None:
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands while the child run is being finished
-        set_terminated(run_id, status=status)
+        set_terminated(run_id, status=status, end_time=end_time)
 
     with pytest.raises(KeyboardInterrupt), Delivery(recorder, journal, say=lambda _: None) as delivery:
         parent = delivery.start({"experiment": "unit"})

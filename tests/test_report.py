@@ -445,7 +445,7 @@ def test_the_goals_are_read_from_conf_and_a_bad_goals_file_is_one_line(
         assert expected in str(caught.value) and "\n" not in str(caught.value), name
 
     # the report's command line: one line on stderr, exit code 2, when the goals file is bad
-    bundle = ROOT / "results" / "h100" / "nsight_k32" / "nsight_k32_k16_7"
+    bundle = ROOT / "results" / "h100" / "nsight_cublas"
     if not (bundle / "records.jsonl").is_file():
         pytest.skip(f"{bundle.relative_to(ROOT)} is not in this checkout")
     monkeypatch.setattr(goals, "GOALS_FILE", tmp_path / "treshold.yaml")

@@ -1,7 +1,7 @@
 """`python -m workers`: run a job list where the GPU is, without Ray or MLflow; print host facts.
 
     python -m workers run JOBS.json --out DIR [--gpus all|0,1] [--only SUBSTRING] [--rerun] [--import M]...
-    python -m workers info [--measure]
+    python -m workers info [--measure] [--measure-gpu]
 
 `run` executes each job of JOBS.json (a list of `Job.to_dict()`, or `{"jobs": [...]}`) in order, in a
 long-lived child process that is replaced when a job crashes it, appends each Record to
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import queue
 import sys
@@ -27,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from workers import bundle, hostinfo
+from workers import bundle, hostinfo, roofs
 from workers.job import summary_row
 from workers.profiling import ProfileConfigError, ProfileSettings, profile_into
 from workers.runner import ChildRunner, ChildStartError, thread_limits
@@ -144,7 +145,9 @@ def parse_gpus(spec: str, present: Sequence[str]) -> list[str]:
         raise CliError(
             f"--gpus wants `all` or distinct GPU indices like 0,1, got {spec!r} (GPUs here: {shown})"
         )
-    missing = [g for g in gpus if present and g not in present]
+    if not present:
+        raise CliError(f"--gpus {spec}: this machine has no GPU (nvidia-smi and torch see none)")
+    missing = [g for g in gpus if g not in present]
     if missing:
         raise CliError(f"--gpus {spec}: no GPU {', '.join(missing)} on this machine (GPUs here: {shown})")
     return gpus
@@ -200,10 +203,16 @@ def run_pool(
 def run(args: argparse.Namespace) -> int:
     """Execute the job list into the bundle directory; returns the exit code."""
     jobs = load_jobs(args.jobs)
+    if args.profile is not None:  # the command line's profiler pass replaces the jobs' own (and their keys)
+        settings = parse_settings(args.profile_settings)
+        observer = {"tool": args.profile, **settings} if args.profile != "none" else {}
+        jobs = [dataclasses.replace(j, profile=dict(observer)) for j in jobs]
+    elif args.profile_settings:
+        raise CliError("--profile-setting needs --profile ncu|nsys")
     if args.only:
         jobs = [j for j in jobs if args.only in j.key]
     gpus = parse_gpus(args.gpus, hostinfo.gpu_indices()) if args.gpus else []
-    if len(gpus) > 1 and args.profile != "none":
+    if len(gpus) > 1 and any(j.profile for j in jobs):
         raise CliError("--profile runs on one GPU at a time: give --gpus a single index, or leave it out")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -216,11 +225,12 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         print(f"{skipped} job(s) already in {out / bundle.RECORDS}: skipped (use --rerun to run them again)")
     records: list[Record] = []
-    profile_raw = parse_settings(args.profile_settings)
 
     def finish(job: Job, record: Record) -> None:
-        if args.profile != "none":
-            profile_into(job, record, args.profile, profile_raw, out / "profiles", args.imports)
+        if job.profile:
+            settings = {k: v for k, v in job.profile.items() if k != "tool"}
+            profile_into(job, record, str(job.profile["tool"]), settings, out / "profiles", args.imports)
+        record.tags[hostinfo.DISPATCH_TAG] = "worker-cli"
         bundle.append_record(out, record)
         records.append(record)
         progress.finished(record)
@@ -266,20 +276,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def info(args: argparse.Namespace) -> int:
-    """Print the host facts, and its measured CPU peak and bandwidth (measured now with --measure)."""
+    """Print the host facts and the roofs: the CPU's (measured now with --measure, else as cached) and,
+    with --measure-gpu, the GPU's (FMA peak, SGEMM, L2 and DRAM bandwidth), measured now."""
     facts = dict(hostinfo.host_facts())
     if args.measure_gpu:
         try:
-            facts.update({f"gpu_{k}": str(v) for k, v in hostinfo.measure_gpu_roofs().items()})
-        except (ImportError, RuntimeError) as exc:
-            raise CliError(f"cannot measure the GPU: {exc}") from None
-    peak = hostinfo.host_peak(refresh=True) if args.measure else hostinfo.cached_host_peak()
-    if peak is None:
-        facts["cpu_peak"] = "not measured yet (python -m workers info --measure)"
+            facts.update(roofs.gpu_ceilings(refresh=True).as_lines("gpu"))
+        except Exception as exc:  # no GPU, no CUDA for Halide: one line
+            raise CliError(f"cannot measure the GPU: {type(exc).__name__}: {exc}") from None
+    found = roofs.host_ceilings(refresh=True) if args.measure else roofs.cached_host_ceilings()
+    if found is None:
+        facts["cpu_roofs"] = "not measured yet (python -m workers info --measure)"
     else:
-        facts["cpu_peak_gflops"] = f"{peak.peak_gflops:g} (measured {peak.measured_at})"
-        facts["cpu_mem_gbps"] = f"{peak.mem_gbps:g}"
-        facts["cpu_peak_method"] = peak.method
+        facts.update(found.as_lines("cpu"))
     width = max(len(k) for k in facts)
     for key, value in facts.items():
         print(f"{key.ljust(width)}  {value}")
@@ -308,18 +317,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="kill a job's worker after S seconds and record it failed (0: no limit)",
     )  # fmt: skip
     p_run.add_argument(
-        "--profile", choices=("none", "ncu", "nsys"), default="none",
-        help="after each ok job, profile its kernels in a separate process (Nsight Compute or Systems)",
+        "--profile", choices=("none", "ncu", "nsys"), default=None,
+        help="after each ok job, profile its kernels in a separate process (Nsight Compute or Systems); "
+        "default: each job's own profile (the experiment's profile group when it was exported)",
     )  # fmt: skip
     p_run.add_argument(
         "--profile-setting", dest="profile_settings", action="append", default=[], metavar="KEY=VALUE",
         help="a setting of conf/profile/<tool>.yaml, e.g. runs=3 (repeatable; JSON values)",
     )  # fmt: skip
     p_info = commands.add_parser("info", help="print host facts")
-    p_info.add_argument("--measure", action="store_true", help="measure the CPU peak and bandwidth now")
+    p_info.add_argument(
+        "--measure", action="store_true",
+        help="measure the CPU's roofs now: FMA peak (Halide), SGEMM, last-level cache and DRAM bandwidth",
+    )  # fmt: skip
     p_info.add_argument(
         "--measure-gpu", action="store_true",
-        help="measure the GPU's fp32 SGEMM rate and copy bandwidth (the catalog's roof_gflops, roof_gbps)",
+        help="measure the GPU's roofs now: FMA peak (Halide CUDA), SGEMM (TF32 off), L2 and DRAM bandwidth",
     )  # fmt: skip
     args = parser.parse_args(argv)
     try:

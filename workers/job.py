@@ -27,7 +27,7 @@ import numpy as np
 from kernels import registry
 from kernels.device import DeviceSpec
 from kernels.layer import LayerInputs, LayerShape, make_inputs, reference, relative_l2_error
-from workers import harness, hostinfo, metrics, select
+from workers import harness, hostinfo, metrics, roofs, select
 from workers.schema import Job, Record
 from workers.table import cell
 
@@ -67,6 +67,8 @@ def base_record(job: Job) -> Record:
         **{f"timing.{k}": str(v) for k, v in vars(spec).items()},
         **{f"option.{k}": _param(v) for k, v in sorted(job.options.items())},
     }
+    if job.profile:  # the profiler pass observing the job (part of its key)
+        params["profile"] = _param(job.profile)
     if "cuda_max_registers" in job.options:
         params["cuda_max_registers"] = _param(job.options["cuda_max_registers"])
     facts = hostinfo.host_facts()
@@ -84,6 +86,12 @@ def base_record(job: Job) -> Record:
         tags=tags,
         artifacts={"job.json": json.dumps(job.to_dict(), indent=1, sort_keys=True, default=str)},
     )
+
+
+def iso_time(seconds: float) -> str:
+    """Unix seconds as ISO 8601 in UTC, to the millisecond: `2026-12-03T21:22:15.123Z`."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{stamp}.{int(seconds % 1 * 1000):03d}Z"
 
 
 def kernel_times_tag(kernels: Mapping[str, float]) -> str:
@@ -119,9 +127,15 @@ def execute(job: Job) -> Record:
     finally:
         verification_case.cache_clear()  # a large layer's reference is hundreds of MB: not kept between jobs
     # Where and when it ran (Unix seconds): the cluster tests check that no two jobs overlap on a GPU.
-    record.tags.update(started_at=f"{started:.6f}", ended_at=f"{time.time():.6f}")
+    ended = time.time()
+    record.tags.update(started_at=f"{started:.6f}", ended_at=f"{ended:.6f}")
+    record.tags.update(started=iso_time(started), ended=iso_time(ended))  # the same, for people
+    if record.status != "skipped":  # the job's own wall time (host measurement, build, verify, time)
+        record.metrics["job_s"] = ended - started
     with contextlib.suppress(Exception):
-        record.params.update(hostinfo.placement(job.device.kind))
+        where = hostinfo.placement(job.device.kind)
+        record.params.update(where)
+        record.tags.update(hostinfo.gpu_identity(job.device, where))
     return record
 
 
@@ -139,16 +153,10 @@ def _execute(job: Job, record: Record) -> Record:
         return record
 
     try:
-        device, peak_source = hostinfo.resolve_device(job.device)
+        device, peak_source = roofs.resolve_device(job.device)
     except Exception as exc:
         return _fail(record, exc, "host measurement")
-    record.params.update(
-        peak_gflops=f"{device.peak_gflops:g}",
-        mem_gbps=f"{device.mem_gbps:g}",
-        roof_gflops=f"{device.roofs[0]:g}",
-        roof_gbps=f"{device.roofs[1]:g}",
-        peak_source=peak_source,
-    )
+    record.params.update(device_rates(device), peak_source=peak_source)
     if device.cores:
         record.params["cores"] = str(device.cores)
 
@@ -234,7 +242,12 @@ def _execute(job: Job, record: Record) -> Record:
         stable=float(timing.stable),
         timing_s=timing.elapsed_s,
     )
-    record.metrics.update(metrics.derive(shape, device, timing.time_ms))
+    roof = metrics.roof_for(
+        device, shape, n_sets * shape.min_bytes, cold=timing.cold_cache != "warm", tf32="tf32" in variant.tags
+    )
+    if roof is not None:
+        record.params.update(roof.as_params())
+    record.metrics.update(metrics.derive(shape, device, timing.time_ms, roof))
     record.metrics = {k: float(v) for k, v in record.metrics.items() if math.isfinite(v)}
     record.tags["status"] = "ok"
     return record
@@ -250,6 +263,18 @@ def _take_build(record: Record, built: Any) -> None:
     record.params.update({str(k): str(v) for k, v in built.build_params.items()})
     record.tags.update({str(k): str(v) for k, v in (getattr(built, "build_tags", None) or {}).items()})
     record.artifacts.update({str(k): str(v) for k, v in built.artifacts.items()})
+
+
+def device_rates(device: DeviceSpec) -> dict[str, str]:
+    """The device's rates as params: datasheet peak_gflops, mem_gbps (the host CPU: measured), and the
+    measured ceilings that are known: fma_gflops, sgemm_gflops, cache_gbps, cache_bytes, dram_gbps,
+    tf32_gflops (the roofs a record's floor used are its roof_* params, set after timing)."""
+    rates = {"peak_gflops": f"{device.peak_gflops:g}", "mem_gbps": f"{device.mem_gbps:g}"}
+    for name in ("fma_gflops", "sgemm_gflops", "cache_gbps", "cache_bytes", "dram_gbps", "tf32_gflops"):
+        value = getattr(device, name)
+        if value:
+            rates[name] = f"{value:g}"
+    return rates
 
 
 def record_cold_cache(record: Record, timing: harness.Timing, sets_bytes: int, device: DeviceSpec) -> None:

@@ -112,8 +112,8 @@ def probe(job: Job, offsets: Sequence[int], modes: Sequence[str]) -> list[dict[s
     reason = variant.skip_reason(job.shape, job.device)
     if reason:
         raise CliError(f"{job.key}: cannot run here: {reason}")
-    # The job's own device: the probe derives nothing from the roofs that `hostinfo.resolve_device` would
-    # measure (a 4 GiB copy and an 8192^3 SGEMM on a node without its cache), and no build reads them.
+    # The job's own device: the probe derives nothing from the roofs that `roofs.resolve_device` would
+    # measure (FMA peak, L2 and DRAM reads and an SGEMM on a node without its cache), and no build reads them.
     device: DeviceSpec = job.device
     try:
         built = variant.build(job.shape, device, job.options)

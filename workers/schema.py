@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kernels.device import DeviceSpec
+from kernels.device import LEGACY_FIELDS, DeviceSpec
 from kernels.layer import LayerShape
 
 STATUSES = ("ok", "wrong", "failed", "skipped")
@@ -45,19 +45,28 @@ class Job:
     seed: int = 0  # seeds the verification and timing inputs
     options: dict[str, Any] = field(default_factory=dict)  # variant build options (register cap...)
     versions: dict[str, str] = field(default_factory=dict)  # code and library versions in the key
+    # the profiler pass observing the job: {"tool": "ncu"|"nsys", settings...}; {} = none
+    profile: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
-        """Identity of the measurement: variant, shape, device model, options, code and library versions.
+        """Identity of the measurement: variant, shape, device model, and every setting that changes what
+        is measured or recorded: options, timing (every TimingSpec field), tolerance, seed, the profiler
+        pass and its settings, code and library versions.
 
-        Two jobs with the same key measure the same thing; re-runs and ingests de-duplicate on it.
+        Two jobs with the same key measure the same thing; re-runs and ingests de-duplicate on it. (Keys
+        made before timing, tolerance, seed and profile entered them differ: records keep the key they
+        were made with, and a re-run of such a job is a new measurement.)
         """
         ident = {
             "variant": self.variant,
             "shape": asdict(self.shape),
             "device": self.device.name,
             "options": self.options,
-            "cold_cache": self.timing.cold_cache,  # a cold-cache time is a different measurement
+            "timing": asdict(self.timing),
+            "tolerance": self.tolerance,
+            "seed": self.seed,
+            "profile": self.profile,
             "versions": self.versions,
         }
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
@@ -70,7 +79,7 @@ class Job:
     def from_dict(cls, d: dict[str, Any]) -> Job:
         d = dict(d)
         d["shape"] = LayerShape(**d["shape"])
-        d["device"] = DeviceSpec(**d["device"])
+        d["device"] = DeviceSpec(**{k: v for k, v in d["device"].items() if k not in LEGACY_FIELDS})
         d["timing"] = TimingSpec(**d.get("timing", {}))
         return cls(**d)
 

@@ -1,5 +1,5 @@
 """One way to print a closing table of strings: rich where it is installed, aligned plain text where it
-is not (the GPU nodes' bundle of ../shared/device/make-bundle.sh does not carry it). Used by the worker
+is not (a node's bare Python: the GPU-node kit assumes the image has rich). Used by the worker
 CLI, the placement probe, the schedule search and, for its cells and width, the experiment summary."""
 
 from __future__ import annotations

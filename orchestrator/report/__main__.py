@@ -2,7 +2,8 @@
 
     python -m orchestrator.report --experiment NAME [NAME ...] [--run-id ID] [--tracking-uri URI]
                                   [--out DIR] [--no-log]
-    python -m orchestrator.report --bundle DIR [DIR ...] [--out DIR]
+    python -m orchestrator.report --bundle DIR [DIR ...] [--out DIR]   (DIR: a bundle, or a folder of them)
+    python -m orchestrator.report --published [NAME ...] [--out DIR]  (make reports: conf/reports.yaml)
 
 Records: the MLflow store of MLFLOW_TRACKING_URI, else the repository's (mlflow/mlflow.db); or, with
 --bundle, results bundles read directly (no MLflow). Which runs: with --run-id, that parent run's
@@ -10,6 +11,8 @@ jobs; otherwise every job run of the experiment, the newest run of each measurem
 device, options) kept. Writes reports/<experiment>/ (or --out; with several experiments,
 --out/<experiment>/). The files are also logged as artifacts of the parent run, under report/, when
 one parent run is the source (--run-id, or an experiment with a single parent run); --no-log skips it.
+With --published, the published reports of conf/reports.yaml (all, or those named) are rebuilt from the
+committed bundles into reports/<name>/ (or --out/<name>/), with no time stamp.
 """
 
 from __future__ import annotations
@@ -48,6 +51,17 @@ def out_dir(args: argparse.Namespace, experiment: str, several: bool) -> Path:
     return Path(args.out) / experiment if several else Path(args.out)
 
 
+def bundle_folders(paths: Sequence[Path]) -> list[Path]:
+    """The bundles --bundle names: each a bundle, or a folder holding bundles at any depth (one line
+    says how many were found there)."""
+    from workers.bundle import BundleError, bundles_in
+
+    try:
+        return bundles_in(paths, print)
+    except BundleError as exc:
+        raise ReportInputError(str(exc)) from None
+
+
 def datasets(args: argparse.Namespace) -> list[Dataset]:
     """The datasets the arguments name (one per experiment)."""
     if args.bundle:
@@ -56,7 +70,7 @@ def datasets(args: argparse.Namespace) -> list[Dataset]:
         names = args.experiment or [None]
         if len(names) > 1:
             raise ReportInputError("with --bundle, give at most one --experiment (it renames the records')")
-        return load_bundles(args.bundle, names[0])
+        return load_bundles(bundle_folders(args.bundle), names[0])
     uri = args.tracking_uri or default_tracking_uri()
     if args.run_id:
         if args.experiment and len(args.experiment) > 1:
@@ -83,7 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else mlflow/)"
     )
     parser.add_argument(
-        "--bundle", nargs="+", type=Path, metavar="DIR", help="results bundles instead of MLflow"
+        "--bundle",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="results bundles instead of MLflow (a folder holding bundles: every one at any depth)",
+    )
+    parser.add_argument(
+        "--published", nargs="*", metavar="NAME", help="rebuild the published reports (conf/reports.yaml)"
     )
     parser.add_argument("--out", type=Path, help="output folder (default: reports/<experiment>/)")
     parser.add_argument("--no-log", action="store_true", help="do not log the files on the parent run")
@@ -91,6 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("alembic", "mlflow", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if args.published is not None:
+            if args.bundle or args.experiment or args.run_id:
+                raise ReportInputError(
+                    "--published rebuilds conf/reports.yaml's reports: give no other source"
+                )
+            from orchestrator.report.published import REPORTS, build_published
+
+            build_published(args.out or REPORTS, args.published)
+            return 0
         found = datasets(args)
         for ds in found:
             out = out_dir(args, ds.experiment, len(found) > 1)

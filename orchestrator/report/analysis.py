@@ -206,7 +206,7 @@ def fusion_table(rows: Sequence[Row]) -> list[dict[str, Any]]:
                 entry[f"{v}_run"] = r.get("run_id", "") if r else ""
                 if v != UNFUSED:
                     entry[f"{v}_speedup"] = unfused["time_ms"] / r["time_ms"] if r and unfused else None
-            fused = [(v, found[v]) for v in FUSED if found[v]]
+            fused = [(v, hit) for v in FUSED if (hit := found[v])]
             if fused:
                 v, r = min(fused, key=lambda vr: vr[1]["time_ms"])
                 entry["best_fused"] = v

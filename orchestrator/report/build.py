@@ -23,16 +23,20 @@ FUSION_FIRST = (
 # What a report writes (and removes from its folder before writing, so nothing stale lingers)
 OWNED = ("findings.md", "records.csv", "speedups.csv", "fusion.csv", "ncu.csv", "pointwise.csv",
          "peers.csv", "cache.csv", "paths.csv", "roofline_*.png", "fusion_*.png", "speedups_*.png",
-         "gpus_concurrency.csv", "gpus_agreement.csv")  # fmt: skip
+         "gpus_concurrency.csv", "gpus_agreement.csv", "figures.json")  # fmt: skip
 NCU_FIRST = ("device", "shape", "variant", "framework", "time_ms")
 JOB_FIRST = ("device", "shape", "variant", "framework")
 
 
-def build_report(dataset: Dataset, out: Path, command: str) -> list[Path]:
+def build_report(
+    dataset: Dataset, out: Path, command: str, *, title: str = "", stamp: bool = True, draw: bool = True
+) -> list[Path]:
     """Write records.csv, speedups.csv, fusion.csv, ncu.csv (when profiled), pointwise.csv (when GPU
     records carry kernel times), peers.csv (when peers beyond question 1's ran), cache.csv (jobs timed
-    warm and cold), paths.csv (jobs run through Ray and the worker CLI), the figures per device and
-    findings.md into `out`; returns the files written, findings.md last."""
+    warm and cold), paths.csv (jobs run through Ray and the worker CLI), the figures per device,
+    figures.json (the quotable numbers) and findings.md into `out`; returns the files written,
+    findings.md last. `title` heads findings.md; without `stamp` it names no time (a published report
+    changes only when its data or the code does); without `draw` the figures are named, not drawn."""
     out.mkdir(parents=True, exist_ok=True)
     for pattern in OWNED:
         for stale in out.glob(pattern):
@@ -69,17 +73,21 @@ def build_report(dataset: Dataset, out: Path, command: str) -> list[Path]:
     for device in analysis.devices(rows):
         model = device_facts(rows, device)["model"]
         made: dict[str, Path | None] = {
-            "roofline": figures.roofline(rows, device, dataset.experiment, out),
-            "fusion": figures.fusion(fusion, device, dataset.experiment, model, out),
-            "speedups": figures.speedups(peers, device, dataset.experiment, model, out),
+            "roofline": figures.roofline(rows, device, dataset.experiment, out, draw),
+            "fusion": figures.fusion(fusion, device, dataset.experiment, model, out, draw),
+            "speedups": figures.speedups(peers, device, dataset.experiment, model, out, draw),
         }
         kept = {k: p for k, p in made.items() if p is not None}
         if kept:
             drawn[device] = {k: Path(p.name) for k, p in kept.items()}
             written.extend(kept.values())
-    names = [p.name for p in written] + ["findings.md"]
+    # imported here: `python -m orchestrator.report.quotable` must not find it imported by the package
+    from orchestrator.report import quotable
+
+    names = [p.name for p in written] + [quotable.FIGURES, "findings.md"]
     inputs = Inputs(compared, command, speed, fusion, ncu, drawn, names, pointwise, peers=peers, cache=cache,
-                    paths=paths, set_aside=set_aside)  # fmt: skip
+                    paths=paths, set_aside=set_aside, title=title, stamp=stamp)  # fmt: skip
+    written.append(quotable.write_figures(inputs, out))
     text = findings_text(inputs)
     findings = out / "findings.md"
     findings.write_text(text, encoding="utf-8")

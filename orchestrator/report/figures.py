@@ -1,7 +1,9 @@
 """The report's figures (matplotlib, Agg backend): roofline, fusion ablation and speedups, per device.
 
 Each function draws from rows or tables of `analysis` and writes one PNG; it returns the path, or
-None when the device has nothing to draw. Only ok rows reach these functions as speeds.
+None when the device has nothing to draw. With `draw=False` it only says which path it would write (the
+check that committed reports are what the data produces compares everything but the pixels, which
+depend on the matplotlib and FreeType versions). Only ok rows reach these functions as speeds.
 """
 
 from __future__ import annotations
@@ -55,11 +57,13 @@ def _variant_colors(variants: Sequence[str]) -> dict[str, Any]:
     return {v: cmap(i % 20) for i, v in enumerate(variants)}
 
 
-def roofline(rows: Sequence[Row], device: str, experiment: str, out: Path) -> Path | None:
-    """Log-log roofline of one device: every ok (variant, shape) a point, both roofs drawn."""
+def roofline(rows: Sequence[Row], device: str, experiment: str, out: Path, draw: bool = True) -> Path | None:
+    """Log-log roofline of one device: every ok (variant, shape) a point under the roofs (`_roofs`)."""
     points = analysis.roofline_points(rows, device)
     if not points:
         return None
+    if not draw:
+        return out / f"roofline_{safe_name(device)}.png"
     facts = device_facts(rows, device)
     peak, bw = facts["peak_gflops"], facts["mem_gbps"]
     variants = list(dict.fromkeys(p["variant"] for p in points))
@@ -69,17 +73,7 @@ def roofline(rows: Sequence[Row], device: str, experiment: str, out: Path) -> Pa
     lo, hi = min(ais) / 2.5, max(ais) * 2.5
     if peak and bw:
         lo, hi = min(lo, peak / bw / 4), max(hi, peak / bw * 4)
-        xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
-        ax.plot(xs, [min(peak, x * bw) for x in xs], color="black", lw=2, label="_roof")
-        ax.annotate(f"fp32 roof {peak:,.0f} GFLOP/s", (hi, peak), ha="right", va="bottom", fontsize=9)
-        ax.annotate(
-            f"DRAM {bw:,.0f} GB/s",
-            (lo * 1.15, lo * 1.15 * bw * 1.4),
-            ha="left",
-            va="bottom",
-            fontsize=9,
-            rotation=0,
-        )
+        _roofs(ax, facts, lo, hi)
     # points of one shape share an intensity: spread them a little sideways so none hides another
     spread = {v: 1.04 ** (i - (len(variants) - 1) / 2) for i, v in enumerate(variants)}
     for v in variants:
@@ -115,6 +109,34 @@ def roofline(rows: Sequence[Row], device: str, experiment: str, out: Path) -> Pa
     return _save(fig, out / f"roofline_{safe_name(device)}.png")
 
 
+def _roofs(ax: Any, facts: Mapping[str, Any], lo: float, hi: float) -> None:
+    """The roofs: the fp32 FMA peak over the cache level's and DRAM's bandwidth (solid), the TF32 peak
+    (dotted, where TF32 variants ran), and SGEMM, the attainable line that is not a roof (dashed)."""
+    xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
+    peak, bw, cache = facts["peak_gflops"], facts["mem_gbps"], facts.get("cache_gbps")
+    top = max(peak, facts.get("tf32_gflops") or 0)
+    for rate, name, style in ((bw, "DRAM", "-"), (cache, facts.get("cache_level", "cache"), "-.")):
+        if rate:
+            ax.plot(xs, [min(peak, x * rate) for x in xs], color="black", lw=2 if style == "-" else 1.2,
+                    ls=style, label="_roof")  # fmt: skip
+            x = lo * 1.15
+            ax.annotate(f"{name} {rate:,.0f} GB/s", (x, x * rate * 1.3), ha="left", va="bottom", fontsize=9)
+    if top > peak:  # TF32 tensor cores: a roof of their own, over the same memory roof
+        ax.plot(
+            xs, [min(top, x * (cache or bw)) for x in xs], color="tab:purple", lw=1, ls=":", label="_roof"
+        )
+        ax.annotate(f"TF32 tensor peak {top:,.0f} GFLOP/s", (hi, top), ha="right", va="bottom", fontsize=9,
+                    color="tab:purple")  # fmt: skip
+    label = (facts.get("roof_compute") or "fp32 roof").split(";")[0]  # "... (datasheet; older record)"
+    label += ")" * (label.count("(") - label.count(")"))
+    ax.annotate(f"{label}: {peak:,.0f} GFLOP/s", (hi, peak), ha="right", va="bottom", fontsize=9)
+    sgemm = facts.get("sgemm_gflops")
+    if sgemm:
+        ax.plot(xs, [min(sgemm, x * bw) for x in xs], color="dimgrey", lw=1, ls="--", label="_attainable")
+        ax.annotate(f"SGEMM {sgemm:,.0f} GFLOP/s (attainable, not a roof)", (hi, sgemm), ha="right",
+                    va="top", fontsize=8, color="dimgrey")  # fmt: skip
+
+
 def _shape_labels(points: Sequence[Mapping[str, Any]]) -> list[tuple[float, list[str]]]:
     """(intensity, shape names) per vertical guide line; shapes within 3% of each other share one."""
     found = sorted({(p["arithmetic_intensity"], p["shape"]) for p in points})
@@ -128,13 +150,15 @@ def _shape_labels(points: Sequence[Mapping[str, Any]]) -> list[tuple[float, list
 
 
 def fusion(
-    table: Sequence[Mapping[str, Any]], device: str, experiment: str, model: str, out: Path
+    table: Sequence[Mapping[str, Any]], device: str, experiment: str, model: str, out: Path, draw: bool = True
 ) -> Path | None:
     """Fused schedules against halide_unfused per shape: times (with each traffic's DRAM floor) and bytes."""
     entries = [e for e in table if e["device"] == device]
     present = [v for v in analysis.ABLATION if any(e.get(f"{v}_ms") for e in entries)]
     if not entries or not present:
         return None
+    if not draw:
+        return out / f"fusion_{safe_name(device)}.png"
     colors = _variant_colors(list(analysis.ABLATION))
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(max(8, 1.3 * len(entries) + 3), 8), sharex=True, height_ratios=(3, 2)
@@ -174,7 +198,7 @@ def fusion(
 
 
 def speedups(
-    table: Sequence[Mapping[str, Any]], device: str, experiment: str, model: str, out: Path
+    table: Sequence[Mapping[str, Any]], device: str, experiment: str, model: str, out: Path, draw: bool = True
 ) -> Path | None:
     """Best Halide against the best of each baseline group per shape (baseline time / Halide time), from
     `analysis.peer_table`: every peer that ran beside Halide, strict fp32 and TF32 apart."""
@@ -182,6 +206,8 @@ def speedups(
     groups = analysis.peer_groups(entries)
     if not entries or not groups:
         return None
+    if not draw:
+        return out / f"speedups_{safe_name(device)}.png"
     colors = group_colors(groups)
     fig, ax = plt.subplots(figsize=(max(9, 1.3 * len(entries) + 4), 5.5))
     width = 0.8 / len(groups)

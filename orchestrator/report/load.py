@@ -30,6 +30,7 @@ from typing import Any
 
 from kernels.layer import LayerShape, ShapeError
 from orchestrator import analytics
+from orchestrator.report import roofs
 
 Row = dict[str, Any]
 
@@ -37,8 +38,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STORE = REPO_ROOT / "mlflow" / "mlflow.db"
 ROLE_TAG = "dsconv.role"  # parent | child (orchestrator.record)
 PARENT_TAG = "mlflow.parentRunId"
-INT_PARAMS = ("n", "h", "w", "c", "co", "stride", "cores")
-FLOAT_PARAMS = ("peak_gflops", "mem_gbps", "roof_gflops", "roof_gbps")
+INT_PARAMS = ("n", "h", "w", "c", "co", "stride", "cores", "cache_bytes")
+FLOAT_PARAMS = ("peak_gflops", "mem_gbps", "roof_gflops", "roof_gbps", *roofs.ROOF_PARAMS)
 BOOL_PARAMS = ("bias", "relu")
 # Metrics that state a speed: present only on ok rows.
 SPEED_METRICS = ("call_ms", "gflops", "gbps", "pct_peak", "pct_roofline", "floor_ms")
@@ -104,13 +105,9 @@ def row_from_parts(
     row.setdefault("shape", "?")
     row.setdefault("device", "?")
     row["group"] = analytics.group(str(row["framework"]), str(row["variant"]))  # strict fp32 or TF32
-    # The roofline's rates are the measured ceilings a record carries (roof_*: SGEMM and copy measured on
-    # the node), as the worker's own floor_ms / pct_roofline are; the datasheet rates stay as datasheet_*.
-    row["datasheet_gflops"], row["datasheet_gbps"] = row.get("peak_gflops"), row.get("mem_gbps")
-    if row.get("roof_gflops"):
-        row["peak_gflops"] = row["roof_gflops"]
-    if row.get("roof_gbps"):
-        row["mem_gbps"] = row["roof_gbps"]
+    # The roofline's roofs: those the worker's floor used, or recomputed for older records (report.roofs);
+    # the datasheet rates stay as datasheet_*.
+    roofs.apply(row, _is_cpu(row))
     _add_cost_model(row)
     return row
 
@@ -142,7 +139,7 @@ def _add_cost_model(row: Row) -> None:
     row["min_bytes"] = shape.min_bytes
     row["intermediate_bytes"] = shape.intermediate_bytes
     row["arithmetic_intensity"] = shape.arithmetic_intensity
-    peak, bw = row.get("peak_gflops"), row.get("mem_gbps")
+    peak, bw = row.get("peak_gflops"), row.get("memory_roof_gbps")
     if peak and bw and peak > 0 and bw > 0:
         row["ridge_flop_per_byte"] = peak / bw
         row["compute_ms"] = shape.flops / (peak * 1e9) * 1e3
@@ -251,9 +248,12 @@ def ok_rows(rows: Iterable[Row]) -> list[Row]:
 
 
 def device_facts(rows: Sequence[Row], device_key: str) -> dict[str, Any]:
-    """Model, kind, peak and bandwidth (median over its rows) and hosts of one device."""
+    """Model, kind, roofs (median over its rows) and hosts of one device: `peak_gflops` the fp32 compute
+    roof (of its strict fp32 rows), `mem_gbps` DRAM, `cache_gbps` the cache level's (`cache_level`),
+    `sgemm_gflops` the attainable line, `tf32_gflops` the TF32 roof (where TF32 rows have one)."""
     mine = [r for r in rows if r.get("device_key") == device_key]
-    peaks = [r["peak_gflops"] for r in mine if r.get("peak_gflops")]
+    fp32 = [r for r in mine if not str(r.get("group", "")).endswith("_tf32")] or mine
+    peaks = [r["peak_gflops"] for r in fp32 if r.get("peak_gflops")]
     bws = [r["mem_gbps"] for r in mine if r.get("mem_gbps")]
     kinds = {r.get("device_kind") for r in mine if r.get("device_kind")}
     models = [str(r.get("device_model", "")) for r in mine if r.get("device_model")]
@@ -266,12 +266,24 @@ def device_facts(rows: Sequence[Row], device_key: str) -> dict[str, Any]:
     # records without the device_kind param: only the host CPU is called cpu
     guessed = ("cpu" if _is_cpu(mine[0]) else "cuda") if mine else "?"
     kind = kinds.pop() if len(kinds) == 1 else guessed
+
+    def median(key: str, of: Sequence[Row] = mine) -> float | None:
+        values = [r[key] for r in of if r.get(key)]
+        return statistics.median(values) if values else None
+
+    tf32 = [r for r in mine if str(r.get("group", "")).endswith("_tf32")]
+    computes = [str(r["roof_compute"]) for r in fp32 if r.get("roof_compute")]
     return {
         "device": device_key,
         "model": model,
         "kind": kind,
         "peak_gflops": peak,
         "mem_gbps": bw,
+        "cache_gbps": median("cache_gbps"),
+        "cache_level": "L2" if kind == "cuda" else "LLC",
+        "sgemm_gflops": median("sgemm_gflops"),
+        "tf32_gflops": median("peak_gflops", tf32) if tf32 else None,
+        "roof_compute": max(set(computes), key=computes.count) if computes else "",
         "peak_spread": (max(peaks) / min(peaks) - 1) if peaks else 0.0,
         "ridge": peak / bw if peak and bw else None,
         "hosts": sorted({str(r.get("host")) for r in mine if r.get("host")}),
@@ -374,7 +386,7 @@ def load_mlflow(tracking_uri: str, experiment: str | None = None, run_id: str | 
     ]
     every = rows
     rows, superseded = finish_rows(rows)
-    used = defaultdict(int)
+    used: defaultdict[str, int] = defaultdict(int)
     for r in rows:
         used[r["parent_run_id"]] += 1
     by_id = {r.info.run_id: r for r in runs}
@@ -405,14 +417,18 @@ def load_mlflow(tracking_uri: str, experiment: str | None = None, run_id: str | 
     return Dataset(exp.name, rows, origin, selection, parents, [], superseded, log_to, every)
 
 
-def load_bundles(bundles: Sequence[Path], experiment: str | None = None) -> list[Dataset]:
-    """One Dataset per experiment found in the bundles (later bundles and lines are newer)."""
+def load_bundles(
+    bundles: Sequence[Path], experiment: str | None = None, root: Path | None = None
+) -> list[Dataset]:
+    """One Dataset per experiment found in the bundles (later bundles and lines are newer); with `root`,
+    the bundles are paths relative to it, and named so in the report."""
     from workers.bundle import BundleError, read_bundle
 
     records: list[tuple[Any, str]] = []
     for bundle in bundles:
         try:
-            records.extend((r, str(bundle)) for r in read_bundle(bundle))
+            where = root / bundle if root is not None else bundle
+            records.extend((r, Path(bundle).as_posix()) for r in read_bundle(where))
         except BundleError as exc:
             raise ReportInputError(str(exc)) from None
     by_experiment: dict[str, list[Row]] = defaultdict(list)

@@ -112,7 +112,7 @@ def read_raw_csv(text: str) -> list[KernelProfile]:
         body = body[1:]
     id_col = header.index("ID")
     name_col = header.index("Kernel Name") if "Kernel Name" in header else None
-    kernels = []
+    kernels: list[KernelProfile] = []
     for row in body:
         if len(row) < len(header) or not row[id_col].strip():
             continue

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, overload
 
 from kernels.device import DeviceSpec
 from kernels.halide.family.limits import SmLimits, occupancy
@@ -263,6 +263,10 @@ def fit_cpu(p: CpuParams, s: LayerShape) -> CpuParams:
 _CPU = DeviceSpec("cpu", "cpu", "host CPU", 1.0, 1.0)
 
 
+@overload
+def fit(params: CpuParams, shape: LayerShape, device: DeviceSpec) -> CpuParams: ...
+@overload
+def fit(params: GpuParams, shape: LayerShape, device: DeviceSpec) -> GpuParams: ...
 def fit(params: Params, shape: LayerShape, device: DeviceSpec) -> Params:
     """`params` moved to the nearest valid parameter set for `shape` (to reuse another shape's tuned
     schedule, or to repair a mutation); always returns a valid set."""

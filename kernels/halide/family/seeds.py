@@ -189,7 +189,7 @@ def depthwise_tiles(params: Params, shape: LayerShape, device: DeviceSpec) -> li
     if not isinstance(params, GpuParams) or params.dw_at not in GPU_DW_STAGED:
         return []
     values = space(shape, device)
-    out = []
+    out: list[Params] = []
     for vec in values["dw_vec"]:
         for rows in values["dw_rows"]:
             q = dataclasses.replace(params, dw_vec=vec, dw_rows=rows)
@@ -221,7 +221,7 @@ def longer_steps(params: Params, shape: LayerShape, device: DeviceSpec) -> list[
     or the cap, rarely both."""
     if not isinstance(params, GpuParams):
         return []
-    out = []
+    out: list[Params] = []
     for k in space(shape, device)["k"]:
         if k <= params.k:
             continue
@@ -240,7 +240,7 @@ def other_caps(params: Params, shape: LayerShape, device: DeviceSpec) -> list[Pa
     "register caps"). A search tries these on its best schedule first."""
     if not isinstance(params, GpuParams):
         return []
-    out = []
+    out: list[Params] = []
     for cap in space(shape, device)["max_registers"]:
         q = dataclasses.replace(params, max_registers=cap)
         if cap != params.max_registers and check(q, shape, device) is None:
@@ -248,7 +248,7 @@ def other_caps(params: Params, shape: LayerShape, device: DeviceSpec) -> list[Pa
     return out
 
 
-def whole_blocks(params: Params, shape: LayerShape, device: DeviceSpec) -> list[Params]:
+def whole_blocks(params: Params, shape: LayerShape, device: DeviceSpec) -> list[GpuParams]:
     """`params` with its block's threads laid out again so that the blocks tile the output's pixels
     exactly and fill whole warps, where `params` does not: the same register tile, `threads_x` /
     `threads_y` that divide the extent along an axis with a tail (the others kept), `threads_co` as it
@@ -271,7 +271,7 @@ def whole_blocks(params: Params, shape: LayerShape, device: DeviceSpec) -> list[
 
     xs = along("threads_x", s.wo, p.tx, tailed_x)
     ys = along("threads_y", s.ho, p.ty, tailed_y)
-    out = []
+    out: list[GpuParams] = []
     for tco in dict.fromkeys((p.threads_co, WARP)):
         for txx in xs:
             for tyy in ys:

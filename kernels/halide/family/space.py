@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, overload
 
 from kernels.device import DeviceSpec
 from kernels.halide.family.limits import THREADS_PER_BLOCK, SmLimits, occupancy, sm_limits
@@ -232,6 +232,10 @@ def _max_threads(s: LayerShape) -> int:
     return min(32, s.co) * min(16, s.wo) * min(16, s.ho)
 
 
+@overload
+def canonical(params: CpuParams, shape: LayerShape) -> CpuParams: ...
+@overload
+def canonical(params: GpuParams, shape: LayerShape) -> GpuParams: ...
 def canonical(params: Params, shape: LayerShape) -> Params:
     """The same schedule with parameters that make no difference set to fixed values, so that two
     candidates that compile to the same code compare equal (and share a cache entry)."""

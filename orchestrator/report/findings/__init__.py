@@ -29,9 +29,10 @@ __all__ = ["Inputs", "findings_text"]
 def findings_text(inp: Inputs) -> str:
     """The whole findings.md."""
     ds = inp.dataset
+    when = f" {time.strftime('%Y-%m-%d %H:%M %Z')}" if inp.stamp else ""
     parts = [
-        f"# Findings: {ds.experiment}",
-        f"Generated {time.strftime('%Y-%m-%d %H:%M %Z')} by `{inp.command}`. Every number below is "
+        f"# Findings: {ds.experiment}" + (f"\n\n**{inp.title}**" if inp.title else ""),
+        f"Generated{when} by `{inp.command}`. Every number below is "
         "computed from the records of this report (all of them in `records.csv`); none is typed in, except "
         "the issue's goals, quoted as goals in question 4. Speeds come only from records with status `ok`: "
         "`wrong` and `failed` records are counted and named, never quoted as times. Times are the medians "

@@ -34,6 +34,8 @@ class Inputs:
     cache: Sequence[Mapping[str, Any]] = ()  # conditions.cache_table: warm against cold
     paths: Sequence[PathPair[Row]] = ()  # conditions.path_pairs: one measurement via Ray and the worker CLI
     set_aside: Sequence[Row] = ()  # cold-cache rows left out of the questions (conditions.split_cold)
+    title: str = ""  # a line under the heading (a published report's title, conf/reports.yaml)
+    stamp: bool = True  # name the time it was generated (False: a published report, the same every run)
 
 
 def source_line(inp: Inputs, device: str) -> str:

@@ -46,10 +46,12 @@ def devices_section(rows: Sequence[Row]) -> str:
         ("device", "model", "kind", "fp32 roof GFLOP/s", "DRAM roof GB/s", "ridge FLOP/B", "hosts",
          "ok / records", *(f"{label} ok" for label in labels.values())), table)  # fmt: skip
     text += (
-        "\n\nThe roofs are the records' own: the ceilings measured on the node where recorded "
-        "(`roof_gflops`, `roof_gbps`: SGEMM with TF32 off and a device-to-device copy on a GPU), else "
-        "`peak_gflops`, `mem_gbps` (the catalog's datasheet rates for a GPU, measured on the host for a "
-        "CPU); the ridge point is their ratio."
+        "\n\nThe roofs are the records' own (`report.roofs`): the fp32 FMA peak measured with a "
+        "register-resident Halide FMA kernel on the node and the read bandwidth of the level the working set "
+        "lived in (L2 / last-level cache, or DRAM), as each record's floor used them; records older than "
+        "those measurements are held to the datasheet's FMA peak (TF32 variants: the TF32 tensor-core "
+        "peak) and the DRAM copy they measured. SGEMM is the attainable line of the roofline figure, not a "
+        "roof. The ridge point is the fp32 roof over DRAM's."
     )
     if missing:
         text += "\n\nMissing or incomplete:\n\n" + "\n".join(missing)

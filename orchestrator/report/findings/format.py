@@ -36,12 +36,12 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def value_range(values: Sequence[float], fmt: Any) -> str:
+def value_range(values: Sequence[float | None], fmt: Any) -> str:
     """`lo to hi` of the values as `fmt` writes them (one value when both read the same); `-` for none."""
-    values = [v for v in values if v is not None]
-    if not values:
+    present = [v for v in values if v is not None]
+    if not present:
         return "-"
-    lo, hi = min(values), max(values)
+    lo, hi = min(present), max(present)
     return fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)} to {fmt(hi)}"
 
 

@@ -89,9 +89,9 @@ def section(inp: Inputs) -> str:
         )
         winners = []
         for e in entries:
-            times = {v: e.get(f"{v}_ms") for v in analysis.ABLATION if e.get(f"{v}_ms")}
+            times = {v: e[f"{v}_ms"] for v in analysis.ABLATION if e.get(f"{v}_ms")}
             if times:
-                winners.append(f"`{e['shape']}`: `{min(times, key=times.get)}`")
+                winners.append(f"`{e['shape']}`: `{min(times, key=times.__getitem__)}`")
         lines.append("- Fastest of the four per shape: " + "; ".join(winners) + ".")
         shares = [
             100 * e["saved_traffic_ms"] / e[f"{analysis.UNFUSED}_ms"]

@@ -207,8 +207,8 @@ def _goals(inp: Inputs, device: str) -> str:
     return "\n".join(lines)
 
 
-def _goal_value(inp: Inputs, device: str, g: Goal) -> str:
-    """`<value> -> met|not met`, with the shapes the goal needs and the records lack."""
+def _goal_inputs(inp: Inputs, device: str, g: Goal) -> tuple[dict[str, float], list[str]]:
+    """The per-shape values a goal is computed from on `device`, and the shapes it needs that lack one."""
     entries = [e for e in inp.speed if e["device"] == device and g.batch in (None, e.get("n"))]
     names = g.shapes or experiment_shapes(g.experiment) or tuple(dict.fromkeys(e["shape"] for e in entries))
     per_shape: dict[str, float] = {}
@@ -224,23 +224,36 @@ def _goal_value(inp: Inputs, device: str, g: Goal) -> str:
             value = e["halide_ms"]
         if value is not None:
             per_shape[name] = value
-    values = list(per_shape.values())
-    lacking = [s for s in names if s not in per_shape]
+    return per_shape, [s for s in names if s not in per_shape]
+
+
+def goal_number(inp: Inputs, device: str, g: Goal) -> float | None:
+    """The goal's value on `device` (a geometric mean, the lowest speedup or the best time in ms), None
+    without data."""
+    values = list(_goal_inputs(inp, device, g)[0].values())
+    if not values:
+        return None
+    if g.kind in ("speedup_geomean", "roofline_geomean"):
+        return analytics.geomean(values) or 0.0
+    return min(values)
+
+
+def _goal_value(inp: Inputs, device: str, g: Goal) -> str:
+    """`<value> -> met|not met`, with the shapes the goal needs and the records lack."""
+    per_shape, lacking = _goal_inputs(inp, device, g)
     batch = f" at batch {g.batch}" if g.batch else ""
     missing = f"; no comparable record{batch} for {', '.join(f'`{s}`' for s in lacking)}" if lacking else ""
-    if not values:
+    value = goal_number(inp, device, g)
+    if value is None:
         return f"no data{missing}"
+    n = len(per_shape)
     if g.kind == "speedup_geomean":
-        value = analytics.geomean(values) or 0.0
-        shown, ok = f"{fx(value)} over {len(values)} shape(s)", value >= g.threshold
+        shown, ok = f"{fx(value)} over {n} shape(s)", value >= g.threshold
     elif g.kind == "roofline_geomean":
-        value = analytics.geomean(values) or 0.0
-        shown, ok = f"{fp(value)} over {len(values)} shape(s)", value >= g.threshold
+        shown, ok = f"{fp(value)} over {n} shape(s)", value >= g.threshold
     elif g.kind == "not_slower":
-        value = min(values)
-        shown, ok = f"lowest speedup {fx(value)} over {len(values)} shape(s)", value >= g.threshold
+        shown, ok = f"lowest speedup {fx(value)} over {n} shape(s)", value >= g.threshold
     else:
-        value = min(values)
         shown, ok = f"best Halide {ft(value)}", value <= g.threshold
     verdict = "met" if ok else "not met"
     if lacking:
