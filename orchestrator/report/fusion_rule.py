@@ -5,7 +5,8 @@ A measured pair is a (device, layer geometry) with an ok warm `halide_unfused` r
 of at least one fused schedule (`halide_app`, `halide_fused_tile`, `halide_fused_cblock`); the faster
 side is the lower median of each variant's records (repeated runs of a job count once each). The model
 needs the device's SM count and capability, which records do not carry: they come from the device
-catalog (conf/catalog/devices.yaml) by the record's device key; its rates are the record's measured roofs.
+catalog (conf/catalog/devices.yaml) by the record's device key; its rates are the record's (measured
+where it has them).
 
     python -m orchestrator.report.fusion_rule                 # every bundle under results/
     python -m orchestrator.report.fusion_rule results/cpu/heldout results/h200/heldout
@@ -44,14 +45,16 @@ def device_of(row: Mapping[str, Any], catalog: Mapping[str, Any]) -> DeviceSpec 
     if kind == "cuda" and not entry:
         return None
     return DeviceSpec(
-        key,
-        kind,
-        str(row.get("device_model", key)),
-        float(row.get("peak_gflops") or 0.0),
-        float(row.get("mem_gbps") or 0.0),
-        int(entry.get("sm_count", 0)),  # type: ignore[union-attr]
-        int(entry.get("cuda_capability", 0)),  # type: ignore[union-attr]
-        int(row.get("cores") or 0),
+        name=key,
+        kind=kind,
+        model=str(row.get("device_model", key)),
+        peak_gflops=float(row.get("datasheet_gflops") or row.get("peak_gflops") or 0.0),
+        mem_gbps=float(row.get("datasheet_gbps") or row.get("mem_gbps") or 0.0),
+        sm_count=int(entry.get("sm_count", 0)),  # type: ignore[union-attr]
+        cuda_capability=int(entry.get("cuda_capability", 0)),  # type: ignore[union-attr]
+        cores=int(row.get("cores") or 0),
+        fma_gflops=float(row.get("fma_gflops") or 0.0),
+        dram_gbps=float(row.get("dram_gbps") or 0.0),
     )
 
 

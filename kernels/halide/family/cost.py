@@ -84,8 +84,10 @@ def fusion_choice(shape: LayerShape, device: DeviceSpec) -> str:
 
 
 def _gpu_rates(device: DeviceSpec) -> tuple[float, float]:
-    """(FMA/s, DRAM bytes/s) of `device`: its measured roofs where the catalog has them."""
-    gflops, gbps = device.roofs
+    """(FMA/s, DRAM bytes/s) of `device`: its measured fp32 FMA peak and DRAM bandwidth where known, else the
+    datasheet's (`DeviceSpec.compute_roof`, `memory_roof`)."""
+    gflops, _ = device.compute_roof()
+    gbps = device.dram_gbps or device.mem_gbps
     return max(gflops, 1.0) * 1e9 / 2, max(gbps, 1.0) * 1e9
 
 
@@ -181,8 +183,9 @@ def _app_gpu(s: LayerShape, device: DeviceSpec) -> float:
 
 def _cpu_fma_rate(device: DeviceSpec) -> float:
     """FMA/s of the host's cores: the measured peak, else its vector unit (2 FMA pipes) at CPU_CLOCK_HZ."""
-    if device.peak_gflops > 0:
-        return device.peak_gflops * 1e9 / 2
+    gflops, _ = device.compute_roof()
+    if gflops > 0:
+        return gflops * 1e9 / 2
     lanes, _ = host_vector()
     return (device.cores or host_threads()) * lanes * 2 * CPU_CLOCK_HZ
 
@@ -198,8 +201,7 @@ def _cpu(p: CpuParams, s: LayerShape, device: DeviceSpec) -> float:
     fma_rate = _cpu_fma_rate(device)
     cores = device.cores or host_threads()
     lanes, _ = host_vector()
-    _, bw = device.roofs
-    bw = max(bw, 1.0) * 1e9
+    bw = max(device.dram_gbps or device.mem_gbps, 1.0) * 1e9
     pixels = s.n * s.ho * s.wo
     co_tile = p.lanes * p.vectors
     waste = tail_waste(s.co, co_tile) * tail_waste(s.wo, p.tx) * tail_waste(s.ho, p.ty)
