@@ -180,6 +180,7 @@ def check_schedule(shape: LayerShape, device: DeviceSpec, schedule: str, ptxas: 
 
     if schedule == "heuristic":
         params = family.heuristic(shape, device)
+        assert isinstance(params, family.GpuParams), "ptxcheck compiles for GPU models only"
         name, options, cap = FAMILY, family.build_options(params, {}), params.max_registers
     else:
         name, options, cap = schedule, {}, NAMED_CAP

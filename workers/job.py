@@ -169,7 +169,7 @@ def _execute(job: Job, record: Record) -> Record:
         return _fail(record, exc, "build")
     record.metrics["build_s"] = time.perf_counter() - t0
     alternatives = getattr(built, "alternatives", None)
-    if alternatives is not None and getattr(alternatives, "trials", 0):
+    if alternatives is not None and alternatives.trials:
         # a short timed search among the variant's candidates (halide_tuned on a miss, on_miss=quick)
         try:
             chosen, found = select.quick_search(

@@ -88,14 +88,14 @@ class Selection:
         median (`time_ms`) and fastest (`min_ms`) times; noted again with outcome `ok`, the times are the
         confirming re-timings' (the screening's median is kept as `screen_ms`)."""
         cand = self.trial_candidates()[index]
-        row = self._trials.get(index)
-        if row is not None and outcome == "ok" and time_ms is not None:
-            row.setdefault("screen_ms", row.get("time_ms"))
-            row["time_ms"] = time_ms
+        seen = self._trials.get(index)
+        if seen is not None and outcome == "ok" and time_ms is not None:
+            seen.setdefault("screen_ms", seen.get("time_ms"))
+            seen["time_ms"] = time_ms
             if min_ms is not None:
-                row["min_ms"] = min_ms
+                seen["min_ms"] = min_ms
             return
-        row = {"origin": cand.origin, "outcome": outcome, "stage": "quick"}
+        row: dict[str, Any] = {"origin": cand.origin, "outcome": outcome, "stage": "quick"}
         if reason:
             row["reason"] = reason[:MAX_REASON_CHARS]
         if time_ms is not None:
