@@ -66,8 +66,12 @@ orchestrate() {  # one experiment through Ray, logged to the node's server
 
 sweep() {
   say "make sweep-all-gpus, interrupted after ${INTERRUPT_S:-45} s"
-  setsid "${make_[@]}" sweep-all-gpus TRACKING=server ARGS="${RUN_ARGS:-}" >"$out/sweep-interrupted.log" 2>&1 &
+  # Job control on: the sweep gets its own process group and SIGINT as a terminal's Ctrl-C delivers it (a
+  # script's background job would otherwise start with SIGINT ignored, and Python would never see it).
+  set -m
+  "${make_[@]}" sweep-all-gpus TRACKING=server ARGS="${RUN_ARGS:-}" >"$out/sweep-interrupted.log" 2>&1 &
   local pid=$!
+  set +m
   sleep "${INTERRUPT_S:-45}"
   kill -INT -- "-$pid" 2>/dev/null
   wait "$pid"; echo "interrupted sweep: exit $?" | tee -a "$out/sweep-interrupted.log"
