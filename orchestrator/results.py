@@ -151,7 +151,8 @@ def write_manifest(bundle: Path, command: str | None = None, note: str | None = 
     except BundleError as exc:
         raise ConfigError(str(exc)) from None
     for key, value in derive(bundle).items():
-        manifest.setdefault(key, value)
+        if key == "records" or key not in manifest:  # the counts are always the bundle's own (an exported
+            manifest[key] = value  # bundle's manifest holds the export's total under the same name)
     if manifest.get("experiment") == UNKNOWN or isinstance(manifest.get("experiment"), list):
         manifest.pop("experiment")  # ingest routes by a single experiment name only
     if command is not None:

@@ -106,3 +106,19 @@ def test_the_list_of_published_reports_is_checked(tmp_path: Path, capsys: pytest
     assert err.count("\n") == 1 and "unknown published report 'h100/nope'; valid: h100/mobilenet_v1" in err
     assert report_cli.main(["--published", "--bundle", "results", "--out", str(tmp_path / "out")]) == 2
     assert CONF.is_file()
+
+
+def test_the_pairs_of_both_paths_are_counted_across_experiments(capsys: pytest.CaptureFixture[str]) -> None:
+    """The H200 reference runs spread their Ray / worker-CLI pairs over two experiments: one report holds
+    36 (sweep), the other 10 (mobilenet_v1); pooled, a measurement counts once."""
+    from orchestrator.report import paths
+
+    root = Path(__file__).resolve().parents[1] / "results" / "h200"
+    assert paths.main([str(root / "sweep"), str(root / "worker_cli" / "sweep")]) == 0
+    one = capsys.readouterr().out
+    assert "36 pair(s)" in one and "-> not met." in one
+    bundles = [root / b for b in ("sweep", "mobilenet_v1", "worker_cli/sweep", "worker_cli/mobilenet_v1")]
+    assert paths.main([str(b) for b in bundles]) == 0
+    pooled = capsys.readouterr().out
+    assert "46 pair(s) (12 cuDNN, 34 Halide)" in pooled and "-> met." in pooled
+    assert paths.main([str(root)]) == 2  # a folder of bundles is not a bundle

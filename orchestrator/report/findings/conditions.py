@@ -168,4 +168,6 @@ def _goal_line(inp: Inputs) -> str:
     return (
         f"Goal of {goal.source}: {goal.text}. Here: {chosen.pairs} {names} pair(s), median absolute "
         f"difference {fp(median)} -> {verdict}" + (f" ({'; '.join(why)})" if why else "") + "."
+        + ("" if enough else " A node's runs spread their pairs over several experiments: "
+           "`python -m orchestrator.report.paths` counts them over every committed bundle.")
     )

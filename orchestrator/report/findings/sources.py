@@ -49,7 +49,8 @@ def source_section(inp: Inputs) -> str:
         lines.append(
             "- Bundles: "
             + ", ".join(f"`{b}`" for b in ds.bundles)
-            + " (each made by `python -m workers run`)."
+            + " (written by `python -m workers run`, or exported from MLflow by `python -m orchestrator.export`;"
+            " each bundle's `manifest.json` names the command that made it)."
         )
     if ds.parents:
         table = []
