@@ -167,7 +167,13 @@ def _goal_line(inp: Inputs) -> str:
         why.append(f"median above {num(goal.max_median_diff_pct, 'g')}%")
     return (
         f"Goal of {goal.source}: {goal.text}. Here: {chosen.pairs} {names} pair(s), median absolute "
-        f"difference {fp(median)} -> {verdict}" + (f" ({'; '.join(why)})" if why else "") + "."
-        + ("" if enough else " A node's runs spread their pairs over several experiments: "
-           "`python -m orchestrator.report.paths` counts them over every committed bundle.")
+        f"difference {fp(median)} -> {verdict}"
+        + (f" ({'; '.join(why)})" if why else "")
+        + "."
+        + (
+            ""
+            if enough
+            else " A node's runs spread their pairs over several experiments: "
+            "`python -m orchestrator.report.paths` counts them over every committed bundle."
+        )
     )

@@ -49,8 +49,8 @@ def source_section(inp: Inputs) -> str:
         lines.append(
             "- Bundles: "
             + ", ".join(f"`{b}`" for b in ds.bundles)
-            + " (written by `python -m workers run`, or exported from MLflow by `python -m orchestrator.export`;"
-            " each bundle's `manifest.json` names the command that made it)."
+            + " (written by `python -m workers run`, or exported from MLflow by"
+            " `python -m orchestrator.export`; each bundle's `manifest.json` names the command that made it)."
         )
     if ds.parents:
         table = []
