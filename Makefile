@@ -131,6 +131,7 @@ KIT_DIR ?= .devcache/gpu-kit
 KIT_PART_MB ?= 60
 KIT_BASE ?= scripts/kit/cuda-image-base.txt
 KIT_LEVEL ?= 6
-gpu-kit: install ## Kit for GPU nodes without an index: [KIT_PYTHON=3.12 KIT_PLATFORM=manylinux_2_28_x86_64 KIT_DIR=.devcache/gpu-kit KIT_PART_MB=60 KIT_BASE=file|none]
+KIT_EXTRA ?=
+gpu-kit: install ## Kit for GPU nodes without an index: [KIT_PYTHON=3.12 KIT_PLATFORM=manylinux_2_28_x86_64 KIT_DIR=.devcache/gpu-kit KIT_PART_MB=60 KIT_BASE=file|none KIT_EXTRA='tensorflow[and-cuda]==2.20.0']
 	$(PY) scripts/gpu_kit.py build --out $(KIT_DIR) --python $(KIT_PYTHON) --platform $(KIT_PLATFORM) \
-		--part-mb $(KIT_PART_MB) --base $(KIT_BASE) --level $(KIT_LEVEL)
+		--part-mb $(KIT_PART_MB) --base $(KIT_BASE) --level $(KIT_LEVEL) $(foreach r,$(KIT_EXTRA),--extra '$(r)')

@@ -414,12 +414,35 @@ def requires_of_base(
     return {name: sorted(v) for name, v in sorted(needs.items())}
 
 
-def build(out: Path, target: Target, base_spec: str, part_mb: float, level: int, command: str = "") -> dict:
-    """Build the kit into `out` (emptied first); returns the manifest, also written to out/manifest.json."""
+def extra_requirements(specs: Iterable[str]) -> list[Requirement]:
+    """Requirements a session adds to the project's (`--extra`, e.g. `tensorflow[and-cuda]==2.20.0`)."""
+    from packaging.requirements import InvalidRequirement
+
+    reqs = []
+    for spec in specs:
+        try:
+            reqs.append(Requirement(spec))
+        except InvalidRequirement as exc:
+            why = str(exc).splitlines()[0]
+            raise KitError(f"--extra {spec!r} is not a requirement (NAME[extras]==VERSION): {why}") from None
+    return reqs
+
+
+def build(
+    out: Path,
+    target: Target,
+    base_spec: str,
+    part_mb: float,
+    level: int,
+    command: str = "",
+    extra: Sequence[str] = (),
+) -> dict:
+    """Build the kit into `out` (emptied first); returns the manifest, also written to out/manifest.json.
+    `extra`: requirements beyond the project's (a framework one session needs on the node)."""
     if Requirement is None:
         raise KitError("building a kit needs the `packaging` module: run it with the project's .venv")
     base = read_base(base_spec)
-    reqs = project_requirements()
+    reqs = project_requirements() + extra_requirements(extra)
     limit = int(part_mb * MB)
     if out.exists() and any(out.iterdir()):
         if not (out / MANIFEST).is_file():
@@ -585,6 +608,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     b.add_argument("--base", default=str(DEFAULT_BASE), help="packages the node has (file), or none")
     b.add_argument("--part-mb", type=float, default=60, help="largest part, in MB (10^6 bytes)")
     b.add_argument("--level", type=int, default=6, choices=range(10), help="xz preset, 0-9")
+    b.add_argument(
+        "--extra", action="append", default=[], metavar="REQ",
+        help="a requirement beyond the project's, e.g. 'tensorflow[and-cuda]==2.20.0' (repeatable)",
+    )  # fmt: skip
     c = sub.add_parser("check-base", help="on the node: does this Python have what the kit assumes")
     c.add_argument("manifest", type=Path)
     args = parser.parse_args(argv)
@@ -597,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise KitError(f"--python must be a version like 3.12, got {args.python!r}")
         target = Target(args.python, args.platform)
         command = " ".join(["python scripts/gpu_kit.py", *(argv if argv is not None else sys.argv[1:])])
-        manifest = build(args.out, target, args.base, args.part_mb, args.level, command)
+        manifest = build(args.out, target, args.base, args.part_mb, args.level, command, args.extra)
     except KitError as exc:
         print(f"gpu-kit: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

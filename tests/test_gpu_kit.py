@@ -67,6 +67,15 @@ def test_the_base_list_is_the_images_and_the_kit_carries_pyprojects_pins() -> No
         gpu_kit.read_base("/nonexistent/base.txt")
 
 
+def test_extra_requirements_are_checked_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
+    extra = gpu_kit.extra_requirements(["tensorflow[and-cuda]==2.20.0"])
+    assert [(r.name, r.extras, str(r.specifier)) for r in extra] == [("tensorflow", {"and-cuda"}, "==2.20.0")]
+    with pytest.raises(SystemExit) as exited:
+        gpu_kit.main(["build", "--out", "/nonexistent/kit", "--extra", "tensorflow[and-cuda]=2.20"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and len(err) == 1 and "--extra 'tensorflow[and-cuda]=2.20'" in err[0]
+
+
 def test_the_manifest_says_what_the_kit_needs_of_the_base_and_the_node_checks_it(tmp_path: Path) -> None:
     ray = {"name": "ray", "version": "2.60.0", "requires_dist": [
         "aiohttp>=3.14.4", "click>=7.0", "grpcio; extra == 'default'", "pandas; extra == 'data'",
