@@ -30,6 +30,7 @@ PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
 def _load() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "scripts"))  # as `python scripts/gpu_kit.py` has it: kit_parts beside it
     spec = importlib.util.spec_from_file_location("gpu_kit", ROOT / "scripts" / "gpu_kit.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -39,6 +40,7 @@ def _load() -> ModuleType:
 
 
 gpu_kit = _load()
+import kit_parts  # noqa: E402  (beside gpu_kit.py, on the path _load set)
 
 
 def test_a_manylinux_target_takes_wheels_for_older_glibc_too() -> None:
@@ -111,7 +113,7 @@ def _small_kit(folder: Path) -> Path:
     kit.mkdir()
     parts = []
     for name, files in (("k.part01.tar.xz", ["pkg_a/__init__.py"]), ("k.part02.tar.xz", ["bin/tool"])):
-        size = gpu_kit.compress(site, files, kit / name, 0)
+        size = kit_parts.compress(site, files, kit / name, 0)
         digest = hashlib.sha256((kit / name).read_bytes()).hexdigest()
         parts.append({"file": name, "sha256": digest, "bytes": size, "files": len(files), "packages": ["a"]})
     manifest = {"target": {"python": PYTHON}, "parts": parts, "base": {"assumed": {}}}
