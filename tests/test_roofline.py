@@ -68,6 +68,33 @@ def test_the_cuda_read_kernel_loads_16_bytes_a_thread_in_every_pass() -> None:
         assert "ld.local" not in ptx and "st.local" not in ptx
 
 
+def test_the_cuda_read_kernel_moves_each_blocks_data_to_another_block_every_pass() -> None:
+    """A fixed assignment would leave each SM re-reading its own share from its L1 (a 51 TB/s "L2" on the
+    H200, 2026-12-04): every pass reads each chunk once, and a block's chunks change from pass to pass."""
+    from kernels.halide import peak
+
+    blocks, steps = 12, 3
+    threads = blocks * peak.CUDA_THREADS
+    total = threads * steps
+
+    def block_chunks(block: int, p: int) -> set[int]:
+        first = block * peak.CUDA_THREADS
+        return {
+            peak.read_chunk(t, s, p, threads, steps)
+            for t in range(first, first + peak.CUDA_THREADS)
+            for s in range(steps)
+        }
+
+    for p in (0, 1, 7, blocks * steps + 5):
+        every = [peak.read_chunk(t, s, p, threads, steps) for t in range(threads) for s in range(steps)]
+        assert sorted(every) == list(range(total))  # the whole buffer, once a pass
+    for block in (0, 5, blocks - 1):
+        seen = [block_chunks(block, p) for p in range(blocks)]
+        for p in range(1, blocks):
+            assert not seen[p] & seen[0], (block, p)  # nothing it read in pass 0 until `blocks` passes on
+        assert block_chunks(block, blocks) & seen[0]
+
+
 def test_the_cpu_fma_kernel_is_vector_fmas() -> None:
     import halide as hl
 

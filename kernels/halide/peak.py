@@ -278,6 +278,25 @@ class ReadKernel:
         return 4.0 * self.elements * passes
 
 
+def _select(condition: bool, then: int, otherwise: int) -> int:
+    return then if condition else otherwise
+
+
+def read_chunk(
+    thread: Any, step: Any, pass_: Any, threads: int, steps: int, select: Callable[..., Any] = _select
+) -> Any:
+    """The chunk (`width` floats) a CUDA read thread loads at `step` of pass `pass_`: each pass reads
+    every chunk once, and from one pass to the next the whole assignment moves by one block, so a block
+    reads what another block (on another SM) read the pass before, and its own data again only after as
+    many passes as there are blocks. A buffer that fits the L2 is then read from the L2: a fixed
+    assignment keeps each SM's share (the buffer over the SMs, about 190 KiB of a 25 MiB buffer on 132
+    SMs) in that SM's L1 after the first pass, and measures the L1. Loads also differ from pass to pass,
+    so the compiler cannot hoist them out of the loop. Works on ints and on Halide Exprs (`hl.select`)."""
+    total = threads * steps
+    chunk = thread + threads * step + (pass_ * CUDA_THREADS) % total
+    return select(chunk >= total, chunk - total, chunk)
+
+
 def read_kernel(target: Any, nbytes: int, sm_count: int = 0, jit: bool = True) -> ReadKernel:
     """The read kernel over a buffer of about `nbytes` (rounded down to whole steps), compiled with the JIT
     (unless not `jit`)."""
@@ -293,13 +312,11 @@ def read_kernel(target: Any, nbytes: int, sm_count: int = 0, jit: bool = True) -
         width = 4  # a float4 load per thread and step
         blocks = sm_count * (2048 // CUDA_THREADS) if sm_count > 0 else 1024
         threads = blocks * CUDA_THREADS
-        # steps a power of two, at least 2: pass p reads chunk (step + p) mod steps, so every pass reads the
-        # whole buffer and no load is the same in two passes (the compiler would hoist it out of the loop)
-        steps = 1 << max(1, (floats // (width * threads)).bit_length() - 1)
+        steps = max(1, floats // (width * threads))
         r = hl.RDom([(0, steps), (0, passes)], "r")
-        chunk = (r.x + r.y) & (steps - 1)
+        chunk = read_chunk(t, r.x, r.y, threads, steps, hl.select)
         acc[v, t] = hl.f32(0)
-        acc[v, t] += source[v + width * (t + threads * chunk)]
+        acc[v, t] += source[v + width * hl.clamp(chunk, 0, threads * steps - 1)]  # (clamp: for bounds)
         out[v, t] = acc[v, t]
         tb, ti = hl.Var("tb"), hl.Var("ti")
         out.bound(v, 0, width).vectorize(v).gpu_tile(t, tb, ti, CUDA_THREADS)
