@@ -9,6 +9,7 @@ significant digits (times in µs, shares in %, speedups as ratios). The keys (do
     kernel_us/<device>/<shape>/<variant>/<Func> one Halide kernel's time (tag kernel_times), by its Func
     speedups/<device>/<shape>/<column>          a column of speedups.csv (`*_ms` columns as `*_us`)
     fusion/..., pointwise/..., peers/...        the same for fusion.csv, pointwise.csv, peers.csv
+    cache/<device>/<shape>/<variant>/<column>   a column of cache.csv (warm_us, cold_us, cold_over_warm, ...)
     ncu/<device>/<shape>/<variant>/<column>     a column of ncu.csv
     geomean/<device>/<column>                   geometric mean over the shapes of speedups.csv
     goal/<device>/<kind>[/<baseline>]           a goal's value (conf/report/goals.yaml)
@@ -178,6 +179,7 @@ def report_figures(inp: Inputs) -> dict[str, Any]:
         **_table("fusion", inp.fusion, ("device", "shape")),
         **_table("pointwise", inp.pointwise, ("device", "shape")),
         **_table("peers", inp.peers, ("device", "shape")),
+        **_table("cache", inp.cache, ("device", "shape", "variant")),
         **_table("ncu", inp.ncu, ("device", "shape", "variant")),
         **_summary(inp),
         **_gpus(inp),
