@@ -122,3 +122,14 @@ def test_the_pairs_of_both_paths_are_counted_across_experiments(capsys: pytest.C
     pooled = capsys.readouterr().out
     assert "46 pair(s) (12 cuDNN, 34 Halide)" in pooled and "-> met." in pooled
     assert paths.main([str(root)]) == 2  # a folder of bundles is not a bundle
+
+
+def test_a_halide_kernel_is_named_by_its_func_whatever_number_the_process_gave_it() -> None:
+    names = {
+        "_kernel_output_s0_y_y_n_block_id_z": "output",
+        "_kernel_depthwise__52_s0_y_dyo_dyo_block_id_z": "depthwise",  # a Ray worker's 52nd build
+        "_kernel_output_52_s0_y_y_n_block_id_z__1": "output",
+    }
+    for kernel, func in names.items():
+        found = quotable._HALIDE_KERNEL.match(kernel)
+        assert found and found.group(1) == func, kernel

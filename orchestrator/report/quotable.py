@@ -45,7 +45,9 @@ from orchestrator.report.load import REPO_ROOT, device_facts, ok_rows
 
 FIGURES = "figures.json"
 _KEY_PART = re.compile(r"[^\w.\-+@]+")
-_HALIDE_KERNEL = re.compile(r"_kernel_([A-Za-z]+?)(?:__\d+)?_s\d")  # Halide's kernels are named by their Func
+# Halide's kernels are named by their Func, which a process that built it before gets a number after
+# (`_kernel_depthwise__52_s0_...`, `_kernel_output_52_s0_...`)
+_HALIDE_KERNEL = re.compile(r"_kernel_([A-Za-z]+?)(?:_+\d+)?_s\d")
 ROOF_KEYS = (  # figures.json key (TFLOP/s, TB/s) -> device_facts' GFLOP/s, GB/s
     ("roof_tflops", "peak_gflops"), ("roof_tbps", "mem_gbps"), ("cache_tbps", "cache_gbps"),
     ("sgemm_tflops", "sgemm_gflops"), ("tf32_tflops", "tf32_gflops"),
