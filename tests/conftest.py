@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,44 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kernels.device import DeviceSpec  # noqa: E402 (after the path set-up above)
+from kernels.halide.tuned import DEFAULT_DB  # noqa: E402
 from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error  # noqa: E402
 from kernels.registry import Built  # noqa: E402
+
+CACHE_ENV = "DSCONV_CACHE_DIR"  # kernels.halide.cache / workers.hostinfo
+TUNING_DB_ENV = "DSCONV_TUNING_DB"  # kernels.halide.tuned
+_SESSION_DIR: Path | None = None  # made by this process (the controller under xdist): removed at the end
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The session's own compile cache and tuning database, set in the environment before pytest-xdist
+    starts its workers, so that the workers and every process a test starts share them:
+
+    - DSCONV_CACHE_DIR: an empty compile cache and host-measurement folder, as on a fresh clone; a
+      pipeline that several tests build compiles once a session (the cache is safe for concurrent
+      writers). One already set in the environment is kept (a warm cache: `DSCONV_CACHE_DIR=DIR make test`).
+    - DSCONV_TUNING_DB: a copy of the committed tuning/db.json: `halide_tuned` reads the committed entries,
+      and what a quick search on a miss stores lands in the copy, never in the repository.
+    """
+    global _SESSION_DIR
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller set both already
+        return
+    folder = Path(tempfile.mkdtemp(prefix="dsconv-tests-"))
+    _SESSION_DIR = folder
+    if not os.environ.get(CACHE_ENV):
+        os.environ[CACHE_ENV] = str(folder / "cache")
+    if not os.environ.get(TUNING_DB_ENV):
+        copy = folder / "tuning" / "db.json"
+        copy.parent.mkdir()
+        if DEFAULT_DB.exists():
+            shutil.copyfile(DEFAULT_DB, copy)
+        os.environ[TUNING_DB_ENV] = str(copy)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _SESSION_DIR is not None:
+        shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
 
 # The H100 the offline GPU tests build and lower for (no GPU needed: PTX and schedules only).
 H100 = DeviceSpec("h100", "cuda", "NVIDIA H100", 60000.0, 3350.0, sm_count=132, cuda_capability=90)
