@@ -81,7 +81,7 @@ def _skips_without_gpu(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test that needs a GPU (`requires_gpu`) must carry the `gpu` marker, so that `-m "not gpu"`
     leaves it out; and a test marked `gpu` is skipped with the reason where there is no GPU, even
-    without `requires_gpu`."""
+    without `requires_gpu`. The longest modules run first (`_longest_modules_first`)."""
     unmarked = [i.nodeid for i in items if _skips_without_gpu(i) and not i.get_closest_marker("gpu")]
     if unmarked:
         raise pytest.UsageError("tests that need a GPU lack the `gpu` marker: " + ", ".join(unmarked))
@@ -89,6 +89,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if item.get_closest_marker("gpu"):
                 item.add_marker(pytest.mark.skip(reason=NO_GPU))
+    items[:] = _longest_modules_first(items)
+
+
+# The modules that take longest, longest first (`pytest --durations=0` on a 2-core VM): `make test` runs
+# the suite on two pytest-xdist workers that take whole modules in collection order (`--dist loadscope
+# --no-loadscope-reorder`), and a long module started last would leave one worker idle until it ends.
+LONGEST_MODULES = (
+    "test_gpu_kit.py",
+    "test_e2e.py",
+    "test_cluster.py",
+    "test_tracking.py",
+    "test_resume.py",
+    "test_halide_variants.py",
+)
+
+
+def _longest_modules_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """`items` with the modules of LONGEST_MODULES first, then the other modules holding a `slow` test,
+    then the rest; the tests of a module keep their order (some depend on it)."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+
+    def rank(item: pytest.Item) -> int:
+        if item.path.name in LONGEST_MODULES:
+            return LONGEST_MODULES.index(item.path.name)
+        return len(LONGEST_MODULES) + (item.path not in slow)
+
+    return sorted(items, key=rank)  # stable: a module's tests stay together and in order
 
 
 def reference_error(built: Built, shape: LayerShape, seed: int = 1) -> float:
