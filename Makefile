@@ -60,16 +60,21 @@ run: install ## Run an experiment: make run [EXPERIMENT=fusion_ablation] [ARGS='
 
 # pytest exits 5 when it collects no tests: a selection that matches nothing is a mistake, not a pass.
 # Make itself exits 2 on any failure, so pytest's own exit code is left in $(PYTEST_EXIT) for .ci/run.
+# The suite runs on PYTEST_WORKERS pytest-xdist workers (one a core; 0 = in pytest's own process), each
+# taking whole modules (loadscope: a module's Ray cluster or MLflow server starts once) in the order
+# tests/conftest.py sets, the longest first (--no-loadscope-reorder keeps it).
 PYTEST_EXIT := $(VENV)/.pytest-exit
-test: install ## Run the test suite: make test [PYTEST_ARGS='-x -k smoke']
-	@rm -f $(PYTEST_EXIT); $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; echo $$rc > $(PYTEST_EXIT); \
+PYTEST_WORKERS ?= 2
+XDIST = -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
+test: install ## Run the test suite on 2 workers: make test [PYTEST_ARGS='-x -k smoke'] [PYTEST_WORKERS=0]
+	@rm -f $(PYTEST_EXIT); $(PY) -m pytest $(XDIST) $(PYTEST_ARGS); rc=$$?; echo $$rc > $(PYTEST_EXIT); \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
 	exit $$rc
 
 # The inner loop: no `slow` test (the end-to-end runs through Ray and MLflow), no `gpu` test, stop at the
-# first failure, two workers (one a core; loadscope keeps a module's fixtures on one worker).
+# first failure, on the workers of `make test`.
 test-fast: install ## The inner loop: not slow, not gpu, -x, 2 workers [PYTEST_ARGS='-k report']
-	$(PY) -m pytest -m "not slow and not gpu" -x -n 2 --dist loadscope $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not gpu" -x $(XDIST) $(PYTEST_ARGS)
 
 mlflow-ui: install ## MLflow UI on the embedded store at http://127.0.0.1:5000 (MLFLOW_PORT=...)
 	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning -- pick 'Model training'" \
