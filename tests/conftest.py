@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import sys
@@ -17,19 +16,6 @@ if str(ROOT) not in sys.path:
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-def _scratch_tuning_db() -> None:
-    """Tests, and every process they start (Ray workers, `make run`, the worker CLI), read a copy of the
-    tuning database and write their `quick` entries there, never into the repository's tuning/db.json."""
-    if "DSCONV_TUNING_DB" in os.environ:
-        return
-    scratch = Path(tempfile.mkdtemp(prefix="dsconv-test-db-"))
-    atexit.register(shutil.rmtree, scratch, True)
-    shutil.copyfile(ROOT / "tuning" / "db.json", scratch / "db.json")
-    os.environ["DSCONV_TUNING_DB"] = str(scratch / "db.json")
-
-
-_scratch_tuning_db()
 
 from kernels.device import DeviceSpec  # noqa: E402 (after the path set-up above)
 from kernels.halide.tuned import DEFAULT_DB  # noqa: E402
