@@ -9,7 +9,8 @@
 #   into OUT_DIR/reference-runs.tgz (what has been exported so far, every log).
 #   stages, in the order a session runs them:
 #     up        start (or find) the MLflow server and (re)start the Ray head; both outlive the call (setsid)
-#     checks    the GPU tests of the new code paths, and the device's measured roofs
+#     checks    the device's measured roofs, then the GPU tests of the new code paths (CHECKS_K: pytest's -k;
+#               default 'not max': max-autotune compiles for tens of seconds a shape)
 #     sweep     make sweep-all-gpus, interrupted with SIGINT after INTERRUPT_S seconds, then run again
 #     mobilenet +experiment=mobilenet_v1 devices=[auto] through Ray (less max-autotune)
 #     max       torch.compile max-autotune (strict fp32) on the app shape and the five stride-1 blocks
@@ -17,7 +18,12 @@
 #     cli       the same sweep and mobilenet_v1 jobs through `python -m workers run` (no Ray, no MLflow)
 #     heldout   +experiment=heldout devices=[auto] (halide_tuned's on_miss search on unseen layers)
 #     cold      the five MobileNetV1 stride-1 blocks with timing.cold_cache=true (L2 flushed per call)
-#     export    every experiment of the server as a bundle, packed into OUT_DIR/bundles.tgz
+#     faults    issue 23's drills: a worker declaring a model the catalog lacks; a head declaring a model that
+#               is not its GPU (jobs tagged gpu_model_mismatch); the MLflow server stopped mid-sweep, then
+#               orchestrator.sync (each in its own experiment, faults_*); ends with `up` again
+#     tuned     halide_tuned and halide_app on the app shape and the stride-1 blocks through Ray, with the
+#               tuning database TUNED_DB when set (a search's db.json, copied over tuning/db.json first)
+#     export    every experiment of the server that has runs, as a bundle
 # Environment: GPU (the catalog model this node declares; default h200), STATE (server store, Ray and
 # kit state; default /tmp/dsconv-node), INTERRUPT_S (default 45), MLFLOW_PORT (default 5000), RUN_ARGS
 # (overrides added to every experiment, e.g. 'stand_in=cpu timing=quick' for a dry run on a CPU).
@@ -38,7 +44,8 @@ up() {
   if ! curl -sf "http://127.0.0.1:$port/health" >/dev/null; then
     say "MLflow server on 127.0.0.1:$port, store $state/mlflow.db"
     MLFLOW_BACKEND_URI=sqlite:///$state/mlflow.db MLFLOW_ARTIFACTS_DIR=$state/artifacts \
-      setsid "${make_[@]}" mlflow-server >"$state/mlflow-server.log" 2>&1 < /dev/null &
+      setsid "${make_[@]}" mlflow-server >>"$state/mlflow-server.log" 2>&1 < /dev/null &
+    echo $! >"$state/mlflow-server.pgid"  # setsid made it a process group's leader: `faults` stops the group
     for _ in $(seq 120); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
     curl -sf "http://127.0.0.1:$port/health" >/dev/null || { tail -20 "$state/mlflow-server.log"; return 1; }
   fi
@@ -53,11 +60,11 @@ up() {
 }
 
 checks() {
-  say "GPU tests of the torch.compile variants (default mode), cold L2 and clocks"
-  "$py" -m pytest -q -m gpu -p no:cacheprovider -k "not max" tests/test_torch_compile.py tests/test_clocks.py \
-    2>&1 | tee "$out/gpu-tests.log" | tail -25
   say "the device's roofs"
   "$py" -m workers info --measure-gpu 2>&1 | tee "$out/roofs.txt"
+  say "GPU tests of the torch.compile variants, cold L2 and clocks (-k '${CHECKS_K:-not max}')"
+  "$py" -m pytest -q -m gpu -p no:cacheprovider -k "${CHECKS_K:-not max}" tests/test_torch_compile.py \
+    tests/test_clocks.py 2>&1 | tee "$out/gpu-tests.log" | tail -25
 }
 
 orchestrate() {  # one experiment through Ray, logged to the node's server
@@ -134,10 +141,48 @@ cold() {
     2>&1 | tee "$out/cold.log" | tail -20
 }
 
+faults() {
+  local runs=("$py" scripts/node_runs.py) shapes="app,mbv1_7_1024_s1,mbv1_14_512_s1,mbv1_28_256_s1,mbv1_56_128_s1"
+  say "faults 1: make worker declaring a GPU model the catalog lacks (GPU=nope)"
+  "${make_[@]}" worker HEAD=127.0.0.1:6379 GPU=nope; echo "make worker GPU=nope: exit $?"
+
+  say "faults 2: the head declares GPU=rtx2060 on this node; two variants on the app shape through Ray"
+  ray stop --force >/dev/null 2>&1
+  setsid "${make_[@]}" head GPU=rtx2060 < /dev/null 2>&1 | grep -E '^(warning|note|error)' 
+  "${make_[@]}" ray-status
+  orchestrate +experiment=mobilenet_v1 name=faults_mismatch 'devices=[auto]' 'variants=[halide_app,cudnn_cl]' \
+    'shapes=[app]' timing=quick 2>&1 | tail -8
+  "${runs[@]}" show faults_mismatch
+
+  say "faults 3: the MLflow server stopped mid-sweep (after 2 jobs), the sweep finishes, then orchestrator.sync"
+  ray stop --force >/dev/null 2>&1
+  setsid "${make_[@]}" head GPU="$gpu" < /dev/null >/dev/null 2>&1
+  orchestrate +experiment=mobilenet_v1 name=faults_outage 'devices=[auto]' 'variants=[halide_app]' "shapes=[$shapes]" \
+    timing.min_time_s=1.5 timing.max_time_s=2.0 timing.max_repeats=100000 >"$out/faults-outage.log" 2>&1 &
+  local pid=$!
+  "${runs[@]}" wait faults_outage 2 240
+  say "stopping the MLflow server (process group $(cat "$state/mlflow-server.pgid"))"
+  kill -TERM -- "-$(cat "$state/mlflow-server.pgid")"
+  wait "$pid"; echo "the sweep without its server: exit $?"
+  grep -E 'MLflow unreachable|journal|^(ok|failed|wrong|skipped):|error|Traceback' "$out/faults-outage.log"
+  up >/dev/null  # the server back on the same store (and the head as $gpu)
+  say "python -m orchestrator.sync, twice"
+  "$py" -m orchestrator.sync --journal "$state/journal" --experiment faults_outage 2>&1 | tail -4
+  "$py" -m orchestrator.sync --journal "$state/journal" --experiment faults_outage 2>&1 | tail -2
+  "${runs[@]}" show faults_outage
+}
+
+tuned() {
+  if [ -n "${TUNED_DB:-}" ]; then cp "$TUNED_DB" tuning/db.json; fi
+  say "halide_tuned and halide_app on the app shape and the stride-1 blocks through Ray (database ${TUNED_DB:-tuning/db.json})"
+  orchestrate +experiment=mobilenet_v1 'devices=[auto]' 'variants=[halide_tuned,halide_app]' "shapes=[app,$BLOCKS]" \
+    2>&1 | tee "$out/tuned.log" | tail -16
+}
+
 export_() {
   say "exporting every experiment from the node's MLflow"
   local e
-  for e in sweep mobilenet_v1 nsight heldout; do
+  for e in $("$py" scripts/node_runs.py experiments); do
     "$py" -m orchestrator.export --experiment "$e" --out "$state/bundles/$e" --tracking server --force 2>&1 | tail -2
   done
   if [ -d "$out/cli" ]; then rm -rf "$state/bundles/cli"; cp -r "$out/cli" "$state/bundles/cli"; fi
@@ -150,9 +195,9 @@ pack() {
 
 for stage in "$@"; do
   case $stage in
-    up|checks|sweep|mobilenet|max|nsight|cli|heldout|cold) $stage ;;
+    up|checks|sweep|mobilenet|max|nsight|cli|heldout|cold|faults|tuned) $stage ;;
     export) export_ ;;
-    *) echo "reference_runs.sh: unknown stage $stage (up checks sweep mobilenet max nsight cli heldout cold export)" >&2
+    *) echo "reference_runs.sh: unknown stage $stage (up checks sweep mobilenet max nsight cli heldout cold faults tuned export)" >&2
        exit 2 ;;
   esac
 done
