@@ -58,8 +58,8 @@ def test_the_cuda_read_kernel_loads_16_bytes_a_thread_in_every_pass() -> None:
 
     from kernels.halide import peak
 
-    for nbytes in (25 << 20, 1 << 30):  # an L2-sized buffer (few steps a pass) and a DRAM-sized one
-        ptx = peak.read_source(peak.cuda_target(86), nbytes)
+    for nbytes, rotate in ((25 << 20, True), (1 << 30, False)):  # an L2-sized buffer, a DRAM-sized one
+        ptx = peak.read_source(peak.cuda_target(86), nbytes, rotate=rotate)
         body = ptx[ptx.index(".entry") :]
         loads = re.findall(r"ld\.global[\w.]*", body)
         assert loads and all(".v4.b32" in ld or ".v2.b64" in ld for ld in loads), loads
@@ -93,6 +93,22 @@ def test_the_cuda_read_kernel_moves_each_blocks_data_to_another_block_every_pass
         for p in range(1, blocks):
             assert not seen[p] & seen[0], (block, p)  # nothing it read in pass 0 until `blocks` passes on
         assert block_chunks(block, blocks) & seen[0]
+    fixed = {peak.read_chunk(t, s, p, threads, steps, rotate=False) for t in range(64) for s in range(steps)
+             for p in range(3)}  # fmt: skip
+    assert fixed == {t + threads * s for t in range(64) for s in range(steps)}  # DRAM: the same every pass
+
+
+def test_the_gpu_roofs_read_dram_with_fixed_chunks_and_the_l2_with_moving_ones() -> None:
+    """Blocks drift apart over the passes; with moving chunks a block a pass ahead of its neighbour reads
+    what the neighbour reads at about the same moment, from the L2: a 5.14 TB/s "DRAM" on the H200
+    (2026-12-04), above its 4.8 TB/s datasheet. So DRAM is read with each block's own chunks."""
+    import inspect
+
+    from workers import roofs
+
+    source = inspect.getsource(roofs.measure_gpu)
+    assert "l2 // CACHE_FRACTION, sm_count=sm_count)" in source  # rotate defaults to True: the L2
+    assert "16 * l2), sm_count=sm_count, rotate=False)" in source
 
 
 def test_the_cpu_fma_kernel_is_vector_fmas() -> None:

@@ -240,7 +240,7 @@ def measure_gpu(sm_count: int = 0, capability: int = 0, model: str = "") -> Ceil
     peak.require_cuda(target)
     fma = peak.measure_fma_gflops(target, sm_count=sm_count)
     cache = peak.measure_read_gbps(target, l2 // CACHE_FRACTION, sm_count=sm_count) if l2 else None
-    dram = peak.measure_read_gbps(target, max(GPU_DRAM_BYTES, 16 * l2), sm_count=sm_count)
+    dram = peak.measure_read_gbps(target, max(GPU_DRAM_BYTES, 16 * l2), sm_count=sm_count, rotate=False)
     sgemm = torch_sgemm_gflops(seen[0]) if seen is not None else 0.0
     return Ceilings(
         model=model or "CUDA GPU",

@@ -181,9 +181,9 @@ def fma_source(target: Any, kind: str = "device_code") -> str:
     return _source(kernel.pipeline, [kernel.iterations, kernel.a, kernel.b, kernel.zero], target, kind)
 
 
-def read_source(target: Any, nbytes: int = 1 << 20, kind: str = "device_code") -> str:
+def read_source(target: Any, nbytes: int = 1 << 20, kind: str = "device_code", rotate: bool = True) -> str:
     """The read kernel's generated code for `target` without running it (as `fma_source`)."""
-    kernel = read_kernel(target, nbytes, jit=False)
+    kernel = read_kernel(target, nbytes, jit=False, rotate=rotate)
     return _source(kernel.pipeline, [kernel.source, kernel.passes], target, kind)
 
 
@@ -283,7 +283,13 @@ def _select(condition: bool, then: int, otherwise: int) -> int:
 
 
 def read_chunk(
-    thread: Any, step: Any, pass_: Any, threads: int, steps: int, select: Callable[..., Any] = _select
+    thread: Any,
+    step: Any,
+    pass_: Any,
+    threads: int,
+    steps: int,
+    select: Callable[..., Any] = _select,
+    rotate: bool = True,
 ) -> Any:
     """The chunk (`width` floats) a CUDA read thread loads at `step` of pass `pass_`: each pass reads
     every chunk once, and from one pass to the next the whole assignment moves by one block, so a block
@@ -291,15 +297,25 @@ def read_chunk(
     many passes as there are blocks. A buffer that fits the L2 is then read from the L2: a fixed
     assignment keeps each SM's share (the buffer over the SMs, about 190 KiB of a 25 MiB buffer on 132
     SMs) in that SM's L1 after the first pass, and measures the L1. Loads also differ from pass to pass,
-    so the compiler cannot hoist them out of the loop. Works on ints and on Halide Exprs (`hl.select`)."""
+    so the compiler cannot hoist them out of the loop. Works on ints and on Halide Exprs (`hl.select`).
+
+    Not for DRAM (`rotate=False`: each block reads the same chunks every pass): nothing keeps the blocks
+    in step, and a block that drifts a pass ahead of its neighbour would read what the neighbour reads at
+    about the same moment, from the L2 (5.14 TB/s "DRAM" on the H200, above its 4.8 TB/s datasheet); a
+    DRAM-sized buffer gives each SM a share far larger than its L1 anyway."""
     total = threads * steps
+    if not rotate:
+        return thread + threads * step
     chunk = thread + threads * step + (pass_ * CUDA_THREADS) % total
     return select(chunk >= total, chunk - total, chunk)
 
 
-def read_kernel(target: Any, nbytes: int, sm_count: int = 0, jit: bool = True) -> ReadKernel:
+def read_kernel(
+    target: Any, nbytes: int, sm_count: int = 0, jit: bool = True, rotate: bool = True
+) -> ReadKernel:
     """The read kernel over a buffer of about `nbytes` (rounded down to whole steps), compiled with the JIT
-    (unless not `jit`)."""
+    (unless not `jit`); on CUDA, `rotate` moves each block's chunks every pass (`read_chunk`: for a buffer
+    that fits the L2), else each block reads its own chunks every pass (for DRAM)."""
     import halide as hl
 
     source = hl.ImageParam(hl.Float(32), 1, "source")
@@ -314,7 +330,7 @@ def read_kernel(target: Any, nbytes: int, sm_count: int = 0, jit: bool = True) -
         threads = blocks * CUDA_THREADS
         steps = max(1, floats // (width * threads))
         r = hl.RDom([(0, steps), (0, passes)], "r")
-        chunk = read_chunk(t, r.x, r.y, threads, steps, hl.select)
+        chunk = read_chunk(t, r.x, r.y, threads, steps, hl.select, rotate)
         acc[v, t] = hl.f32(0)
         acc[v, t] += source[v + width * hl.clamp(chunk, 0, threads * steps - 1)]  # (clamp: for bounds)
         out[v, t] = acc[v, t]
@@ -345,17 +361,23 @@ def read_kernel(target: Any, nbytes: int, sm_count: int = 0, jit: bool = True) -
 
 
 def measure_read_gbps(
-    target: Any, nbytes: int, repeats: int = 20, sm_count: int = 0, run_s: float | None = None
+    target: Any,
+    nbytes: int,
+    repeats: int = 20,
+    sm_count: int = 0,
+    run_s: float | None = None,
+    rotate: bool = True,
 ) -> Rate:
     """Best GB/s reading a buffer of about `nbytes` on `target` (bytes read / time), `repeats` runs of
-    about `run_s` seconds each; the first pass of each run warms a cache-sized buffer into its level."""
+    about `run_s` seconds each; the first pass of each run warms a cache-sized buffer into its level.
+    `rotate`: see `read_kernel` (True for a cache, False for DRAM)."""
     import halide as hl
     import numpy as np
 
     gpu = target.has_gpu_feature()
     if gpu:
         require_cuda(target)
-    kernel = read_kernel(target, nbytes, sm_count)
+    kernel = read_kernel(target, nbytes, sm_count, rotate=rotate)
     data = np.full(kernel.elements, 1.0, np.float32)
     buffer = hl.Buffer(data)
     out = hl.Buffer(hl.Float(32), kernel.sizes)
@@ -378,6 +400,7 @@ def measure_read_gbps(
     moved = kernel.bytes(passes)
     method = (
         f"Halide {target.to_string()}: read {kernel.elements * 4} bytes x {passes} passes, "
-        f"{kernel.sizes[1]} threads; best of {repeats}"
+        f"{kernel.sizes[1]} threads, {'chunks moving between blocks' if rotate else 'fixed chunks'}; "
+        f"best of {repeats}"
     )
     return Rate(moved / best / 1e9, best, moved, repeats, method)
