@@ -10,6 +10,11 @@ where it has them).
 
     python -m orchestrator.report.fusion_rule                 # every bundle under results/
     python -m orchestrator.report.fusion_rule results/cpu/heldout results/h200/heldout
+
+A bundle whose `quick` searches stored their trials (`quick-db.json`: every candidate, the named schedules
+among them, timed one after another in one process) gets a second table, `judge_trials`: the same choice
+against those timings. It is a cross-check of the jobs' verdict where one job per variant is too noisy to
+tell (the 2-vCPU CPU), not the rule's score, which stays the records'.
 """
 
 from __future__ import annotations
@@ -25,10 +30,13 @@ from omegaconf import OmegaConf
 
 from kernels.device import DeviceSpec
 from kernels.halide.family.cost import fusion_choice
+from kernels.layer import LayerShape
 from orchestrator.config import CONF_DIR, REPO_ROOT
 from orchestrator.report.analysis import FUSED, UNFUSED
 from orchestrator.report.load import is_cold, shape_of
 
+QUICK_DB = "quick-db.json"  # a bundle's copy of the entries its quick searches stored, trials included
+FUSED_NAMES = ("app", "fused_tile", "fused_cblock")  # the fused named schedules, as quick's trials name them
 NEAR_TIE = 0.05  # a pair whose two sides differ by less than this fraction is a near tie
 
 
@@ -106,6 +114,68 @@ def judge(rows: Iterable[Mapping[str, Any]], metric: str = "time_ms") -> list[di
     return out
 
 
+def judge_trials(db_path: Path, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`judge`'s entries from the trials of the `quick` searches stored in `db_path`: per entry, the
+    trials of `named:unfused` against the best of `named:app`, `named:fused_tile` and `named:fused_cblock`
+    (their quick-timing medians); the device's rates come from `rows` (the bundle's records of it)."""
+    import json
+
+    catalog = _catalog()
+    devices: dict[str, DeviceSpec] = {}
+    for r in rows:
+        key = str(r.get("device_key") or r.get("device") or "")
+        if key not in devices and r.get("status") == "ok":
+            spec = device_of(r, catalog)
+            if spec is not None:
+                devices[key] = spec
+    out = []
+    for entry in json.loads(db_path.read_text()).get("entries", {}).values():
+        device = devices.get(str(entry.get("device")))
+        trials = {
+            str(t["origin"]): float(t["time_ms"])
+            for t in entry.get("trials", [])
+            if t.get("outcome") == "ok" and (t.get("time_ms") or 0) > 0
+        }
+        fused = {v: trials[f"named:{v}"] for v in FUSED_NAMES if f"named:{v}" in trials}
+        if device is None or "named:unfused" not in trials or not fused:
+            continue
+        g = entry["shape"]
+        shape = LayerShape(
+            str(entry.get("shape_name", "")), g["n"], g["h"], g["w"], g["c"], g["co"], g.get("stride", 1),
+            g.get("bias", True), g.get("relu", True),
+        )  # fmt: skip
+        unfused_ms = trials["named:unfused"]
+        best = min(fused, key=lambda v: fused[v])
+        faster = "fused" if fused[best] < unfused_ms else "unfused"
+        rule = fusion_choice(shape, device)
+        out.append(
+            {
+                "device": device.name,
+                "shape": f"{shape.n}x{shape.h}x{shape.w}x{shape.c}-{shape.co}s{shape.stride}",
+                "unfused_ms": unfused_ms,
+                "best_fused": f"halide_{best}",
+                "fused_ms": fused[best],
+                "faster": faster,
+                "rule": rule,
+                "agree": rule == faster,
+                "margin": max(unfused_ms, fused[best]) / min(unfused_ms, fused[best]) - 1,
+            }
+        )
+    return sorted(out, key=lambda j: (j["device"], j["shape"]))
+
+
+def _table(judged: Sequence[Mapping[str, Any]]) -> None:
+    print("| device | shape | halide_unfused ms | best fused | ms | faster | rule | |")
+    print("|---|---|---|---|---|---|---|---|")
+    for j in judged:
+        mark = "" if j["agree"] else f"miss ({100 * j['margin']:.1f}% apart)"
+        print(
+            f"| {j['device']} | {j['shape']} | {j['unfused_ms']:.4g} | {j['best_fused']} "
+            f"| {j['fused_ms']:.4g} "
+            f"| {j['faster']} | {j['rule']} | {mark} |"
+        )
+
+
 def summary_line(judged: Sequence[Mapping[str, Any]]) -> str:
     """`picks the faster on A of N pairs (P%); of the M misses, K are near ties (< 5%)`."""
     if not judged:
@@ -144,16 +214,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {missing[0]} is not a results bundle (no records.jsonl)", file=sys.stderr)
         return 2
     judged = judge(bundle_rows(bundles))
-    print("| device | shape | halide_unfused ms | best fused | ms | faster | rule | |")
-    print("|---|---|---|---|---|---|---|---|")
-    for j in judged:
-        mark = "" if j["agree"] else f"miss ({100 * j['margin']:.1f}% apart)"
-        print(
-            f"| {j['device']} | {j['shape']} | {j['unfused_ms']:.4g} | {j['best_fused']} "
-            f"| {j['fused_ms']:.4g} "
-            f"| {j['faster']} | {j['rule']} | {mark} |"
-        )
+    _table(judged)
     print(f"\nThe cost model's rule {summary_line(judged)}, over {len(bundles)} bundle(s).")
+    for bundle in bundles:
+        db = bundle / QUICK_DB
+        trials = judge_trials(db, bundle_rows([bundle])) if db.is_file() else []
+        if trials:
+            print(f"\nCross-check, not the score: the named schedules as quick timed them ({db}):\n")
+            _table(trials)
+            print(f"\nAgainst those trials the rule {summary_line(trials)}.")
     return 0
 
 

@@ -18,6 +18,17 @@ CPU: the pointwise at the register tile's FMA issue rate (two FMAs and two loads
 `tiling.micro_tile` counts them), the depthwise at `CPU_DEPTHWISE_EFFICIENCY` of peak as often as the
 schedule recomputes it, the intermediate's round trip for `root` (from L2 when it fits, else DRAM),
 tasks over cores (`plan_blocks`' makespan) and a fixed cost a parallel loop.
+
+What this means for the fusion choice. On a CPU the named `unfused` and `fused_tile` share their pointwise
+tile and task plan on most shapes, so their estimates differ only by the intermediate's round trip, the
+extra parallel loop and any depthwise recomputed per chunk of output channels: a few percent to about 20%,
+in favour of `fused_tile` unless it must recompute. A weights-stay-in-L2 term (a task's weights, depthwise
+block and input rows against the core's L2) was tried and moved no verdict. On a GPU two known errors
+remain: the named `fused_tile`'s serial stage is charged per input pixel of its tile, although its loop
+runs over the tile's output pixels (2-3x too much at stride 1, 4-5x at stride 2), and `unfused`'s
+pointwise is estimated 1.3-1.9x too fast a reduction step at full occupancy (its kernel times in the H200
+records); they partly cancel, and changing either alone, or the latencies, did not make more choices
+right (`orchestrator.report.fusion_rule`).
 """
 
 from __future__ import annotations
