@@ -195,7 +195,8 @@ pack() {
 
 for stage in "$@"; do
   case $stage in
-    up|checks|sweep|mobilenet|max|nsight|cli|heldout|cold|faults|tuned) $stage ;;
+    up|checks|sweep|mobilenet|max|nsight|cli|heldout|cold|tuned) $stage ;;
+    faults) faults 2>&1 | tee "$out/faults.log" ;;
     export) export_ ;;
     *) echo "reference_runs.sh: unknown stage $stage (up checks sweep mobilenet max nsight cli heldout cold faults tuned export)" >&2
        exit 2 ;;
