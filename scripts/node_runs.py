@@ -20,14 +20,14 @@ import time
 from mlflow.tracking import MlflowClient
 
 
-def _runs(client: MlflowClient, name: str) -> list:
+def _runs(client: MlflowClient, name: str, most: int = 5000) -> list:
     exp = client.get_experiment_by_name(name)
-    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=5000)
+    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=most)
 
 
 def experiments(client: MlflowClient) -> int:
     for exp in client.search_experiments():
-        if _runs(client, exp.name):
+        if _runs(client, exp.name, most=1):
             print(exp.name)
     return 0
 

@@ -40,6 +40,11 @@ make_=(make --no-print-directory PY=$py)
 read -r -a run_args <<<"${RUN_ARGS:-}"
 say() { echo "== $(date -u +%H:%M:%S) $*"; }
 
+restart_head() {  # stop any Ray head, start one declaring GPU model $1; its output in STATE/ray-head.log
+  ray stop --force >/dev/null 2>&1
+  setsid "${make_[@]}" head GPU="$1" >"$state/ray-head.log" 2>&1 < /dev/null
+}
+
 up() {
   if ! curl -sf "http://127.0.0.1:$port/health" >/dev/null; then
     say "MLflow server on 127.0.0.1:$port, store $state/mlflow.db"
@@ -50,9 +55,8 @@ up() {
     curl -sf "http://127.0.0.1:$port/health" >/dev/null || { tail -20 "$state/mlflow-server.log"; return 1; }
   fi
   # A Ray head started by an earlier invocation runs its workers from that invocation's checkout: restart it.
-  ray stop --force >/dev/null 2>&1
   say "Ray head declaring GPU=$gpu"
-  setsid "${make_[@]}" head GPU="$gpu" >"$state/ray-head.log" 2>&1 < /dev/null
+  restart_head "$gpu"
   tail -3 "$state/ray-head.log"
   "${make_[@]}" ray-status
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv \
@@ -147,16 +151,19 @@ faults() {
   "${make_[@]}" worker HEAD=127.0.0.1:6379 GPU=nope; echo "make worker GPU=nope: exit $?"
 
   say "faults 2: the head declares GPU=rtx2060 on this node; two variants on the app shape through Ray"
-  ray stop --force >/dev/null 2>&1
-  setsid "${make_[@]}" head GPU=rtx2060 < /dev/null 2>&1 | grep -E '^(warning|note|error)' 
+  restart_head rtx2060
+  grep -E '^(warning|note|error)' "$state/ray-head.log"
   "${make_[@]}" ray-status
   orchestrate +experiment=mobilenet_v1 name=faults_mismatch 'devices=[auto]' 'variants=[halide_app,cudnn_cl]' \
     'shapes=[app]' timing=quick 2>&1 | tail -8
   "${runs[@]}" show faults_mismatch
 
   say "faults 3: the MLflow server stopped mid-sweep (after 2 jobs), the sweep finishes, then orchestrator.sync"
-  ray stop --force >/dev/null 2>&1
-  setsid "${make_[@]}" head GPU="$gpu" < /dev/null >/dev/null 2>&1
+  if [ ! -s "$state/mlflow-server.pgid" ]; then  # a server this script did not start: not ours to stop
+    echo "faults 3 skipped: the MLflow server on :$port was not started by this script (no $state/mlflow-server.pgid)"
+    return 1
+  fi
+  restart_head "$gpu"
   orchestrate +experiment=mobilenet_v1 name=faults_outage 'devices=[auto]' 'variants=[halide_app]' "shapes=[$shapes]" \
     timing.min_time_s=1.5 timing.max_time_s=2.0 timing.max_repeats=100000 >"$out/faults-outage.log" 2>&1 &
   local pid=$!

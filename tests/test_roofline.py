@@ -98,17 +98,36 @@ def test_the_cuda_read_kernel_moves_each_blocks_data_to_another_block_every_pass
     assert fixed == {t + threads * s for t in range(64) for s in range(steps)}  # DRAM: the same every pass
 
 
-def test_the_gpu_roofs_read_dram_with_fixed_chunks_and_the_l2_with_moving_ones() -> None:
+def test_the_gpu_roofs_read_dram_with_fixed_chunks_and_the_l2_with_moving_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Blocks drift apart over the passes; with moving chunks a block a pass ahead of its neighbour reads
     what the neighbour reads at about the same moment, from the L2: a 5.14 TB/s "DRAM" on the H200
-    (2026-12-04), above its 4.8 TB/s datasheet. So DRAM is read with each block's own chunks."""
-    import inspect
+    (2026-12-04), above its 4.8 TB/s datasheet. So DRAM is read with each block's own chunks. The GPU's
+    parts are stood in for here (no GPU); `measure_gpu`'s choice of buffer and assignment is what runs."""
+    from types import SimpleNamespace
 
+    from kernels.halide import peak
     from workers import roofs
 
-    source = inspect.getsource(roofs.measure_gpu)
-    assert "l2 // CACHE_FRACTION, sm_count=sm_count)" in source  # rotate defaults to True: the L2
-    assert "16 * l2), sm_count=sm_count, rotate=False)" in source
+    l2 = 50 << 20
+    reads: list[tuple[int, bool]] = []
+
+    def read(target: object, nbytes: int, sm_count: int = 0, rotate: bool = True, **_: object) -> peak.Rate:
+        reads.append((nbytes, rotate))
+        return peak.Rate(1000.0, 1.0, 1e12, 1, "read")
+
+    torch = SimpleNamespace(cuda=SimpleNamespace(get_device_capability=lambda index: (9, 0)))
+    monkeypatch.setattr(roofs, "_torch_gpu", lambda: (torch, "GPU", 132, l2))
+    monkeypatch.setattr(roofs, "torch_sgemm_gflops", lambda torch: 1.0)
+    monkeypatch.setattr(peak, "cuda_target", lambda capability: "cuda")
+    monkeypatch.setattr(peak, "require_cuda", lambda target: None)
+    monkeypatch.setattr(
+        peak, "measure_fma_gflops", lambda target, sm_count=0: peak.Rate(1.0, 1.0, 1.0, 1, "fma")
+    )
+    monkeypatch.setattr(peak, "measure_read_gbps", read)
+    roofs.measure_gpu(capability=90)
+    assert reads == [(l2 // roofs.CACHE_FRACTION, True), (max(roofs.GPU_DRAM_BYTES, 16 * l2), False)]
 
 
 def test_the_cpu_fma_kernel_is_vector_fmas() -> None:

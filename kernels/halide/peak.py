@@ -303,9 +303,9 @@ def read_chunk(
     in step, and a block that drifts a pass ahead of its neighbour would read what the neighbour reads at
     about the same moment, from the L2 (5.14 TB/s "DRAM" on the H200, above its 4.8 TB/s datasheet); a
     DRAM-sized buffer gives each SM a share far larger than its L1 anyway."""
-    total = threads * steps
     if not rotate:
         return thread + threads * step
+    total = threads * steps
     chunk = thread + threads * step + (pass_ * CUDA_THREADS) % total
     return select(chunk >= total, chunk - total, chunk)
 

@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 
 from kernels.device import DeviceSpec
 from kernels.halide.family.cost import fusion_choice
+from kernels.halide.tuned import parse_key
 from kernels.layer import LayerShape
 from orchestrator.config import CONF_DIR, REPO_ROOT
 from orchestrator.report.analysis import FUSED, UNFUSED
@@ -94,24 +95,29 @@ def judge(rows: Iterable[Mapping[str, Any]], metric: str = "time_ms") -> list[di
         device, shape = device_of(row, catalog), shape_of(row)
         if device is None or shape is None:
             continue
-        unfused_ms = statistics.median(by_variant[UNFUSED])
-        best = min(fused, key=lambda v: fused[v])
-        faster = "fused" if fused[best] < unfused_ms else "unfused"
-        rule = fusion_choice(shape, device)
-        out.append(
-            {
-                "device": key[0],
-                "shape": f"{shape.n}x{shape.h}x{shape.w}x{shape.c}-{shape.co}s{shape.stride}",
-                "unfused_ms": unfused_ms,
-                "best_fused": best,
-                "fused_ms": fused[best],
-                "faster": faster,
-                "rule": rule,
-                "agree": rule == faster,
-                "margin": max(unfused_ms, fused[best]) / min(unfused_ms, fused[best]) - 1,
-            }
-        )
+        out.append(_verdict(device, shape, statistics.median(by_variant[UNFUSED]), fused))
     return out
+
+
+def _verdict(
+    device: DeviceSpec, shape: LayerShape, unfused_ms: float, fused: Mapping[str, float]
+) -> dict[str, Any]:
+    """One measured pair judged: `unfused_ms` against the fastest of `fused` (variant -> ms), and the
+    cost model's choice for (`shape`, `device`)."""
+    best = min(fused, key=lambda v: fused[v])
+    faster = "fused" if fused[best] < unfused_ms else "unfused"
+    rule = fusion_choice(shape, device)
+    return {
+        "device": device.name,
+        "shape": f"{shape.n}x{shape.h}x{shape.w}x{shape.c}-{shape.co}s{shape.stride}",
+        "unfused_ms": unfused_ms,
+        "best_fused": best,
+        "fused_ms": fused[best],
+        "faster": faster,
+        "rule": rule,
+        "agree": rule == faster,
+        "margin": max(unfused_ms, fused[best]) / min(unfused_ms, fused[best]) - 1,
+    }
 
 
 def judge_trials(db_path: Path, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -129,38 +135,17 @@ def judge_trials(db_path: Path, rows: Iterable[Mapping[str, Any]]) -> list[dict[
             if spec is not None:
                 devices[key] = spec
     out = []
-    for entry in json.loads(db_path.read_text()).get("entries", {}).values():
-        device = devices.get(str(entry.get("device")))
+    for key, entry in json.loads(db_path.read_text()).get("entries", {}).items():
+        device, parsed = devices.get(str(entry.get("device"))), parse_key(key)
         trials = {
             str(t["origin"]): float(t["time_ms"])
             for t in entry.get("trials", [])
             if t.get("outcome") == "ok" and (t.get("time_ms") or 0) > 0
         }
-        fused = {v: trials[f"named:{v}"] for v in FUSED_NAMES if f"named:{v}" in trials}
-        if device is None or "named:unfused" not in trials or not fused:
+        fused = {f"halide_{v}": trials[f"named:{v}"] for v in FUSED_NAMES if f"named:{v}" in trials}
+        if device is None or parsed is None or "named:unfused" not in trials or not fused:
             continue
-        g = entry["shape"]
-        shape = LayerShape(
-            str(entry.get("shape_name", "")), g["n"], g["h"], g["w"], g["c"], g["co"], g.get("stride", 1),
-            g.get("bias", True), g.get("relu", True),
-        )  # fmt: skip
-        unfused_ms = trials["named:unfused"]
-        best = min(fused, key=lambda v: fused[v])
-        faster = "fused" if fused[best] < unfused_ms else "unfused"
-        rule = fusion_choice(shape, device)
-        out.append(
-            {
-                "device": device.name,
-                "shape": f"{shape.n}x{shape.h}x{shape.w}x{shape.c}-{shape.co}s{shape.stride}",
-                "unfused_ms": unfused_ms,
-                "best_fused": f"halide_{best}",
-                "fused_ms": fused[best],
-                "faster": faster,
-                "rule": rule,
-                "agree": rule == faster,
-                "margin": max(unfused_ms, fused[best]) / min(unfused_ms, fused[best]) - 1,
-            }
-        )
+        out.append(_verdict(device, parsed[0], trials["named:unfused"], fused))
     return sorted(out, key=lambda j: (j["device"], j["shape"]))
 
 
