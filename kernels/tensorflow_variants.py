@@ -130,6 +130,41 @@ def import_tensorflow() -> ModuleType:
     return tf
 
 
+# --- which CUDA libraries TensorFlow runs on ---------------------------------------------------------
+# (library soname, C function, its arguments before the int* result) for each version read; sonames are
+# TensorFlow 2.20's (CUDA 12). A library already loaded by the process is matched by soname, so these name
+# the files TensorFlow itself opened (PyTorch, loaded first, may have brought its own cuDNN 9).
+_VERSION_CALLS = {
+    "cuda_runtime": ("libcudart.so.12", "cudaRuntimeGetVersion", ()),
+    "cudnn": ("libcudnn.so.9", "cudnnGetVersion", None),  # returns the version as size_t
+    "cublas_major": ("libcublas.so.12", "cublasGetProperty", (0,)),
+    "cublas_minor": ("libcublas.so.12", "cublasGetProperty", (1,)),
+}
+
+
+def cuda_libraries(tf: ModuleType) -> dict[str, str]:
+    """The CUDA and cuDNN versions TensorFlow was built for and the ones loaded in this process, as record
+    params (`tf.build.cuda`, `tf.loaded.cudnn`, ...): a GPU record of TensorFlow names the libraries it ran."""
+    import ctypes
+
+    info = tf.sysconfig.get_build_info()
+    params = {f"tf.build.{k}": str(info.get(f"{k}_version", "?")) for k in ("cuda", "cudnn")}
+    for name, (soname, function, args) in _VERSION_CALLS.items():
+        try:
+            fn = getattr(ctypes.CDLL(soname, mode=ctypes.RTLD_GLOBAL), function)
+            if args is None:
+                fn.restype = ctypes.c_size_t
+                value = int(fn())
+            else:
+                out = ctypes.c_int()
+                status = fn(*args, ctypes.byref(out))
+                value = out.value if status == 0 else f"error {status}"
+        except (OSError, AttributeError) as e:
+            value = f"unknown ({e})"
+        params[f"tf.loaded.{name}"] = str(value)
+    return params
+
+
 # --- the variant --------------------------------------------------------------------------------
 @dataclass
 class _Placed:
@@ -163,6 +198,8 @@ class TfBuilt:
         self.sync()
         self.compile_s = time.perf_counter() - start  # includes one execution of the layer
         self.artifacts = self._describe(dummy)
+        if self.gpu:
+            self.build_params = MappingProxyType(cuda_libraries(tf))
 
     def _layer(self, *args: Any) -> Any:
         tf, spec, s = self.tf, self.spec, self.shape

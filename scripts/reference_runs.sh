@@ -21,6 +21,8 @@
 #     faults    issue 23's drills: a worker declaring a model the catalog lacks; a head declaring a model that
 #               is not its GPU (jobs tagged gpu_model_mismatch); the MLflow server stopped mid-sweep, then
 #               orchestrator.sync (each in its own experiment, faults_*); ends with `up` again
+#     tensorflow  TensorFlow's GPU variants beside halide_tuned and cuDNN on the app shape and the stride-1
+#               blocks through Ray, with the kit's TensorFlow (make gpu-kit KIT_EXTRA=...: see tf_cuda_libs)
 #     tuned     halide_tuned and halide_app on the app shape and the stride-1 blocks through Ray, with the
 #               tuning database TUNED_DB when set (a search's db.json, copied over tuning/db.json first)
 #     export    every experiment of the server that has runs, as a bundle
@@ -187,6 +189,43 @@ tuned() {
     rerun=true 2>&1 | tee "$out/tuned.log" | tail -16
 }
 
+# TensorFlow 2.20's GPU build opens CUDA 12's runtime, cuBLAS, cuBLASLt, cuFFT 11, cuSOLVER 11, cuSPARSE 12 and
+# cuDNN 9 at start-up and registers no GPU if one is missing. The kit brings the runtime, cuBLAS and ptxas (XLA)
+# of CUDA 12 (KIT_EXTRA='tensorflow==2.20.0 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cublas-cu12==12.9.1.4
+# nvidia-cuda-nvcc-cu12==12.9.86'); cuDNN 9 and cuSPARSE 12 are the image's own (CUDA 13 builds of the same
+# sonames; the process's PyTorch loads that cuDNN first anyway), and cuFFT and cuSOLVER, which the layer
+# never calls, are opened under their CUDA 12 names from the image's CUDA 13 files. Leaving out the
+# and-cuda extra's other 2.2 GB is what lets the kit reach a node at 64 MiB a call (docs/evidence/tensorflow-gpu.md).
+tf_cuda_libs() {
+  local links=$state/tf-cuda-libs dirs found name
+  dirs=$("$py" -c 'import site; print(" ".join(site.getsitepackages()))')
+  found=$(find $dirs /usr/local/cuda/lib64 -name 'libcusparse.so.12' 2>/dev/null | grep -v '/cuda_runtime/\|/cublas/' | head -1)
+  [ -n "$found" ] || { echo "tf_cuda_libs: no CUDA 13 libcusparse.so.12 in $dirs /usr/local/cuda/lib64"; return 1; }
+  local image_lib=${found%/*}
+  mkdir -p "$links"
+  for name in cufft:11:12 cusolver:11:12; do
+    IFS=: read -r lib want have <<<"$name"
+    ln -sf "$image_lib/lib$lib.so.$have" "$links/lib$lib.so.$want"
+  done
+  export LD_LIBRARY_PATH=$links:$image_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  say "TensorFlow's CUDA libraries: kit (runtime, cuBLAS 12), $image_lib (cuDNN, cuSPARSE; cuFFT and cuSOLVER as $links)"
+  TF_CPP_MIN_LOG_LEVEL=0 "$py" -c 'import tensorflow as tf; print("TensorFlow", tf.__version__, "GPUs:",
+    tf.config.list_physical_devices("GPU"), tf.sysconfig.get_build_info().get("cuda_version"))' 2>&1 \
+    | grep -v "^WARNING: All log messages\|cpu_feature_guard\|oneDNN" | tail -12 | tee "$out/tensorflow-gpu.txt"
+}
+
+TF_VARIANTS=tf_separable,tf_twostep,tf_separable_xla,tf_twostep_xla,tf_separable_nchw,tf_twostep_nchw,\
+tf_separable_tf32,tf_twostep_tf32,tf_separable_tf32_xla,tf_twostep_tf32_xla,tf_separable_nchw_tf32,tf_twostep_nchw_tf32
+
+tensorflow() {
+  tf_cuda_libs || return 1
+  restart_head "$gpu"  # Ray's workers take LD_LIBRARY_PATH from the head
+  say "TensorFlow beside halide_tuned and cuDNN on the app shape and the stride-1 blocks through Ray"
+  orchestrate +experiment=mobilenet_v1 name=mobilenet_v1_tensorflow 'devices=[auto]' \
+    "variants=[$TF_VARIANTS,halide_tuned,cudnn_cl,cudnn_cl_tf32]" "shapes=[app,$BLOCKS]" \
+    2>&1 | tee "$out/tensorflow.log" | tail -30
+}
+
 export_() {
   say "exporting every experiment from the node's MLflow"
   local e
@@ -203,10 +242,10 @@ pack() {
 
 for stage in "$@"; do
   case $stage in
-    up|checks|sweep|mobilenet|max|nsight|cli|heldout|cold|tuned) $stage ;;
+    up|checks|sweep|mobilenet|max|nsight|cli|heldout|cold|tuned|tensorflow) $stage ;;
     faults) faults 2>&1 | tee "$out/faults.log" ;;
     export) export_ ;;
-    *) echo "reference_runs.sh: unknown stage $stage (up checks sweep mobilenet max nsight cli heldout cold faults tuned export)" >&2
+    *) echo "reference_runs.sh: unknown stage $stage (up checks sweep mobilenet max nsight cli heldout cold faults tuned tensorflow export)" >&2
        exit 2 ;;
   esac
 done

@@ -190,6 +190,19 @@ def test_tensorflow_gpu_variant_without_a_gpu() -> None:
             ours()[name].build(ODD_S1, GPU, {})
 
 
+def test_tensorflow_names_its_cuda_libraries() -> None:
+    """A GPU record of TensorFlow carries the CUDA and cuDNN it was built for and the ones it loaded; where a
+    library is not loaded (here: no CUDA at all) the param says so instead of holding a number."""
+    tf = tensorflow_variants.import_tensorflow()
+    params = tensorflow_variants.cuda_libraries(tf)
+    assert set(params) == {"tf.build.cuda", "tf.build.cudnn"} | {
+        f"tf.loaded.{name}" for name in tensorflow_variants._VERSION_CALLS
+    }
+    assert re.fullmatch(r"\d+(\.\d+)*", params["tf.build.cuda"]), params
+    for name in tensorflow_variants._VERSION_CALLS:
+        assert re.fullmatch(r"\d+|error -?\d+|unknown \(.+\)", params[f"tf.loaded.{name}"]), params
+
+
 def test_cudnn_check_says_what_is_missing() -> None:
     reason = ours()["cudnn_cl"].skip_reason(ODD_S1, GPU)
     if importlib.util.find_spec("torch") is None:
