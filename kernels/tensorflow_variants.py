@@ -144,7 +144,7 @@ _VERSION_CALLS = {
 
 def cuda_libraries(tf: ModuleType) -> dict[str, str]:
     """The CUDA and cuDNN versions TensorFlow was built for and the ones loaded in this process, as record
-    params (`tf.build.cuda`, `tf.loaded.cudnn`, ...): a GPU record of TensorFlow names the libraries it ran."""
+    params (`tf.build.cuda`, `tf.loaded.cudnn`, ...): a GPU record names the libraries TensorFlow ran on."""
     import ctypes
 
     info = tf.sysconfig.get_build_info()
