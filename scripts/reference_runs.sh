@@ -192,26 +192,34 @@ tuned() {
 # TensorFlow 2.20's GPU build opens CUDA 12's runtime, cuBLAS, cuBLASLt, cuFFT 11, cuSOLVER 11, cuSPARSE 12 and
 # cuDNN 9 at start-up and registers no GPU if one is missing. The kit brings the runtime, cuBLAS and ptxas (XLA)
 # of CUDA 12 (KIT_EXTRA='tensorflow==2.20.0 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cublas-cu12==12.9.1.4
-# nvidia-cuda-nvcc-cu12==12.9.86'); cuDNN 9 and cuSPARSE 12 are the image's own (CUDA 13 builds of the same
-# sonames; the process's PyTorch loads that cuDNN first anyway), and cuFFT and cuSOLVER, which the layer
-# never calls, are opened under their CUDA 12 names from the image's CUDA 13 files. Leaving out the
-# and-cuda extra's other 2.2 GB is what lets the kit reach a node at 64 MiB a call (docs/evidence/tensorflow-gpu.md).
+# nvidia-cuda-nvcc-cu12==12.9.86'). cuDNN 9 is PyTorch's own (one process loads one libcudnn.so.9, and the
+# worker's PyTorch loads it first); cuSPARSE 12 is the image's CUDA 13 build of that soname; cuFFT and cuSOLVER,
+# which the layer never calls, are opened under their CUDA 12 names from the image's CUDA 13 files. All of them
+# are links in one folder put first on LD_LIBRARY_PATH: the image's CUDA 13 folder also holds an older cuDNN
+# (9.14), which must not come before PyTorch's. Leaving out the and-cuda extra's other 2.2 GB is what lets the
+# kit reach a node at 64 MiB a call (docs/evidence/tensorflow-gpu.md).
 tf_cuda_libs() {
-  local links=$state/tf-cuda-libs dirs found name
+  local links=$state/tf-cuda-libs dirs found image_lib cudnn name lib want have
   dirs=$("$py" -c 'import site; print(" ".join(site.getsitepackages()))')
   found=$(find $dirs /usr/local/cuda/lib64 -name 'libcusparse.so.12' 2>/dev/null | grep -v '/cuda_runtime/\|/cublas/' | head -1)
   [ -n "$found" ] || { echo "tf_cuda_libs: no CUDA 13 libcusparse.so.12 in $dirs /usr/local/cuda/lib64"; return 1; }
-  local image_lib=${found%/*}
-  mkdir -p "$links"
+  image_lib=${found%/*}
+  cudnn=$(env -u LD_LIBRARY_PATH "$py" -c 'import torch; torch.backends.cudnn.version()
+print(next(l.split()[-1] for l in open("/proc/self/maps") if "libcudnn.so.9" in l))')
+  [ -f "$cudnn" ] || { echo "tf_cuda_libs: PyTorch loaded no libcudnn.so.9 ($cudnn)"; return 1; }
+  rm -rf "$links" && mkdir -p "$links"
+  ln -s "${cudnn%/*}"/libcudnn*.so.9 "$links/"
+  ln -s "$image_lib/libcusparse.so.12" "$links/libcusparse.so.12"
   for name in cufft:11:12 cusolver:11:12; do
     IFS=: read -r lib want have <<<"$name"
-    ln -sf "$image_lib/lib$lib.so.$have" "$links/lib$lib.so.$want"
+    ln -s "$image_lib/lib$lib.so.$have" "$links/lib$lib.so.$want"
   done
   export LD_LIBRARY_PATH=$links:$image_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  say "TensorFlow's CUDA libraries: kit (runtime, cuBLAS 12), $image_lib (cuDNN, cuSPARSE; cuFFT and cuSOLVER as $links)"
-  TF_CPP_MIN_LOG_LEVEL=0 "$py" -c 'import tensorflow as tf; print("TensorFlow", tf.__version__, "GPUs:",
-    tf.config.list_physical_devices("GPU"), tf.sysconfig.get_build_info().get("cuda_version"))' 2>&1 \
-    | grep -v "^WARNING: All log messages\|cpu_feature_guard\|oneDNN" | tail -12 | tee "$out/tensorflow-gpu.txt"
+  say "TensorFlow's CUDA libraries: kit (runtime, cuBLAS 12), PyTorch's cuDNN (${cudnn%/*}), $image_lib (cuSPARSE; cuFFT, cuSOLVER)"
+  TF_CPP_MIN_LOG_LEVEL=0 "$py" -c 'import torch, tensorflow as tf; print("TensorFlow", tf.__version__, "GPUs:",
+    tf.config.list_physical_devices("GPU"), tf.sysconfig.get_build_info().get("cuda_version"), "PyTorch cuDNN",
+    torch.backends.cudnn.version())' 2>&1 \
+    | grep -v "^WARNING: All log messages\|cpu_feature_guard\|oneDNN\|rebuild TensorFlow" | tail -12 | tee "$out/tensorflow-gpu.txt"
 }
 
 TF_VARIANTS=tf_separable,tf_twostep,tf_separable_xla,tf_twostep_xla,tf_separable_nchw,tf_twostep_nchw,\
