@@ -59,8 +59,9 @@ MB = 1_000_000
 # pyproject dependencies a node needs: the worker (halide, numpy), the driver (hydra, rich, matplotlib for
 # reports), Ray (head, workers, driver) and MLflow (client and server).
 NOT_CARRIED = {
-    "tensorflow": "a baseline only: its variants are recorded `skipped` where it is absent, and the GPU "
-    "image's CUDA 13 lacks the CUDA 12 libraries that tensorflow[and-cuda] 2.21 is built for",
+    "tensorflow": "a baseline only: its variants are recorded `skipped` where it is absent; a session that "
+    "wants it on a GPU node adds it with --extra (docs/evidence/tensorflow-gpu.md: 2.20 with CUDA 12's "
+    "runtime, cuBLAS and ptxas, about 1 GB of kit)",
 }
 
 
