@@ -211,9 +211,9 @@ def _table(judged: Sequence[Mapping[str, Any]]) -> None:
         )
 
 
-def summary_line(judged: Sequence[Mapping[str, Any]]) -> str:
-    """`picks the faster on A of N pairs (P%); M misses, K of them near ties (...)`, and, for `score`'s
-    entries, `; T pairs timed in turns, J on job records`."""
+def summary_line(judged: Sequence[Mapping[str, Any]], sources: bool = False) -> str:
+    """`picks the faster on A of N pairs (P%); M misses, K of them near ties (...)`, and, with `sources`,
+    `; T pairs judged on timings in turns, J on job records` (`score`'s entries)."""
     if not judged:
         return "no measured pair (an ok halide_unfused and an ok fused schedule on one shape and device)"
     agree = sum(j["agree"] for j in judged)
@@ -222,11 +222,10 @@ def summary_line(judged: Sequence[Mapping[str, Any]]) -> str:
     line = f"picks the faster on {agree} of {len(judged)} pairs ({100 * agree / len(judged):.0f}%)"
     if misses:
         line += f"; {len(misses)} misses, {ties} of them near ties (the two within {100 * NEAR_TIE:.0f}%)"
-    sources = [j.get("source") for j in judged]
-    if any(sources):
+    if sources:
+        used = [j.get("source") for j in judged]
         line += (
-            f"; {sources.count(IN_TURNS)} pairs judged on timings in turns, {sources.count(JOBS)} on job "
-            "records"
+            f"; {used.count(IN_TURNS)} pairs judged on timings in turns, {used.count(JOBS)} on job records"
         )
     return line
 
@@ -257,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     judged = score(bundle_rows(bundles))
     _table(judged)
-    print(f"\nThe cost model's rule {summary_line(judged)}, over {len(bundles)} bundle(s).")
+    print(f"\nThe cost model's rule {summary_line(judged, sources=True)}, over {len(bundles)} bundle(s).")
     for bundle in bundles:
         db = bundle / QUICK_DB
         trials = judge_trials(db, bundle_rows([bundle])) if db.is_file() else []
