@@ -382,9 +382,9 @@ def export(
 ) -> Exported:
     """Write the experiment's complete child runs (of the parent runs `runs`, matching `filters`) as a
     results bundle in `out`; returns what was written."""
-    from orchestrator.plan import git_commit
     from orchestrator.record import scrub_text
     from workers.bundle import append_record
+    from workers.hostinfo import git_commit
 
     out = Path(out)
     part = _check_out(out, force)

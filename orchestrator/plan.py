@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import re
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ from orchestrator.config import (
     ShapeConf,
     experiment_names,
 )
+from workers.hostinfo import code_versions
 from workers.schema import Job, TimingSpec
 
 if TYPE_CHECKING:
@@ -46,33 +46,9 @@ DEVICE_ROOFS = ("tf32_gflops", "fma_gflops", "sgemm_gflops", "cache_gbps", "cach
 LIBRARIES = ("halide", "tensorflow", "torch")  # versions that enter the job key when installed
 
 
-def git_commit(repo: str = str(REPO_ROOT)) -> str:
-    """HEAD's commit, with `-dirty` when tracked files differ from it; `unknown` outside a git checkout."""
-    try:
-        sha = subprocess.run(
-            ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{sha}-dirty" if dirty else sha
-
-
 def versions() -> dict[str, str]:
     """Code and library versions that identify a measurement: git commit, Halide, TensorFlow (, torch)."""
-    found = {"git": git_commit()}
-    for lib in LIBRARIES:
-        try:
-            found[lib] = importlib.metadata.version(lib)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
+    return code_versions(LIBRARIES, str(REPO_ROOT))
 
 
 def load_variant_modules(modules: Iterable[str]) -> None:

@@ -1,5 +1,6 @@
 """Question 3 as a rule (`orchestrator.report.fusion_rule`) over the committed bundles: the score the docs
-quote (docs/tuning.md, docs/findings.md) per device, and the cross-check against the CPU's quick trials.
+quote (docs/tuning.md, docs/findings.md) per device, on job records alone (`judge`) and with the CPU's pairs
+timed in turns (`score`), the cross-check against the CPU's quick trials, and the score's choice of source.
 
 The CPU's verdicts use this host's vector unit (`targets.host_vector`: the tile sizes of the named schedules
 are the host's). The committed CPU bundle ran on AVX2 (8 fp32 lanes, 16 vector registers); on a host with
@@ -47,6 +48,27 @@ def test_the_rule_scores_what_the_docs_say_over_the_committed_bundles() -> None:
     assert fusion_rule.summary_line(judged).startswith("picks the faster on 48 of 58 pairs (83%)")
 
 
+def test_the_score_takes_the_cpus_pairs_from_its_timings_in_turns() -> None:
+    scored = fusion_rule.score(fusion_rule.bundle_rows(fusion_rule.bundles_under(REPO_ROOT / "results")))
+    sources = {(j["device"], j["source"]) for j in scored}
+    # results/cpu/heldout_paired times all twelve CPU pairs in turns; no GPU bundle has records in turns
+    assert sources == {("cpu", "paired"), ("h100", "jobs"), ("h200", "jobs")}
+    assert {j["rounds"] for j in scored if j["source"] == "paired"} == {40}
+    per_device = _per_device(scored)
+    assert {d: per_device[d] for d in ("h100", "h200")} == {"h100": (22, 24), "h200": (19, 22)}
+    if not ON_AVX2:
+        pytest.skip(
+            f"the CPU's verdicts need an AVX2 host like the one that measured them; this one: {host_vector()}"
+        )
+    assert per_device["cpu"] == (10, 12)
+    misses = sorted(j["shape"] for j in scored if j["device"] == "cpu" and not j["agree"])
+    assert misses == ["16x24x24x144-24s1", "32x7x7x960-160s1"]
+    assert fusion_rule.summary_line(scored, sources=True) == (
+        "picks the faster on 51 of 58 pairs (88%); 7 misses, 3 of them near ties (the two within 5%); "
+        "12 pairs judged on timings in turns, 46 on job records"
+    )
+
+
 @pytest.mark.skipif(
     not ON_AVX2, reason="the CPU's verdicts need an AVX2 host like the one that measured them"
 )
@@ -67,3 +89,58 @@ def test_a_bundle_without_quick_trials_gives_no_cross_check(tmp_path: Path) -> N
     db = tmp_path / fusion_rule.QUICK_DB
     db.write_text('{"format": 1, "entries": {"k": {"device": "cpu", "shape": {}, "trials": []}}}')
     assert fusion_rule.judge_trials(db, []) == []
+
+
+def _row(variant: str, ms: float, device: str, geometry: tuple[int, ...], in_turns: bool) -> dict[str, Any]:
+    n, h, w, c, co, stride = geometry
+    row: dict[str, Any] = {
+        "status": "ok", "variant": variant, "time_ms": ms, "shape": f"{n}x{h}x{w}x{c}-{co}s{stride}",
+        "n": n, "h": h, "w": w, "c": c, "co": co, "stride": stride, "bias": True, "relu": True,
+        "device": device, "device_key": device, "device_kind": "cpu" if device == "cpu" else "cuda",
+        "peak_gflops": 100.0, "mem_gbps": 20.0, "cores": 2,
+    }  # fmt: skip
+    if in_turns:
+        row.update({"timing.method": "paired", "rounds": 6.0})
+    return row
+
+
+def test_the_score_prefers_timings_in_turns_and_falls_back_to_job_records() -> None:
+    turned, alone = (16, 24, 24, 144, 24, 1), (2, 14, 14, 480, 80, 1)
+    rows = [
+        # the jobs find unfused faster at `turned`; timed in turns, fused_tile is
+        _row("halide_unfused", 1.0, "cpu", turned, False),
+        _row("halide_fused_tile", 1.2, "cpu", turned, False),
+        _row("halide_unfused", 1.0, "cpu", turned, True),
+        _row("halide_fused_tile", 0.9, "cpu", turned, True),
+        _row("halide_app", 2.0, "cpu", turned, True),
+        # no records in turns at `alone` (and a record in turns of the other side alone makes no pair)
+        _row("halide_unfused", 0.5, "cpu", alone, False),
+        _row("halide_fused_cblock", 0.4, "cpu", alone, False),
+        _row("halide_fused_tile", 0.1, "cpu", alone, True),
+    ]
+    jobs = fusion_rule.judge(rows)  # job records only, as before
+    assert [(j["shape"], j["faster"], j["source"]) for j in jobs] == [
+        ("2x14x14x480-80s1", "fused", "jobs"),
+        ("16x24x24x144-24s1", "unfused", "jobs"),
+    ]
+    assert jobs[1]["fused_ms"] == 1.2 and jobs[0]["fused_ms"] == 0.4  # records in turns left out
+    [in_turns] = fusion_rule.judge(rows, in_turns=True)
+    assert (in_turns["shape"], in_turns["faster"], in_turns["rounds"]) == ("16x24x24x144-24s1", "fused", 6)
+    scored = fusion_rule.score(rows)
+    assert [(j["shape"], j["faster"], j["source"]) for j in scored] == [
+        ("2x14x14x480-80s1", "fused", "jobs"),
+        ("16x24x24x144-24s1", "fused", "paired"),
+    ]
+    assert scored[1]["unfused_ms"] == 1.0 and scored[1]["fused_ms"] == 0.9
+    assert all(j["agree"] == (j["rule"] == j["faster"]) for j in scored)
+    assert fusion_rule.summary_line(scored, sources=True).endswith(
+        "; 1 pairs judged on timings in turns, 1 on job records"
+    )
+    assert "in turns" not in fusion_rule.summary_line(scored)
+    # the same (device, shape) on another device is another pair: its job records stay the verdict
+    gpu = [{**r, "device": "h200", "device_key": "h200"} for r in rows if "timing.method" not in r]
+    assert {(j["device"], j["source"]) for j in fusion_rule.score(rows + gpu)} == {
+        ("cpu", "jobs"),
+        ("cpu", "paired"),
+        ("h200", "jobs"),
+    }

@@ -23,6 +23,8 @@ from kernels.host import available_cores, cpu_model
 
 LIBRARIES = ("halide", "tensorflow", "torch", "triton", "numpy")  # versions as tags (triton: torch.compile)
 NOT_INSTALLED = "not installed"
+KEY_LIBRARIES = ("halide", "tensorflow", "torch")  # versions that enter a job's key when installed
+REPO_ROOT = Path(__file__).resolve().parents[1]
 MISMATCH_LABEL = "gpu_model_mismatch"  # node label and job tag: true | false | unknown | none
 DISPATCH_TAG = "dispatch"  # how a record reached its driver: ray | worker-cli
 
@@ -38,6 +40,35 @@ def library_version(name: str) -> str:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return NOT_INSTALLED
+
+
+def git_commit(repo: str = str(REPO_ROOT)) -> str:
+    """HEAD's commit, with `-dirty` when tracked files differ from it; `unknown` outside a git checkout."""
+    try:
+        sha = subprocess.run(
+            ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def code_versions(libraries: Sequence[str] = KEY_LIBRARIES, repo: str = str(REPO_ROOT)) -> dict[str, str]:
+    """Code and library versions that identify a measurement (a job's `versions`, its key's part): the
+    git commit of `repo` and the installed versions of `libraries` (those not installed left out)."""
+    found = {"git": git_commit(repo)}
+    for lib in libraries:
+        version = library_version(lib)
+        if version != NOT_INSTALLED:
+            found[lib] = version
+    return found
 
 
 def gpu_indices() -> list[str]:

@@ -181,7 +181,7 @@ def _execute(job: Job, record: Record) -> Record:
         if chosen is None:
             return _fail(record, RuntimeError("no candidate built and verified"), "select")
         built = chosen
-    _take_build(record, built)
+    take_build(record, built)
 
     # --- verify (a variant with alternatives falls back to its next candidate) ---
     t0 = time.perf_counter()
@@ -208,7 +208,7 @@ def _execute(job: Job, record: Record) -> Record:
             record.tags.update(status="wrong", error=detail)
             return record
         built = following
-        _take_build(record, built)
+        take_build(record, built)
     record.metrics["verify_s"] = time.perf_counter() - t0
     if math.isfinite(error):
         record.metrics["rel_error"] = error
@@ -253,7 +253,7 @@ def _execute(job: Job, record: Record) -> Record:
     return record
 
 
-def _take_build(record: Record, built: Any) -> None:
+def take_build(record: Record, built: Any) -> None:
     """The build's facts into the record: compile time, target, its params, tags and artifacts (again for
     a fallback or a searched candidate, whose facts replace the first's)."""
     record.metrics["compile_s"] = float(built.compile_s)

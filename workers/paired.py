@@ -2,43 +2,98 @@
 
 A job times one variant at one moment; on a machine where other work comes and goes (the project's
 2-core VM), two jobs of the same code minutes apart differed by 10-40%. Here every variant of a shape is
-built once, verified, placed on the same inputs, then timed by the one harness in `--rounds` rounds, one
+built once, verified as a job is (fresh inputs, poisoned output, the float64 reference), placed on the
+job's timing inputs, then timed by the one harness (`workers.harness.measure`) in `--rounds` rounds, one
 variant after the other each round, so that a burst of load falls on all of them alike. Reported per
 variant: the median over rounds of each round's median, and the fastest sample.
 
     python -m workers.paired --shapes 1x80x80x32-16,2x14x14x480-80 \\
         --variants halide_tuned,halide_app,halide_unfused,halide_fused_tile,halide_fused_cblock \\
-        --option halide_tuned:on_miss=heuristic [--rounds 6] [--tolerance 1e-4]
+        --option halide_tuned:on_miss=heuristic [--rounds 6] [--tolerance 1e-4] \\
+        [--out DIR [--experiment NAME]]
 
-Builds use the variants' options as given (`--option VARIANT:KEY=VALUE`, JSON values); the device is the
-host CPU (a GPU: `--gpu`, the first visible one). Bad input: one line, exit code 2.
+Builds use the variants' options as given (`--option VARIANT:KEY=VALUE`, JSON values); a `halide_tuned`
+build that would search (a miss with `on_miss=quick`) is refused: the search is the job layer's, so give it
+the entries (`tuning_db=...`) or another `on_miss`. The device is the host CPU (a GPU: `--gpu`, the first
+visible one), with its rates as a job resolves them (`workers.roofs`).
+
+With `--out DIR` the results are also a results bundle (`workers.bundle`), one record per variant and shape
+in the jobs' record format (`workers.job.base_record`: the job's params, the host's tags, the git commit and
+library versions as `planned.*`), appended once a shape's rounds are done, with:
+
+- param `timing.method` = `paired` (a job's record has none), `timing.rounds`, `timing.round_medians_ms`
+  (JSON list, one per round), `timing.paired_with` (the variants timed in turns, in each round's order);
+- metrics `time_ms` = the median of the round medians, `time_min_ms` = the fastest sample of any round,
+  `time_p25_ms` / `time_p75_ms` / `time_spread` = the quartiles of the round medians, `samples` and
+  `timing_s` summed over the rounds, `call_ms` the median of the rounds' `call_ms`;
+- tags `started_at` / `ended_at`: the shape's comparison, from the first build to the last round.
+
+`orchestrator.report.fusion_rule` judges question 3 on such records where a (device, shape) has them.
+Bad input: one line naming the valid choices, exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from kernels import registry
 from kernels.device import DeviceSpec, visible_gpu
-from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error
-from workers import harness
-from workers.schema import TimingSpec
+from kernels.layer import LayerShape, make_inputs
+from workers import bundle, harness, hostinfo, metrics, roofs
+from workers import job as jobs
+from workers.schema import Job, Record, TimingSpec
 
 SPEC = re.compile(r"^(\d+)x(\d+)x(\d+)x(\d+)-(\d+)(?:s(\d))?$")
 ROUND_TIMING = TimingSpec(
     warmup=2, min_repeats=10, max_repeats=60, min_time_s=0.2, max_time_s=0.6, stable_spread=0.05
 )
+METHOD = "paired"  # param timing.method of a record timed in turns
+DEFAULT_EXPERIMENT = "paired"
 
 
 class PairedError(ValueError):
     """Bad input; one line."""
+
+
+@dataclass
+class Turns:
+    """One variant of a comparison: its job (what its record describes), build, verification and the
+    harness's timing of each round."""
+
+    job: Job
+    built: Any
+    placed: list[Any]
+    rel_error: float
+    build_s: float
+    verify_s: float
+    rounds: list[harness.Timing] = field(default_factory=list)
+
+    @property
+    def medians_ms(self) -> list[float]:
+        """Each round's median (ms)."""
+        return [t.time_ms for t in self.rounds]
+
+    @property
+    def median_ms(self) -> float:
+        """The median of the round medians (ms)."""
+        return statistics.median(self.medians_ms)
+
+    @property
+    def fastest_ms(self) -> float:
+        """The fastest sample of any round (ms)."""
+        return min(t.min_ms for t in self.rounds)
 
 
 def parse_shape(text: str) -> LayerShape:
@@ -66,31 +121,110 @@ def parse_options(pairs: Sequence[str], variants: Sequence[str]) -> dict[str, di
 
 
 def compare(
-    shape: LayerShape, device: DeviceSpec, options: dict[str, dict[str, Any]], rounds: int, tolerance: float
-) -> dict[str, dict[str, float]]:
-    """Each variant's median of round medians and fastest sample (ms) on `shape`, timed in turns."""
-    inputs = make_inputs(shape, 1)
-    expected = reference(shape, inputs)
-    built, placed = {}, {}
-    for variant, opts in options.items():
-        b = registry.get(variant).build(shape, device, opts)
-        p = b.place(inputs)
-        b.poison(p)
-        b.run(p)
-        b.sync()
-        error = relative_l2_error(b.fetch(p), expected)
-        if not error <= tolerance:
-            raise PairedError(f"{variant} on {shape.label}: relative error {error:.3g} > {tolerance:g}")
-        built[variant], placed[variant] = b, [p]
-    times: dict[str, list[tuple[float, float]]] = {v: [] for v in built}
+    shape: LayerShape,
+    device: DeviceSpec,
+    options: Mapping[str, Mapping[str, Any]],
+    rounds: int,
+    tolerance: float,
+    *,
+    experiment: str = DEFAULT_EXPERIMENT,
+    versions: Mapping[str, str] | None = None,
+    seed: int = 0,
+) -> dict[str, Turns]:
+    """Build and verify each variant of `options` (variant -> build options) on `shape`, then time them
+    in turns, `rounds` rounds; each variant's Turns, in the order of `options`."""
+    turns: dict[str, Turns] = {}
+    try:
+        for variant, opts in options.items():
+            job = Job(experiment, variant, shape, device, ROUND_TIMING, tolerance, seed, dict(opts),
+                      dict(versions or {}))  # fmt: skip
+            entry = registry.get(variant)
+            reason = entry.skip_reason(shape, device)
+            if reason:
+                raise PairedError(f"{variant} cannot run on {shape.label}: {reason}")
+            t0 = time.perf_counter()
+            built = entry.build(shape, device, job.options)
+            build_s = time.perf_counter() - t0
+            alternatives = getattr(built, "alternatives", None)
+            if alternatives is not None and alternatives.trials:
+                raise PairedError(
+                    f"{variant} on {shape.label} is a miss that would search (on_miss=quick, a job's "
+                    f"search): give {variant}:tuning_db=PATH with its entries, or "
+                    f"{variant}:on_miss=heuristic or rank"
+                )
+            t0 = time.perf_counter()
+            error, detail = jobs.verify(built, job)
+            if not error <= tolerance:
+                raise PairedError(f"{variant} on {shape.label}: {detail}")
+            verify_s = time.perf_counter() - t0
+            # the job's first timing input set (`workers.job.time_job`'s), placed once for every round
+            placed = [built.place(make_inputs(shape, jobs.derive_seed(seed, jobs.TIMING, 0)))]
+            turns[variant] = Turns(job, built, placed, error, build_s, verify_s)
+    finally:
+        jobs.verification_case.cache_clear()  # a large layer's reference is hundreds of MB
     for _ in range(rounds):
-        for variant, b in built.items():
-            t = harness.measure(b, placed[variant], ROUND_TIMING, device)
-            times[variant].append((t.time_ms, t.min_ms))
-    return {
-        v: {"median_ms": statistics.median(m for m, _ in ts), "fastest_ms": min(f for _, f in ts)}
-        for v, ts in times.items()
-    }
+        for t in turns.values():
+            t.rounds.append(harness.measure(t.built, t.placed, ROUND_TIMING, device))
+    return turns
+
+
+def records(
+    turns: Mapping[str, Turns], device: DeviceSpec, peak_source: str, started: float, ended: float
+) -> list[Record]:
+    """One ok Record per variant of a comparison, in the jobs' format, saying it was timed in turns."""
+    order = ",".join(turns)
+    out = []
+    for variant, t in turns.items():
+        shape, entry = t.job.shape, registry.get(variant)
+        record = jobs.base_record(t.job)
+        record.params["framework"] = entry.framework
+        record.params.update(jobs.device_rates(device), peak_source=peak_source)
+        if device.cores:
+            record.params["cores"] = str(device.cores)
+        jobs.take_build(record, t.built)
+        medians = t.medians_ms
+        p25, p75 = (float(v) for v in np.percentile(medians, [25, 75]))
+        median = t.median_ms
+        record.params.update(
+            {
+                "timing.method": METHOD,
+                "timing.rounds": str(len(t.rounds)),
+                "timing.round_medians_ms": json.dumps([round(m, 6) for m in medians]),
+                "timing.paired_with": order,
+                "timing.input_sets_used": str(len(t.placed)),
+            }
+        )
+        first = t.rounds[0]
+        jobs.record_cold_cache(record, first, shape.min_bytes, device)
+        record.metrics.update(first.clock_metrics)
+        record.tags.update(first.clock_tags)
+        record.tags["time_source"] = first.time_source
+        record.metrics.update(
+            rel_error=t.rel_error,
+            build_s=t.build_s,
+            verify_s=t.verify_s,
+            time_ms=median,
+            time_min_ms=t.fastest_ms,
+            time_p25_ms=p25,
+            time_p75_ms=p75,
+            time_spread=(p75 - p25) / median if median > 0 else math.inf,
+            call_ms=statistics.median(r.call_ms for r in t.rounds),
+            samples=float(sum(r.samples for r in t.rounds)),
+            call_samples=float(sum(r.call_samples for r in t.rounds)),
+            stable=float(all(r.stable for r in t.rounds)),
+            timing_s=sum(r.elapsed_s for r in t.rounds),
+            rounds=float(len(t.rounds)),
+        )
+        roof = metrics.roof_for(device, shape, shape.min_bytes, cold=False, tf32="tf32" in entry.tags)
+        if roof is not None:
+            record.params.update(roof.as_params())
+        record.metrics.update(metrics.derive(shape, device, median, roof))
+        record.metrics = {k: float(v) for k, v in record.metrics.items() if math.isfinite(v)}
+        record.params.update(hostinfo.placement(device.kind))
+        record.tags.update(status="ok", started_at=f"{started:.6f}", ended_at=f"{ended:.6f}")
+        record.tags.update(started=jobs.iso_time(started), ended=jobs.iso_time(ended))
+        out.append(record)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--gpu", action="store_true", help="time on the first visible GPU instead of the host CPU"
     )
+    parser.add_argument("--out", type=Path, help="also write the records as a results bundle in DIR")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="the records' experiment")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         variants = [v for v in args.variants.split(",") if v]
@@ -114,28 +250,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         shapes = [parse_shape(s) for s in args.shapes.split(",") if s]
         if args.rounds < 1:
             raise PairedError(f"--rounds must be >= 1, got {args.rounds}")
+        if args.out is not None and args.out.exists() and not args.out.is_dir():
+            raise PairedError(f"--out {args.out} is a file, not a folder for a results bundle")
     except (PairedError, registry.UnknownVariantError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     device = visible_gpu() if args.gpu else DeviceSpec("cpu", "cpu", "host CPU", 0.0, 0.0)
+    device, peak_source = roofs.resolve_device(device)  # the rates a job of this device would record
+    versions = hostinfo.code_versions()
     first = variants[0]
     command = " ".join(sys.argv[1:] if argv is None else argv)
     print(f"`python -m workers.paired {command}`, {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"\n| shape | {' | '.join(f'`{v}`' for v in variants)} | `{first}` / best other |")
     print("|---|" + "---|" * (len(variants) + 1))
     for shape in shapes:
+        started = time.time()
         try:
-            result = compare(shape, device, options, args.rounds, args.tolerance)
+            result = compare(
+                shape, device, options, args.rounds, args.tolerance,
+                experiment=args.experiment, versions=versions,
+            )  # fmt: skip
         except PairedError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        others = min(r["median_ms"] for v, r in result.items() if v != first)
-        cells = [f"{result[v]['median_ms']:.4g} ({result[v]['fastest_ms']:.4g})" for v in variants]
-        print(
-            f"| `{shape.name}` | {' | '.join(cells)} | {result[first]['median_ms'] / others:.2f} |",
-            flush=True,
-        )
+        ended = time.time()
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            for record in records(result, device, peak_source, started, ended):
+                bundle.append_record(args.out, record)
+        others = [r.median_ms for v, r in result.items() if v != first]
+        ratio = f"{result[first].median_ms / min(others):.2f}" if others else "—"
+        cells = [f"{result[v].median_ms:.4g} ({result[v].fastest_ms:.4g})" for v in variants]
+        print(f"| `{shape.name}` | {' | '.join(cells)} | {ratio} |", flush=True)
     print(f"\nms: median over {args.rounds} rounds of each round's median (fastest sample in brackets).")
+    if args.out is not None:
+        print(f"records: {args.out / bundle.RECORDS}")
     return 0
 
 

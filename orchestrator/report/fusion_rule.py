@@ -8,13 +8,23 @@ needs the device's SM count and capability, which records do not carry: they com
 catalog (conf/catalog/devices.yaml) by the record's device key; its rates are the record's (measured
 where it has them).
 
+Two kinds of records time a pair. A job's record times one variant at one moment (`python -m workers
+run`, Ray); records timed in turns (`python -m workers.paired --out`, param `timing.method=paired`) time
+the variants of a shape one after another, round after round, in one process, so that load from other
+work falls on both sides alike: on a shared machine (the 2-vCPU CPU, where two jobs of the same code
+minutes apart differ by 10-40%) they are the comparison the project trusts. The score (`score`) therefore
+judges a (device, geometry) on its records timed in turns where any bundle has them, and on its job
+records otherwise (`judge`, which reads only job records; `judge(..., in_turns=True)` only the others);
+the table says which source each pair used and the summary line how many pairs came from each. (A CPU's
+device key is `cpu` whatever the host, as in the reports: records of one CPU geometry from two hosts
+would meet in one pair.)
+
     python -m orchestrator.report.fusion_rule                 # every bundle under results/
-    python -m orchestrator.report.fusion_rule results/cpu/heldout results/h200/heldout
+    python -m orchestrator.report.fusion_rule results/cpu/heldout results/cpu/heldout_paired
 
 A bundle whose `quick` searches stored their trials (`quick-db.json`: every candidate, the named schedules
 among them, timed one after another in one process) gets a second table, `judge_trials`: the same choice
-against those timings. It is a cross-check of the jobs' verdict where one job per variant is too noisy to
-tell (the 2-vCPU CPU), not the rule's score, which stays the records'.
+against those timings, a cross-check, not part of the score.
 """
 
 from __future__ import annotations
@@ -35,10 +45,12 @@ from kernels.layer import LayerShape
 from orchestrator.config import CONF_DIR, REPO_ROOT
 from orchestrator.report.analysis import FUSED, UNFUSED
 from orchestrator.report.load import is_cold, shape_of
+from workers.paired import METHOD as IN_TURNS
 
 QUICK_DB = "quick-db.json"  # a bundle's copy of the entries its quick searches stored, trials included
 FUSED_NAMES = ("app", "fused_tile", "fused_cblock")  # the fused named schedules, as quick's trials name them
 NEAR_TIE = 0.05  # a pair whose two sides differ by less than this fraction is a near tie
+JOBS = "jobs"  # a verdict's `source`: job records, or records timed in turns (IN_TURNS)
 
 
 def _catalog() -> dict[str, Any]:
@@ -67,17 +79,44 @@ def device_of(row: Mapping[str, Any], catalog: Mapping[str, Any]) -> DeviceSpec 
     )
 
 
-def judge(rows: Iterable[Mapping[str, Any]], metric: str = "time_ms") -> list[dict[str, Any]]:
+def timed_in_turns(row: Mapping[str, Any]) -> bool:
+    """Whether a record was timed in turns with other variants (`workers.paired`), not as one job."""
+    return str(row.get("timing.method", "")) == IN_TURNS
+
+
+def judge(
+    rows: Iterable[Mapping[str, Any]], metric: str = "time_ms", *, in_turns: bool = False
+) -> list[dict[str, Any]]:
     """One entry per measured pair: the two sides' times (`metric` of their records: the median
     `time_ms`, or `time_min_ms`, the fastest sample, which load from other work does not raise), the
-    faster side, the rule's choice, whether they agree and by how much the faster side wins."""
+    faster side, the rule's choice, whether they agree and by how much the faster side wins. Only job
+    records count (records timed in turns are left out), or, with `in_turns`, only records timed in
+    turns."""
+    return [verdict for _, verdict in _judged(rows, metric, in_turns)]
+
+
+def score(rows: Iterable[Mapping[str, Any]], metric: str = "time_ms") -> list[dict[str, Any]]:
+    """The rule's score: `judge`'s entries, a (device, geometry) judged on its records timed in turns
+    where it has any and on its job records otherwise; each entry's `source` says which (`jobs`, or
+    `paired` with the median `rounds`)."""
+    rows = list(rows)
+    chosen = dict(_judged(rows, metric, in_turns=False))
+    chosen.update(_judged(rows, metric, in_turns=True))
+    return [chosen[key] for key in sorted(chosen)]
+
+
+def _judged(
+    rows: Iterable[Mapping[str, Any]], metric: str, in_turns: bool
+) -> list[tuple[tuple[str, tuple[Any, ...]], dict[str, Any]]]:
+    """`judge`'s entries with their (device key, geometry), of job records or of records timed in turns."""
     catalog = _catalog()
     times: dict[tuple[str, tuple[Any, ...]], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    rounds: dict[tuple[str, tuple[Any, ...]], list[float]] = defaultdict(list)
     first: dict[tuple[str, tuple[Any, ...]], Mapping[str, Any]] = {}
     for r in rows:
         if r.get("status") != "ok" or not (r.get(metric) or 0) > 0 or is_cold(r):
             continue
-        if r.get("variant") not in (UNFUSED, *FUSED):
+        if r.get("variant") not in (UNFUSED, *FUSED) or timed_in_turns(r) != in_turns:
             continue
         shape = shape_of(r)
         if shape is None:
@@ -85,6 +124,7 @@ def judge(rows: Iterable[Mapping[str, Any]], metric: str = "time_ms") -> list[di
         geometry = (shape.n, shape.h, shape.w, shape.c, shape.co, shape.stride, shape.bias, shape.relu)
         key = (str(r.get("device_key") or r.get("device")), geometry)
         times[key][str(r["variant"])].append(float(r[metric]))
+        rounds[key].append(float(r.get("rounds") or 0))
         first.setdefault(key, r)
     out = []
     for key, by_variant in sorted(times.items(), key=lambda kv: (kv[0][0], kv[0][1])):
@@ -95,7 +135,11 @@ def judge(rows: Iterable[Mapping[str, Any]], metric: str = "time_ms") -> list[di
         device, shape = device_of(row, catalog), shape_of(row)
         if device is None or shape is None:
             continue
-        out.append(_verdict(device, shape, statistics.median(by_variant[UNFUSED]), fused))
+        verdict = _verdict(device, shape, statistics.median(by_variant[UNFUSED]), fused)
+        verdict["source"] = IN_TURNS if in_turns else JOBS
+        if in_turns:
+            verdict["rounds"] = int(statistics.median(rounds[key]))
+        out.append((key, verdict))
     return out
 
 
@@ -149,20 +193,27 @@ def judge_trials(db_path: Path, rows: Iterable[Mapping[str, Any]]) -> list[dict[
     return sorted(out, key=lambda j: (j["device"], j["shape"]))
 
 
+def _source(j: Mapping[str, Any]) -> str:
+    if j.get("source") == IN_TURNS:
+        return f"in turns ({j.get('rounds', '?')} rounds)"
+    return "jobs" if j.get("source") == JOBS else "quick's trials"
+
+
 def _table(judged: Sequence[Mapping[str, Any]]) -> None:
-    print("| device | shape | halide_unfused ms | best fused | ms | faster | rule | |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| device | shape | halide_unfused ms | best fused | ms | faster | rule | timed | |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for j in judged:
         mark = "" if j["agree"] else f"miss ({100 * j['margin']:.1f}% apart)"
         print(
             f"| {j['device']} | {j['shape']} | {j['unfused_ms']:.4g} | {j['best_fused']} "
             f"| {j['fused_ms']:.4g} "
-            f"| {j['faster']} | {j['rule']} | {mark} |"
+            f"| {j['faster']} | {j['rule']} | {_source(j)} | {mark} |"
         )
 
 
-def summary_line(judged: Sequence[Mapping[str, Any]]) -> str:
-    """`picks the faster on A of N pairs (P%); of the M misses, K are near ties (< 5%)`."""
+def summary_line(judged: Sequence[Mapping[str, Any]], sources: bool = False) -> str:
+    """`picks the faster on A of N pairs (P%); M misses, K of them near ties (...)`, and, with `sources`,
+    `; T pairs judged on timings in turns, J on job records` (`score`'s entries)."""
     if not judged:
         return "no measured pair (an ok halide_unfused and an ok fused schedule on one shape and device)"
     agree = sum(j["agree"] for j in judged)
@@ -171,6 +222,11 @@ def summary_line(judged: Sequence[Mapping[str, Any]]) -> str:
     line = f"picks the faster on {agree} of {len(judged)} pairs ({100 * agree / len(judged):.0f}%)"
     if misses:
         line += f"; {len(misses)} misses, {ties} of them near ties (the two within {100 * NEAR_TIE:.0f}%)"
+    if sources:
+        used = [j.get("source") for j in judged]
+        line += (
+            f"; {used.count(IN_TURNS)} pairs judged on timings in turns, {used.count(JOBS)} on job records"
+        )
     return line
 
 
@@ -198,9 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"error: {missing[0]} is not a results bundle (no records.jsonl)", file=sys.stderr)
         return 2
-    judged = judge(bundle_rows(bundles))
+    judged = score(bundle_rows(bundles))
     _table(judged)
-    print(f"\nThe cost model's rule {summary_line(judged)}, over {len(bundles)} bundle(s).")
+    print(f"\nThe cost model's rule {summary_line(judged, sources=True)}, over {len(bundles)} bundle(s).")
     for bundle in bundles:
         db = bundle / QUICK_DB
         trials = judge_trials(db, bundle_rows([bundle])) if db.is_file() else []

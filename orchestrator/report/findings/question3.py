@@ -124,13 +124,17 @@ def section(inp: Inputs) -> str:
 
 def _rule_paragraph(rows: Sequence[Row]) -> str:
     """The answer as a rule: how often the family's cost model picks the faster of halide_unfused and the
-    best fused schedule on this report's measured pairs (`fusion_rule`), naming its misses."""
-    judged = fusion_rule.judge(rows)
+    best fused schedule on this report's measured pairs (`fusion_rule.score`: a pair's records timed in turns
+    where it has any, else its job records), naming its misses."""
+    judged = fusion_rule.score(rows)
     if not judged:
         return ""
+    in_turns = any(j["source"] == fusion_rule.IN_TURNS for j in judged)
     text = (
         "**As a rule.** The family's cost model (`kernels.halide.family.cost.fusion_choice`, which "
-        "`halide_tuned` also ranks its candidates by) " + fusion_rule.summary_line(judged) + " of this report"
+        "`halide_tuned` also ranks its candidates by) "
+        + fusion_rule.summary_line(judged, sources=in_turns)
+        + " of this report"
     )
     misses = [j for j in judged if not j["agree"]]
     if misses:

@@ -1,0 +1,74 @@
+"""`python -m workers.paired --out`: variants timed in turns written as a results bundle that the report code
+loads, in the jobs' record format, each record saying it was timed in turns (real Halide builds, a tiny
+shape, two rounds: a few seconds)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from orchestrator.report import fusion_rule
+from orchestrator.report.load import load_bundles
+from workers import paired
+from workers.bundle import read_bundle
+
+SHAPE = "1x9x7x8-5s2"
+
+
+def test_out_writes_records_timed_in_turns_that_the_report_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bundle"
+    argv = ["--shapes", SHAPE, "--variants", "halide_unfused,halide_fused_tile", "--rounds", "2"]
+    assert paired.main([*argv, "--out", str(out), "--experiment", "tiny_paired"]) == 0
+    assert f"records: {out / 'records.jsonl'}" in capsys.readouterr().out
+    records = read_bundle(out)
+    assert sorted(r.params["variant"] for r in records) == ["halide_fused_tile", "halide_unfused"]
+    for r in records:
+        assert r.status == "ok" and r.key == r.tags["job_key"]
+        assert r.params["timing.method"] == "paired" and r.params["timing.rounds"] == "2"
+        assert r.params["timing.paired_with"] == "halide_unfused,halide_fused_tile"
+        medians = json.loads(r.params["timing.round_medians_ms"])
+        assert len(medians) == 2 and r.metrics["rounds"] == 2
+        assert r.metrics["time_ms"] == pytest.approx(statistics.median(medians), rel=1e-4)
+        assert 0 < r.metrics["time_min_ms"] <= r.metrics["time_ms"]
+        assert r.metrics["rel_error"] < 1e-4 and r.metrics["samples"] >= 2 * paired.ROUND_TIMING.min_repeats
+        # what every job record carries: the host, the date, the commit and versions, the schedule's source
+        assert r.tags["cpu_model"] and r.tags["host"] and r.tags["halide_version"] != "not installed"
+        assert r.tags["planned.git"] and float(r.tags["started_at"]) <= float(r.tags["ended_at"])
+        assert r.params["experiment"] == "tiny_paired" and r.params["shape"] == SHAPE
+        assert "schedule.py" in r.artifacts
+    [dataset] = load_bundles([out])
+    assert dataset.experiment == "tiny_paired" and len(dataset.rows) == 2
+    assert {row["timing.method"] for row in dataset.rows} == {"paired"}
+    rows = fusion_rule.bundle_rows([out])
+    assert fusion_rule.judge(rows) == []  # job records only: there are none
+    [verdict] = fusion_rule.score(rows)
+    assert verdict["source"] == "paired" and verdict["rounds"] == 2 and verdict["shape"] == SHAPE
+    assert verdict["best_fused"] == "halide_fused_tile"
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--shapes", SHAPE, "--variants", "halide_unfused"]
+    assert paired.main([*base, "--rounds", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --rounds must be >= 1, got 0"
+    a_file = tmp_path / "f"
+    a_file.write_text("")
+    assert paired.main([*base, "--out", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    # halide_tuned on a miss with on_miss=quick would search: refused, with what to give instead
+    db = tmp_path / "empty-db.json"
+    db.write_text('{"format": 1, "entries": {}}')
+    tuned = ["--shapes", SHAPE, "--variants", "halide_tuned", "--out", str(tmp_path / "b")]
+    assert (
+        paired.main(
+            [*tuned, "--option", f"halide_tuned:tuning_db={db}", "--option", "halide_tuned:on_miss=quick"]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "would search" in err[0] and "on_miss=heuristic or rank" in err[0]
+    assert not (tmp_path / "b" / "records.jsonl").exists()
