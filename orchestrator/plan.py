@@ -9,7 +9,6 @@ re-runs and ingests of the same measurement de-duplicate.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -43,12 +42,11 @@ if TYPE_CHECKING:
 SPEC = re.compile(r"^(?P<n>\d+)x(?P<h>\d+)x(?P<w>\d+)x(?P<c>\d+)-(?P<co>\d+)(?:s(?P<stride>\d+))?$")
 SPEC_HELP = "or an inline spec NxHxWxC-CO[sS] such as 1x30x30x24-40s2"
 DEVICE_ROOFS = ("tf32_gflops", "fma_gflops", "sgemm_gflops", "cache_gbps", "cache_bytes", "dram_gbps")
-LIBRARIES = ("halide", "tensorflow", "torch")  # versions that enter the job key when installed
 
 
 def versions() -> dict[str, str]:
     """Code and library versions that identify a measurement: git commit, Halide, TensorFlow (, torch)."""
-    return code_versions(LIBRARIES, str(REPO_ROOT))
+    return code_versions(repo=str(REPO_ROOT))
 
 
 def load_variant_modules(modules: Iterable[str]) -> None:

@@ -156,9 +156,7 @@ def _execute(job: Job, record: Record) -> Record:
         device, peak_source = roofs.resolve_device(job.device)
     except Exception as exc:
         return _fail(record, exc, "host measurement")
-    record.params.update(device_rates(device), peak_source=peak_source)
-    if device.cores:
-        record.params["cores"] = str(device.cores)
+    take_device(record, device, peak_source)
 
     # --- build ---
     t0 = time.perf_counter()
@@ -222,7 +220,30 @@ def _execute(job: Job, record: Record) -> Record:
     finally:
         record.metrics["measure_s"] = time.perf_counter() - t0
     record.params["timing.input_sets_used"] = str(n_sets)
-    record_cold_cache(record, timing, n_sets * shape.min_bytes, device)
+    take_timing(record, timing, shape, device, n_sets * shape.min_bytes, tf32="tf32" in variant.tags)
+    record.tags["status"] = "ok"
+    return record
+
+
+def take_build(record: Record, built: Any) -> None:
+    """The build's facts into the record: compile time, target, its params, tags and artifacts (again for
+    a fallback or a searched candidate, whose facts replace the first's)."""
+    record.metrics["compile_s"] = float(built.compile_s)
+    record.params["target"] = str(built.target)
+    if built.kernel_filter:
+        record.params["kernel_filter"] = built.kernel_filter
+    record.params.update({str(k): str(v) for k, v in built.build_params.items()})
+    record.tags.update({str(k): str(v) for k, v in (getattr(built, "build_tags", None) or {}).items()})
+    record.artifacts.update({str(k): str(v) for k, v in built.artifacts.items()})
+
+
+def take_timing(
+    record: Record, timing: harness.Timing, shape: LayerShape, device: DeviceSpec, sets_bytes: int, tf32: bool
+) -> None:
+    """The harness's timing into the record: the cache treatment (`sets_bytes`: the input sets it timed on),
+    clocks, time source, kernel times, the timing metrics, the roof the floor used and the metrics derived
+    from them; non-finite metrics are dropped."""
+    record_cold_cache(record, timing, sets_bytes, device)
     record.metrics.update(timing.clock_metrics)
     record.tags.update(timing.clock_tags)
     record.tags["time_source"] = timing.time_source
@@ -242,27 +263,18 @@ def _execute(job: Job, record: Record) -> Record:
         stable=float(timing.stable),
         timing_s=timing.elapsed_s,
     )
-    roof = metrics.roof_for(
-        device, shape, n_sets * shape.min_bytes, cold=timing.cold_cache != "warm", tf32="tf32" in variant.tags
-    )
+    roof = metrics.roof_for(device, shape, sets_bytes, cold=timing.cold_cache != "warm", tf32=tf32)
     if roof is not None:
         record.params.update(roof.as_params())
     record.metrics.update(metrics.derive(shape, device, timing.time_ms, roof))
     record.metrics = {k: float(v) for k, v in record.metrics.items() if math.isfinite(v)}
-    record.tags["status"] = "ok"
-    return record
 
 
-def take_build(record: Record, built: Any) -> None:
-    """The build's facts into the record: compile time, target, its params, tags and artifacts (again for
-    a fallback or a searched candidate, whose facts replace the first's)."""
-    record.metrics["compile_s"] = float(built.compile_s)
-    record.params["target"] = str(built.target)
-    if built.kernel_filter:
-        record.params["kernel_filter"] = built.kernel_filter
-    record.params.update({str(k): str(v) for k, v in built.build_params.items()})
-    record.tags.update({str(k): str(v) for k, v in (getattr(built, "build_tags", None) or {}).items()})
-    record.artifacts.update({str(k): str(v) for k, v in built.artifacts.items()})
+def take_device(record: Record, device: DeviceSpec, peak_source: str) -> None:
+    """The device's rates (`device_rates`), where its peak came from, and its cores into the record."""
+    record.params.update(device_rates(device), peak_source=peak_source)
+    if device.cores:
+        record.params["cores"] = str(device.cores)
 
 
 def device_rates(device: DeviceSpec) -> dict[str, str]:

@@ -35,6 +35,7 @@ Bad input: one line naming the valid choices, exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -51,7 +52,7 @@ import numpy as np
 from kernels import registry
 from kernels.device import DeviceSpec, visible_gpu
 from kernels.layer import LayerShape, make_inputs
-from workers import bundle, harness, hostinfo, metrics, roofs
+from workers import bundle, harness, hostinfo, roofs
 from workers import job as jobs
 from workers.schema import Job, Record, TimingSpec
 
@@ -94,6 +95,28 @@ class Turns:
     def fastest_ms(self) -> float:
         """The fastest sample of any round (ms)."""
         return min(t.min_ms for t in self.rounds)
+
+    def timing(self) -> harness.Timing:
+        """The rounds as one Timing (the first round's cache treatment and clocks): `time_ms` the median of
+        the round medians, `min_ms` the fastest sample, the quartiles and spread of the round medians,
+        samples and sampling time summed, `call_ms` the median of the rounds'; no kernel split or note."""
+        medians, median = self.medians_ms, self.median_ms
+        p25, p75 = (float(v) for v in np.percentile(medians, [25, 75]))
+        return dataclasses.replace(
+            self.rounds[0],
+            time_ms=median,
+            min_ms=self.fastest_ms,
+            p25_ms=p25,
+            p75_ms=p75,
+            spread=(p75 - p25) / median if median > 0 else math.inf,
+            call_ms=statistics.median(r.call_ms for r in self.rounds),
+            samples=sum(r.samples for r in self.rounds),
+            call_samples=sum(r.call_samples for r in self.rounds),
+            stable=all(r.stable for r in self.rounds),
+            elapsed_s=sum(r.elapsed_s for r in self.rounds),
+            note="",
+            kernels={},
+        )
 
 
 def parse_shape(text: str) -> LayerShape:
@@ -178,48 +201,20 @@ def records(
         shape, entry = t.job.shape, registry.get(variant)
         record = jobs.base_record(t.job)
         record.params["framework"] = entry.framework
-        record.params.update(jobs.device_rates(device), peak_source=peak_source)
-        if device.cores:
-            record.params["cores"] = str(device.cores)
+        jobs.take_device(record, device, peak_source)
         jobs.take_build(record, t.built)
-        medians = t.medians_ms
-        p25, p75 = (float(v) for v in np.percentile(medians, [25, 75]))
-        median = t.median_ms
         record.params.update(
             {
                 "timing.method": METHOD,
                 "timing.rounds": str(len(t.rounds)),
-                "timing.round_medians_ms": json.dumps([round(m, 6) for m in medians]),
+                "timing.round_medians_ms": json.dumps([round(m, 6) for m in t.medians_ms]),
                 "timing.paired_with": order,
                 "timing.input_sets_used": str(len(t.placed)),
             }
         )
-        first = t.rounds[0]
-        jobs.record_cold_cache(record, first, shape.min_bytes, device)
-        record.metrics.update(first.clock_metrics)
-        record.tags.update(first.clock_tags)
-        record.tags["time_source"] = first.time_source
-        record.metrics.update(
-            rel_error=t.rel_error,
-            build_s=t.build_s,
-            verify_s=t.verify_s,
-            time_ms=median,
-            time_min_ms=t.fastest_ms,
-            time_p25_ms=p25,
-            time_p75_ms=p75,
-            time_spread=(p75 - p25) / median if median > 0 else math.inf,
-            call_ms=statistics.median(r.call_ms for r in t.rounds),
-            samples=float(sum(r.samples for r in t.rounds)),
-            call_samples=float(sum(r.call_samples for r in t.rounds)),
-            stable=float(all(r.stable for r in t.rounds)),
-            timing_s=sum(r.elapsed_s for r in t.rounds),
-            rounds=float(len(t.rounds)),
-        )
-        roof = metrics.roof_for(device, shape, shape.min_bytes, cold=False, tf32="tf32" in entry.tags)
-        if roof is not None:
-            record.params.update(roof.as_params())
-        record.metrics.update(metrics.derive(shape, device, median, roof))
-        record.metrics = {k: float(v) for k, v in record.metrics.items() if math.isfinite(v)}
+        record.metrics.update(rel_error=t.rel_error, build_s=t.build_s, verify_s=t.verify_s)
+        record.metrics["rounds"] = float(len(t.rounds))
+        jobs.take_timing(record, t.timing(), shape, device, shape.min_bytes, tf32="tf32" in entry.tags)
         record.params.update(hostinfo.placement(device.kind))
         record.tags.update(status="ok", started_at=f"{started:.6f}", ended_at=f"{ended:.6f}")
         record.tags.update(started=jobs.iso_time(started), ended=jobs.iso_time(ended))
