@@ -14,7 +14,8 @@
 #     sweep     make sweep-all-gpus, interrupted with SIGINT after INTERRUPT_S seconds, then run again
 #     mobilenet +experiment=mobilenet_v1 devices=[auto] through Ray (less max-autotune)
 #     max       torch.compile max-autotune (strict fp32) on the app shape and the five stride-1 blocks
-#     nsight    +experiment=nsight devices=[auto] profile=ncu through Ray
+#     nsight    +experiment=nsight devices=[auto] profile=ncu through Ray, with the overrides NSIGHT_ARGS
+#               (default 'shapes=[app,mbv1_14_512_s1]')
 #     cli       the same sweep and mobilenet_v1 jobs through `python -m workers run` (no Ray, no MLflow)
 #     heldout   +experiment=heldout devices=[auto] (halide_tuned's on_miss search on unseen layers)
 #     cold      the five MobileNetV1 stride-1 blocks with timing.cold_cache=true (L2 flushed per call)
@@ -117,7 +118,9 @@ max() {
 
 nsight() {
   say "nsight through Ray"
-  orchestrate +experiment=nsight 'devices=[auto]' profile=ncu 'shapes=[app,mbv1_14_512_s1]' 2>&1 | tee "$out/nsight.log" | tail -20
+  local extra
+  read -r -a extra <<<"${NSIGHT_ARGS:-shapes=[app,mbv1_14_512_s1]}"
+  orchestrate +experiment=nsight 'devices=[auto]' profile=ncu "${extra[@]}" 2>&1 | tee -a "$out/nsight.log" | tail -20
 }
 
 cli() {

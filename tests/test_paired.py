@@ -31,6 +31,7 @@ def test_out_writes_records_timed_in_turns_that_the_report_loads(
         assert r.status == "ok" and r.key == r.tags["job_key"]
         assert r.params["timing.method"] == "paired" and r.params["timing.rounds"] == "2"
         assert r.params["timing.paired_with"] == "halide_unfused,halide_fused_tile"
+        assert r.params["timing.order"] == "shuffled (seed 0)"
         medians = json.loads(r.params["timing.round_medians_ms"])
         assert len(medians) == 2 and r.metrics["rounds"] == 2
         assert r.metrics["time_ms"] == pytest.approx(statistics.median(medians), rel=1e-4)
@@ -72,3 +73,21 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.Ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "would search" in err[0] and "on_miss=heuristic or rank" in err[0]
     assert not (tmp_path / "b" / "records.jsonl").exists()
+
+
+def test_rounds_take_the_variants_in_shuffled_or_fixed_order() -> None:
+    """Shuffled (the default): every round is a permutation of the variants, and over six rounds each of
+    the two is timed first at least once (seed 0); fixed: always in the given order."""
+    from kernels.device import DeviceSpec
+
+    shape = paired.parse_shape(SHAPE)
+    device = DeviceSpec("cpu", "cpu", "host CPU", 0.0, 0.0)
+    options = {"halide_unfused": {}, "halide_fused_tile": {}}
+    shuffled = paired.compare(shape, device, options, 6, 1e-4)
+    places = list(zip(*(t.positions for t in shuffled.values()), strict=True))
+    assert len(places) == 6 and all(sorted(p) == [0, 1] for p in places)
+    assert {p[0] for p in places} == {0, 1}
+    fixed = paired.compare(shape, device, options, 2, 1e-4, order="fixed")
+    assert [t.positions for t in fixed.values()] == [[0, 0], [1, 1]]
+    with pytest.raises(paired.PairedError, match="expected one of shuffled, fixed"):
+        paired.compare(shape, device, options, 1, 1e-4, order="sorted")

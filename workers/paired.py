@@ -4,13 +4,17 @@ A job times one variant at one moment; on a machine where other work comes and g
 2-core VM), two jobs of the same code minutes apart differed by 10-40%. Here every variant of a shape is
 built once, verified as a job is (fresh inputs, poisoned output, the float64 reference), placed on the
 job's timing inputs, then timed by the one harness (`workers.harness.measure`) in `--rounds` rounds, one
-variant after the other each round, so that a burst of load falls on all of them alike. Reported per
-variant: the median over rounds of each round's median, and the fastest sample.
+variant after the other each round, so that a burst of load falls on all of them alike. Each round takes
+the variants in a fresh random order (`--order shuffled`, the default, seeded by `--seed`), as Google
+Benchmark's random interleaving does: with a fixed order the variant timed first or second in every round
+carries any effect of its place (two builds of one schedule in a fixed order differed by up to 25% on the
+2-core VM, results/cpu/heldout_paired/earlier-runs.md). Reported per variant: the median over rounds of
+each round's median, and the fastest sample.
 
     python -m workers.paired --shapes 1x80x80x32-16,2x14x14x480-80 \\
         --variants halide_tuned,halide_app,halide_unfused,halide_fused_tile,halide_fused_cblock \\
-        --option halide_tuned:on_miss=heuristic [--rounds 6] [--tolerance 1e-4] \\
-        [--out DIR [--experiment NAME]]
+        --option halide_tuned:on_miss=heuristic [--rounds 6] [--order shuffled|fixed] [--seed 0] \\
+        [--tolerance 1e-4] [--out DIR [--experiment NAME]]
 
 Builds use the variants' options as given (`--option VARIANT:KEY=VALUE`, JSON values); a `halide_tuned`
 build that would search (a miss with `on_miss=quick`) is refused: the search is the job layer's, so give it
@@ -22,7 +26,8 @@ in the jobs' record format (`workers.job.base_record`: the job's params, the hos
 library versions as `planned.*`), appended once a shape's rounds are done, with:
 
 - param `timing.method` = `paired` (a job's record has none), `timing.rounds`, `timing.round_medians_ms`
-  (JSON list, one per round), `timing.paired_with` (the variants timed in turns, in each round's order);
+  (JSON list, one per round), `timing.paired_with` (the variants timed in turns), `timing.order`
+  (`fixed`, or `shuffled` with the seed), `timing.round_positions` (JSON list: its place in each round, 0 first);
 - metrics `time_ms` = the median of the round medians, `time_min_ms` = the fastest sample of any round,
   `time_p25_ms` / `time_p75_ms` / `time_spread` = the quartiles of the round medians, `samples` and
   `timing_s` summed over the rounds, `call_ms` the median of the rounds' `call_ms`;
@@ -38,6 +43,7 @@ import argparse
 import dataclasses
 import json
 import math
+import random
 import re
 import statistics
 import sys
@@ -61,6 +67,7 @@ ROUND_TIMING = TimingSpec(
     warmup=2, min_repeats=10, max_repeats=60, min_time_s=0.2, max_time_s=0.6, stable_spread=0.05
 )
 METHOD = "paired"  # param timing.method of a record timed in turns
+ORDERS = ("shuffled", "fixed")  # how each round orders the variants
 DEFAULT_EXPERIMENT = "paired"
 
 
@@ -80,6 +87,7 @@ class Turns:
     build_s: float
     verify_s: float
     rounds: list[harness.Timing] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # its place in each round (0: timed first)
 
     @property
     def medians_ms(self) -> list[float]:
@@ -153,9 +161,13 @@ def compare(
     experiment: str = DEFAULT_EXPERIMENT,
     versions: Mapping[str, str] | None = None,
     seed: int = 0,
+    order: str = "shuffled",
 ) -> dict[str, Turns]:
     """Build and verify each variant of `options` (variant -> build options) on `shape`, then time them
-    in turns, `rounds` rounds; each variant's Turns, in the order of `options`."""
+    in turns, `rounds` rounds, each round in a random order drawn from `seed` (`order="shuffled"`) or in
+    the order of `options` (`"fixed"`); each variant's Turns, in the order of `options`."""
+    if order not in ORDERS:
+        raise PairedError(f"order {order!r}: expected one of {', '.join(ORDERS)}")
     turns: dict[str, Turns] = {}
     try:
         for variant, opts in options.items():
@@ -185,17 +197,27 @@ def compare(
             turns[variant] = Turns(job, built, placed, error, build_s, verify_s)
     finally:
         jobs.verification_case.cache_clear()  # a large layer's reference is hundreds of MB
+    draw = random.Random(seed)
     for _ in range(rounds):
-        for t in turns.values():
+        now = list(turns.values())
+        if order == "shuffled":
+            draw.shuffle(now)
+        for place, t in enumerate(now):
+            t.positions.append(place)
             t.rounds.append(harness.measure(t.built, t.placed, ROUND_TIMING, device))
     return turns
 
 
 def records(
-    turns: Mapping[str, Turns], device: DeviceSpec, peak_source: str, started: float, ended: float
+    turns: Mapping[str, Turns],
+    device: DeviceSpec,
+    peak_source: str,
+    started: float,
+    ended: float,
+    order: str = "shuffled",
 ) -> list[Record]:
-    """One ok Record per variant of a comparison, in the jobs' format, saying it was timed in turns."""
-    order = ",".join(turns)
+    """One ok Record per variant of a comparison, in the jobs' format, saying it was timed in turns
+    (`order`: how `compare` ordered each round, as `timing.order` records it)."""
     out = []
     for variant, t in turns.items():
         shape, entry = t.job.shape, registry.get(variant)
@@ -208,7 +230,9 @@ def records(
                 "timing.method": METHOD,
                 "timing.rounds": str(len(t.rounds)),
                 "timing.round_medians_ms": json.dumps([round(m, 6) for m in t.medians_ms]),
-                "timing.paired_with": order,
+                "timing.paired_with": ",".join(turns),
+                "timing.order": order,
+                "timing.round_positions": json.dumps(t.positions),
                 "timing.input_sets_used": str(len(t.placed)),
             }
         )
@@ -230,6 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--option", action="append", default=[], help="VARIANT:KEY=VALUE (repeatable)")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument(
+        "--order", choices=ORDERS, default="shuffled",
+        help="each round's order of the variants: a fresh random one (seeded by --seed) or the given one",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="inputs' and rounds' order seed")
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument(
         "--gpu", action="store_true", help="time on the first visible GPU instead of the host CPU"
@@ -263,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             result = compare(
                 shape, device, options, args.rounds, args.tolerance,
-                experiment=args.experiment, versions=versions,
+                experiment=args.experiment, versions=versions, seed=args.seed, order=args.order,
             )  # fmt: skip
         except PairedError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -271,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ended = time.time()
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
-            for record in records(result, device, peak_source, started, ended):
+            order = args.order if args.order == "fixed" else f"shuffled (seed {args.seed})"
+            for record in records(result, device, peak_source, started, ended, order):
                 bundle.append_record(args.out, record)
         others = [r.median_ms for v, r in result.items() if v != first]
         ratio = f"{result[first].median_ms / min(others):.2f}" if others else "—"
