@@ -27,7 +27,8 @@ library versions as `planned.*`), appended once a shape's rounds are done, with:
 
 - param `timing.method` = `paired` (a job's record has none), `timing.rounds`, `timing.round_medians_ms`
   (JSON list, one per round), `timing.paired_with` (the variants timed in turns), `timing.order`
-  (`fixed`, or `shuffled` with the seed), `timing.round_positions` (JSON list: its place in each round, 0 first);
+  (`fixed`, or `shuffled` with the seed), `timing.round_positions` (JSON list: its place in each round,
+  0 first);
 - metrics `time_ms` = the median of the round medians, `time_min_ms` = the fastest sample of any round,
   `time_p25_ms` / `time_p75_ms` / `time_spread` = the quartiles of the round medians, `samples` and
   `timing_s` summed over the rounds, `call_ms` the median of the rounds' `call_ms`;
