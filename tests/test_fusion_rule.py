@@ -62,7 +62,7 @@ def test_the_score_takes_the_cpus_pairs_from_its_timings_in_turns() -> None:
         )
     assert per_device["cpu"] == (10, 12)
     misses = sorted(j["shape"] for j in scored if j["device"] == "cpu" and not j["agree"])
-    assert misses == ["16x24x24x144-24s1", "32x7x7x960-160s1"]
+    assert misses == ["1x80x80x32-16s1", "64x14x14x576-96s1"]
     assert fusion_rule.summary_line(scored, sources=True) == (
         "picks the faster on 51 of 58 pairs (88%); 7 misses, 3 of them near ties (the two within 5%); "
         "12 pairs judged on timings in turns, 46 on job records"
