@@ -227,6 +227,9 @@ def test_clock_control_is_passed_through() -> None:
     plan = ncu.plan_launches(settings, "torch", None)
     cmd = ncu.ncu_command("ncu", [], None, settings, plan, Path("r"))
     assert _flag_values(cmd, "--clock-control") == ["base"]
+    assert _flag_values(cmd, "--cache-control") == ["all"]  # ncu's own default, said explicitly
+    warm = ncu.ncu_command("ncu", [], None, ProfileSettings(cache_control="none"), plan, Path("r"))
+    assert _flag_values(warm, "--cache-control") == ["none"]
 
 
 def test_export_command() -> None:
@@ -253,12 +256,14 @@ def test_config_files_load(name: str) -> None:
     cfg = yaml.safe_load((ROOT / "conf" / "profile" / f"{name}.yaml").read_text())
     assert check_tool(cfg["tool"]) == name
     settings = ProfileSettings.from_config(cfg)
-    assert settings.clock_control == "none" and settings.warmup >= 1
+    assert settings.clock_control == "none" and settings.cache_control == "all" and settings.warmup >= 1
 
 
 def test_bad_settings_name_the_valid_choices() -> None:
     with pytest.raises(ProfileConfigError, match=r"\['none', 'base'\]"):
         ProfileSettings(clock_control="max")
+    with pytest.raises(ProfileConfigError, match=r"\['all', 'none'\]"):
+        ProfileSettings(cache_control="warm")
     with pytest.raises(ProfileConfigError, match="valid keys: tool, warmup"):
         ProfileSettings.from_config({"tool": "ncu", "warmpu": 3})
     with pytest.raises(ProfileConfigError, match=r"\['none', 'ncu', 'nsys'\]"):

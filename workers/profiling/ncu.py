@@ -78,7 +78,7 @@ def ncu_command(
     plan: LaunchPlan,
     report: Path,
 ) -> list[str]:
-    """`ncu ... -o report -f <target>`: filter, NVTX range or skip, sections, clock control."""
+    """`ncu ... -o report -f <target>`: filter, NVTX range or skip, sections, clock and cache control."""
     cmd = [ncu, "--target-processes", "all"]
     if kernel_filter:
         cmd += ["--kernel-name-base", "demangled", "--kernel-name", f"regex:{kernel_filter}"]
@@ -89,7 +89,8 @@ def ncu_command(
     cmd += ["--launch-count", str(plan.launch_count)]
     for section in settings.sections:
         cmd += ["--section", section]
-    cmd += ["--clock-control", settings.clock_control, "-o", str(report), "-f"]
+    cmd += ["--clock-control", settings.clock_control, "--cache-control", settings.cache_control]
+    cmd += ["-o", str(report), "-f"]
     return cmd + list(target_argv)
 
 

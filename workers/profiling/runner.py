@@ -135,6 +135,8 @@ def profile_target(
     result.tags["ncu.version"] = procs.last_line(version.output, 100)
     plan = ncu.plan_launches(settings, info.get("nvtx"), kernels_per_run)
     result.tags["ncu.skip_mode"] = plan.mode
+    result.tags["ncu.clock_control"] = settings.clock_control
+    result.tags["ncu.cache_control"] = settings.cache_control
     cap = ncu.capture(exe, target, kernel_filter, settings, plan, out_dir)
     for path in (cap.report, cap.csv, cap.log):
         if path is not None and path.is_file():

@@ -14,6 +14,9 @@ from typing import Any
 
 TOOLS = ("none", "ncu", "nsys")
 CLOCK_CONTROLS = ("none", "base")  # ncu --clock-control: leave the clocks alone, or lock them to base
+# ncu --cache-control: flush every cache before each profiled kernel (ncu's default), or leave them as the
+# previous kernel left them (as a warm timing runs)
+CACHE_CONTROLS = ("all", "none")
 # The Nsight Compute sections that explain a kernel's time (identifiers as `ncu --list-sections` prints).
 DEFAULT_SECTIONS = (
     "SpeedOfLight",
@@ -40,6 +43,7 @@ class ProfileSettings:
     warmup: int = 3  # launches of the whole layer before the profiled ones (JIT, caches, autotuning)
     runs: int = 1  # launches of the whole layer that are profiled
     clock_control: str = "none"  # none = leave the GPU clocks as they are; base = lock them to base clocks
+    cache_control: str = "all"  # all = flush the caches before each profiled kernel; none = leave them warm
     sections: tuple[str, ...] = DEFAULT_SECTIONS  # Nsight Compute sections collected for each kernel
     nvtx: bool = True  # mark the profiled launches with an NVTX range when the target can (torch, nvtx)
     kernels_per_run: int | None = None  # kernels one run launches, when known: skip warm-ups by count
@@ -55,6 +59,10 @@ class ProfileSettings:
         if self.clock_control not in CLOCK_CONTROLS:
             raise ProfileConfigError(
                 f"profile.clock_control must be one of {list(CLOCK_CONTROLS)}, got {self.clock_control!r}"
+            )
+        if self.cache_control not in CACHE_CONTROLS:
+            raise ProfileConfigError(
+                f"profile.cache_control must be one of {list(CACHE_CONTROLS)}, got {self.cache_control!r}"
             )
         for name in ("warmup", "runs", "max_kernels_per_run"):
             value = getattr(self, name)
