@@ -28,10 +28,10 @@ remain: the named `fused_tile`'s serial stage is charged per input pixel of its 
 runs over the tile's output pixels (2-3x too much at stride 1, 4-5x at stride 2), and `unfused`'s
 pointwise is estimated 1.3-1.9x too fast a reduction step at full occupancy (its kernel times in the H200
 records); they partly cancel, and changing either alone, or the latencies, did not make more choices
-right (`orchestrator.report.fusion_rule`). Nsight Compute on the H200 (reports/h200/nsight_fusion) places the
-largest `unfused` errors: with a 4 x 2 pixel tile its loads wait about 3x as long an instruction as with 7 x 1
-for the same instruction mix (warm caches), which the traffic count cannot see; a DRAM wait for an intermediate that outgrows
-the L2 was tried and made no more choices right (docs/tuning.md).
+right (`orchestrator.report.fusion_rule`). Nsight Compute on the H200 (reports/h200/nsight_fusion_warm)
+places the largest `unfused` errors: with a 4 x 2 pixel tile its loads wait about 3x as long an instruction as
+with 7 x 1 for the same instruction mix, which the traffic count cannot see; a DRAM wait for an intermediate
+that outgrows the L2 was tried and made no more choices right (docs/tuning.md).
 """
 
 from __future__ import annotations
