@@ -282,9 +282,12 @@ def test_ctrl_c_ends_the_parent_run_killed_and_the_exit_code_is_130(tmp_path: Pa
         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/artifacts",
         f"hydra.run.dir={tmp_path}/out",
     ]  # fmt: skip
+    # Ctrl-C as a terminal delivers it: the driver starts with SIGINT's default action, whatever this test
+    # runner inherited (a shell's background job starts with SIGINT ignored, and Python keeps it so)
     proc = subprocess.Popen(
-        args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 240
         finished = 0
