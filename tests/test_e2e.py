@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -260,14 +258,10 @@ def test_cluster_address_runs_jobs_on_an_existing_cluster(tmp_path: Path) -> Non
 
 def _children_logged(journals: Path) -> int:
     """Jobs whose child run is complete in MLflow so far, read from the driver's journal (`logged` lines:
-    plain appended files, so a read never waits on the SQLite store's locks, which a busy machine holds
-    long enough to miss the whole run)."""
-    count = 0
-    for path in journals.glob("**/*.jsonl"):
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):  # a line being written
-                count += json.loads(line).get("kind") == "logged"
-    return count
+    plain appended files, so a read never waits on the SQLite store's locks)."""
+    from orchestrator import journal
+
+    return sum(len(journal.read(path).logged) for path in journals.glob("**/*.jsonl"))
 
 
 def test_ctrl_c_ends_the_parent_run_killed_and_the_exit_code_is_130(tmp_path: Path) -> None:

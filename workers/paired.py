@@ -215,10 +215,11 @@ def records(
     peak_source: str,
     started: float,
     ended: float,
-    order: str = "shuffled",
+    *,
+    order: str,
 ) -> list[Record]:
     """One ok Record per variant of a comparison, in the jobs' format, saying it was timed in turns
-    (`order`: how `compare` ordered each round, as `timing.order` records it)."""
+    (`order`: how `compare` ordered each round; `timing.order` adds the seed of a shuffled one)."""
     out = []
     for variant, t in turns.items():
         shape, entry = t.job.shape, registry.get(variant)
@@ -232,7 +233,7 @@ def records(
                 "timing.rounds": str(len(t.rounds)),
                 "timing.round_medians_ms": json.dumps([round(m, 6) for m in t.medians_ms]),
                 "timing.paired_with": ",".join(turns),
-                "timing.order": order,
+                "timing.order": order if order == "fixed" else f"{order} (seed {t.job.seed})",
                 "timing.round_positions": json.dumps(t.positions),
                 "timing.input_sets_used": str(len(t.placed)),
             }
@@ -301,8 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ended = time.time()
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
-            order = args.order if args.order == "fixed" else f"shuffled (seed {args.seed})"
-            for record in records(result, device, peak_source, started, ended, order):
+            for record in records(result, device, peak_source, started, ended, order=args.order):
                 bundle.append_record(args.out, record)
         others = [r.median_ms for v, r in result.items() if v != first]
         ratio = f"{result[first].median_ms / min(others):.2f}" if others else "—"

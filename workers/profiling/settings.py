@@ -56,14 +56,11 @@ class ProfileSettings:
     sass: bool = True  # disassemble Halide's PTX to SASS when ptxas and cuobjdump are present
 
     def __post_init__(self) -> None:
-        if self.clock_control not in CLOCK_CONTROLS:
-            raise ProfileConfigError(
-                f"profile.clock_control must be one of {list(CLOCK_CONTROLS)}, got {self.clock_control!r}"
-            )
-        if self.cache_control not in CACHE_CONTROLS:
-            raise ProfileConfigError(
-                f"profile.cache_control must be one of {list(CACHE_CONTROLS)}, got {self.cache_control!r}"
-            )
+        for name, choices in (("clock_control", CLOCK_CONTROLS), ("cache_control", CACHE_CONTROLS)):
+            if getattr(self, name) not in choices:
+                raise ProfileConfigError(
+                    f"profile.{name} must be one of {list(choices)}, got {getattr(self, name)!r}"
+                )
         for name in ("warmup", "runs", "max_kernels_per_run"):
             value = getattr(self, name)
             low = 0 if name == "warmup" else 1
