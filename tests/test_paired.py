@@ -56,6 +56,8 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.Ca
     base = ["--shapes", SHAPE, "--variants", "halide_unfused"]
     assert paired.main([*base, "--rounds", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --rounds must be >= 1, got 0"
+    assert paired.main([*base, "--order", "sorted"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --order 'sorted': expected one of shuffled, fixed"
     a_file = tmp_path / "f"
     a_file.write_text("")
     assert paired.main([*base, "--out", str(a_file)]) == 2

@@ -257,8 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--option", action="append", default=[], help="VARIANT:KEY=VALUE (repeatable)")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument(
-        "--order", choices=ORDERS, default="shuffled",
-        help="each round's order of the variants: a fresh random one (seeded by --seed) or the given one",
+        "--order", default="shuffled",
+        help="each round's order of the variants: shuffled (a fresh random one, seeded by --seed) or fixed "
+        "(the given one)",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="inputs' and rounds' order seed")
     parser.add_argument("--tolerance", type=float, default=1e-4)
@@ -276,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shapes = [parse_shape(s) for s in args.shapes.split(",") if s]
         if args.rounds < 1:
             raise PairedError(f"--rounds must be >= 1, got {args.rounds}")
+        if args.order not in ORDERS:
+            raise PairedError(f"--order {args.order!r}: expected one of {', '.join(ORDERS)}")
         if args.out is not None and args.out.exists() and not args.out.is_dir():
             raise PairedError(f"--out {args.out} is a file, not a folder for a results bundle")
     except (PairedError, registry.UnknownVariantError) as exc:
