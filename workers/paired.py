@@ -8,13 +8,19 @@ variant after the other each round, so that a burst of load falls on all of them
 the variants in a fresh random order (`--order shuffled`, the default, seeded by `--seed`), as Google
 Benchmark's random interleaving does: with a fixed order the variant timed first or second in every round
 carries any effect of its place (two builds of one schedule in a fixed order differed by up to 25% on the
-2-core VM, results/cpu/heldout_paired/earlier-runs.md). Reported per variant: the median over rounds of
-each round's median, and the fastest sample.
+2-core VM, results/cpu/heldout_paired/earlier-runs.md). Every variant of a shape reads the same inputs:
+`--input-sets` sets are drawn once for the shape and each variant is placed on them (on a CPU the very same
+arrays, no copy), and each round's timing rotates through them in the same order for every variant. On the
+2-core VM the place of a layer's input arrays in memory alone moved one build's time by up to 45%
+(four builds of one schedule, each on inputs of its own: 14.3-21.0 ms at 64x14x14x576-96; on shared inputs
+19.3-21.1 ms, docs/tuning.md "Question 3 as a rule"), so inputs of its own would give each variant a bias
+that no number of rounds removes. Reported per variant: the median over rounds of each round's median,
+and the fastest sample.
 
     python -m workers.paired --shapes 1x80x80x32-16,2x14x14x480-80 \\
         --variants halide_tuned,halide_app,halide_unfused,halide_fused_tile,halide_fused_cblock \\
         --option halide_tuned:on_miss=heuristic [--rounds 6] [--order shuffled|fixed] [--seed 0] \\
-        [--tolerance 1e-4] [--out DIR [--experiment NAME]]
+        [--input-sets 3] [--tolerance 1e-4] [--out DIR [--experiment NAME]]
 
 Builds use the variants' options as given (`--option VARIANT:KEY=VALUE`, JSON values); a `halide_tuned`
 build that would search (a miss with `on_miss=quick`) is refused: the search is the job layer's, so give it
@@ -28,7 +34,8 @@ library versions as `planned.*`), appended once a shape's rounds are done, with:
 - param `timing.method` = `paired` (a job's record has none), `timing.rounds`, `timing.round_medians_ms`
   (JSON list, one per round), `timing.paired_with` (the variants timed in turns), `timing.order`
   (`fixed`, or `shuffled` with the seed), `timing.round_positions` (JSON list: its place in each round,
-  0 first);
+  0 first), `timing.input_sets_used` (the input sets every variant of the shape was timed on, the same
+  for all: `timing.inputs` = `shared`);
 - metrics `time_ms` = the median of the round medians, `time_min_ms` = the fastest sample of any round,
   `time_p25_ms` / `time_p75_ms` / `time_spread` = the quartiles of the round medians, `samples` and
   `timing_s` summed over the rounds, `call_ms` the median of the rounds' `call_ms`;
@@ -69,6 +76,7 @@ ROUND_TIMING = TimingSpec(
 )
 METHOD = "paired"  # param timing.method of a record timed in turns
 ORDERS = ("shuffled", "fixed")  # how each round orders the variants
+INPUT_SETS = 3  # timing input sets a shape's variants share (each round rotates through them)
 DEFAULT_EXPERIMENT = "paired"
 
 
@@ -163,13 +171,19 @@ def compare(
     versions: Mapping[str, str] | None = None,
     seed: int = 0,
     order: str = "shuffled",
+    input_sets: int = INPUT_SETS,
 ) -> dict[str, Turns]:
     """Build and verify each variant of `options` (variant -> build options) on `shape`, then time them
     in turns, `rounds` rounds, each round in a random order drawn from `seed` (`order="shuffled"`) or in
-    the order of `options` (`"fixed"`); each variant's Turns, in the order of `options`."""
+    the order of `options` (`"fixed"`), every variant on the same `input_sets` input sets (the job's
+    timing inputs, drawn once); each variant's Turns, in the order of `options`."""
     if order not in ORDERS:
         raise PairedError(f"order {order!r}: expected one of {', '.join(ORDERS)}")
+    if input_sets < 1:
+        raise PairedError(f"input sets must be >= 1, got {input_sets}")
     turns: dict[str, Turns] = {}
+    # the job's timing inputs (`workers.job.time_job`'s seeds), drawn once: every variant reads these arrays
+    shared = [make_inputs(shape, jobs.derive_seed(seed, jobs.TIMING, i)) for i in range(input_sets)]
     try:
         for variant, opts in options.items():
             job = Job(experiment, variant, shape, device, ROUND_TIMING, tolerance, seed, dict(opts),
@@ -193,8 +207,7 @@ def compare(
             if not error <= tolerance:
                 raise PairedError(f"{variant} on {shape.label}: {detail}")
             verify_s = time.perf_counter() - t0
-            # the job's first timing input set (`workers.job.time_job`'s), placed once for every round
-            placed = [built.place(make_inputs(shape, jobs.derive_seed(seed, jobs.TIMING, 0)))]
+            placed = [built.place(inputs) for inputs in shared]  # once, for every round
             turns[variant] = Turns(job, built, placed, error, build_s, verify_s)
     finally:
         jobs.verification_case.cache_clear()  # a large layer's reference is hundreds of MB
@@ -236,6 +249,7 @@ def records(
                 "timing.order": order if order == "fixed" else f"{order} (seed {t.job.seed})",
                 "timing.round_positions": json.dumps(t.positions),
                 "timing.input_sets_used": str(len(t.placed)),
+                "timing.inputs": "shared",
             }
         )
         record.metrics.update(rel_error=t.rel_error, build_s=t.build_s, verify_s=t.verify_s)
@@ -262,6 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(the given one)",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="inputs' and rounds' order seed")
+    parser.add_argument(
+        "--input-sets", type=int, default=INPUT_SETS,
+        help="input sets drawn once a shape, the same for every variant, rotated in each round",
+    )  # fmt: skip
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument(
         "--gpu", action="store_true", help="time on the first visible GPU instead of the host CPU"
@@ -277,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shapes = [parse_shape(s) for s in args.shapes.split(",") if s]
         if args.rounds < 1:
             raise PairedError(f"--rounds must be >= 1, got {args.rounds}")
+        if args.input_sets < 1:
+            raise PairedError(f"--input-sets must be >= 1, got {args.input_sets}")
         if args.order not in ORDERS:
             raise PairedError(f"--order {args.order!r}: expected one of {', '.join(ORDERS)}")
         if args.out is not None and args.out.exists() and not args.out.is_dir():
@@ -298,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = compare(
                 shape, device, options, args.rounds, args.tolerance,
                 experiment=args.experiment, versions=versions, seed=args.seed, order=args.order,
+                input_sets=args.input_sets,
             )  # fmt: skip
         except PairedError as exc:
             print(f"error: {exc}", file=sys.stderr)
