@@ -9,18 +9,18 @@ the variants in a fresh random order (`--order shuffled`, the default, seeded by
 Benchmark's random interleaving does: with a fixed order the variant timed first or second in every round
 carries any effect of its place (two builds of one schedule in a fixed order differed by up to 25% on the
 2-core VM, results/cpu/heldout_paired/earlier-runs.md). Every variant of a shape reads the same inputs:
-`--input-sets` sets are drawn once for the shape and each variant is placed on them (on a CPU the very same
-arrays, no copy), and each round's timing rotates through them in the same order for every variant. On the
-2-core VM the place of a layer's input arrays in memory alone moved one build's time by up to 45%
-(four builds of one schedule, each on inputs of its own: 14.3-21.0 ms at 64x14x14x576-96; on shared inputs
-19.3-21.1 ms, docs/tuning.md "Question 3 as a rule"), so inputs of its own would give each variant a bias
-that no number of rounds removes. Reported per variant: the median over rounds of each round's median,
-and the fastest sample.
+the job's timing input set (`--input-sets` N: N sets, rotated in the same order in each variant's rounds,
+with colder caches than a job's warm timing) is drawn once for the shape and each variant is placed on it
+(on a CPU the very same arrays, no copy). On the 2-core VM the place of a layer's input arrays in memory
+alone moved one build's time by up to 45% (four builds of one schedule, each on inputs of its own:
+14.3-21.0 ms at 64x14x14x576-96; on shared inputs 19.3-21.1 ms, docs/tuning.md "Question 3 as a rule"),
+so inputs of its own would give each variant a bias that no number of rounds removes. Reported per
+variant: the median over rounds of each round's median, and the fastest sample.
 
     python -m workers.paired --shapes 1x80x80x32-16,2x14x14x480-80 \\
         --variants halide_tuned,halide_app,halide_unfused,halide_fused_tile,halide_fused_cblock \\
         --option halide_tuned:on_miss=heuristic [--rounds 6] [--order shuffled|fixed] [--seed 0] \\
-        [--input-sets 3] [--tolerance 1e-4] [--out DIR [--experiment NAME]]
+        [--input-sets 1] [--tolerance 1e-4] [--out DIR [--experiment NAME]]
 
 Builds use the variants' options as given (`--option VARIANT:KEY=VALUE`, JSON values); a `halide_tuned`
 build that would search (a miss with `on_miss=quick`) is refused: the search is the job layer's, so give it
@@ -76,7 +76,7 @@ ROUND_TIMING = TimingSpec(
 )
 METHOD = "paired"  # param timing.method of a record timed in turns
 ORDERS = ("shuffled", "fixed")  # how each round orders the variants
-INPUT_SETS = 3  # timing input sets a shape's variants share (each round rotates through them)
+INPUT_SETS = 1  # timing input sets a shape's variants share (the job's warm timing uses one)
 DEFAULT_EXPERIMENT = "paired"
 
 
