@@ -100,9 +100,10 @@ def test_rounds_take_the_variants_in_shuffled_or_fixed_order() -> None:
 
 
 def test_every_variant_reads_the_same_input_arrays() -> None:
-    """The place of a layer's inputs in memory alone moved a CPU build's time by up to 45% on the 2-core
-    VM, so every variant of a shape is placed on the same input sets: on a CPU the very same arrays (the
-    same addresses), in the same rotation; each variant keeps an output of its own."""
+    """The place of a layer's inputs in memory alone moved a CPU build's time by 19-40% on the 2-core VM
+    (results/cpu/heldout_paired/placement.txt), so every variant of a shape is placed on the same input
+    sets: on a CPU the very same arrays (the same addresses), in the same rotation; each variant keeps an
+    output of its own."""
     from kernels.device import DeviceSpec
 
     shape = paired.parse_shape(SHAPE)

@@ -12,10 +12,11 @@ carries any effect of its place (two builds of one schedule in a fixed order dif
 the job's timing input set (`--input-sets` N: N sets, rotated in the same order in each variant's rounds,
 with colder caches than a job's warm timing) is drawn once for the shape and each variant is placed on it
 (on a CPU the very same arrays, no copy). On the 2-core VM the place of a layer's input arrays in memory
-alone moved one build's time by up to 45% (four builds of one schedule, each on inputs of its own:
-14.3-21.0 ms at 64x14x14x576-96; on shared inputs 19.3-21.1 ms, docs/tuning.md "Question 3 as a rule"),
-so inputs of its own would give each variant a bias that no number of rounds removes. Reported per
-variant: the median over rounds of each round's median, and the fastest sample.
+alone moved a build's time by 19-40%: four builds of one schedule, each on inputs of its own, kept their
+fast or slow times pass after pass, and agreed within 5% on one shared set
+(results/cpu/heldout_paired/placement.txt), so inputs of its own would give each variant a bias that no
+number of rounds removes. Reported per variant: the median over rounds of each round's median, and the
+fastest sample.
 
     python -m workers.paired --shapes 1x80x80x32-16,2x14x14x480-80 \\
         --variants halide_tuned,halide_app,halide_unfused,halide_fused_tile,halide_fused_cblock \\

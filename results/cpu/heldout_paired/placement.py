@@ -1,0 +1,55 @@
+"""Four builds of one schedule timed in turns, each on input arrays of its own, then all on one shared
+input set: does a build's time follow its code or the place of its inputs in memory?
+
+    .venv/bin/python results/cpu/heldout_paired/placement.py [SHAPE] > placement.txt
+
+Wall time per call (ms, the median of 8 rounds' medians, `workers.paired.ROUND_TIMING`), the builds taken in
+a fresh random order each round. The evidence behind `workers.paired` placing every variant on the same
+inputs (earlier-runs.md)."""
+
+from __future__ import annotations
+
+import platform
+import random
+import statistics
+import sys
+import time
+
+from kernels import registry
+from kernels.device import DeviceSpec
+from kernels.layer import make_inputs
+from workers import harness
+from workers.paired import ROUND_TIMING, parse_shape
+
+ROUNDS, BUILDS, VARIANT = 8, 4, "halide_fused_tile"
+
+
+def in_turns(pairs: list[tuple[object, list[object]]], device: DeviceSpec, seed: int) -> list[float]:
+    """Each (build, placed inputs) timed once a round, ROUNDS rounds in shuffled order: medians (ms)."""
+    times: list[list[float]] = [[] for _ in pairs]
+    draw = random.Random(seed)
+    for _ in range(ROUNDS):
+        order = list(range(len(pairs)))
+        draw.shuffle(order)
+        for i in order:
+            built, placed = pairs[i]
+            times[i].append(harness.measure(built, placed, ROUND_TIMING, device).time_ms)
+    return [statistics.median(t) for t in times]
+
+
+def main() -> None:
+    shape = parse_shape(sys.argv[1] if len(sys.argv) > 1 else "64x14x14x576-96")
+    device = DeviceSpec("cpu", "cpu", "host CPU", 0.0, 0.0)
+    builds = [registry.get(VARIANT).build(shape, device, {}) for _ in range(BUILDS)]
+    own = [[b.place(make_inputs(shape, 7))] for b in builds]
+    one = make_inputs(shape, 7)
+    shared = [[b.place(one)] for b in builds]
+    print(f"{VARIANT} x {BUILDS} builds at {shape.name}, {platform.processor() or platform.machine()}, "
+          f"{time.strftime('%Y-%m-%d %H:%M %Z')}")  # fmt: skip
+    for seed, (label, placed) in enumerate([("own inputs", own), ("one shared set", shared)] * 2):
+        ms = in_turns(list(zip(builds, placed, strict=True)), device, seed)
+        print(f"{label:>15}: " + "  ".join(f"{m:.2f}" for m in ms) + " ms")
+
+
+if __name__ == "__main__":
+    main()
