@@ -7,8 +7,8 @@ job's timing inputs, then timed by the one harness (`workers.harness.measure`) i
 variant after the other each round, so that a burst of load falls on all of them alike. Each round takes
 the variants in a fresh random order (`--order shuffled`, the default, seeded by `--seed`), as Google
 Benchmark's random interleaving does: with a fixed order the variant timed first or second in every round
-carries any effect of its place (two builds of one schedule in a fixed order differed by up to 25% on the
-2-core VM, results/cpu/heldout_paired/earlier-runs.md). Every variant of a shape reads the same inputs:
+would carry any effect of its place (none was found on the 2-core VM: a variant's round medians are the same
+at every place, results/cpu/heldout_paired/manifest.json). Every variant of a shape reads the same inputs:
 the job's timing input set (`--input-sets` N: N sets, rotated in the same order in each variant's rounds,
 with colder caches than a job's warm timing) is drawn once for the shape and each variant is placed on it
 (on a CPU the very same arrays, no copy). On the 2-core VM the place of a layer's input arrays in memory
