@@ -13,7 +13,7 @@ the job's timing input set (`--input-sets` N: N sets, rotated in the same order 
 with colder caches than a job's warm timing) is drawn once for the shape and each variant is placed on it
 (on a CPU the very same arrays, no copy). On the 2-core VM the place of a layer's input arrays in memory
 alone moved a build's time by 19-40%: four builds of one schedule, each on inputs of its own, kept their
-fast or slow times pass after pass, and agreed within 5% on one shared set
+fast or slow times pass after pass, and agreed within 2-7% on one shared set
 (results/cpu/heldout_paired/placement.txt), so inputs of its own would give each variant a bias that no
 number of rounds removes. Reported per variant: the median over rounds of each round's median, and the
 fastest sample.

@@ -4,14 +4,17 @@ input set: does a build's time follow its code or the place of its inputs in mem
     .venv/bin/python results/cpu/heldout_paired/placement.py [SHAPE] > placement.txt
 
 Wall time per call (ms, the median of 8 rounds' medians, `workers.paired.ROUND_TIMING`), the builds taken in
-a fresh random order each round. The evidence behind `workers.paired` placing every variant on the same
-inputs (earlier-runs.md)."""
+a fresh random order each round; then, for each build's own input array `x`, the share of its pages the
+kernel backs with transparent huge pages (/proc/self/pagemap and /proc/kpageflags: needs root) and its
+offset in a 4 KiB and a 2 MiB page, to tell placement effects apart. The evidence behind `workers.paired`
+placing every variant on the same inputs (earlier-runs.md)."""
 
 from __future__ import annotations
 
 import platform
 import random
 import statistics
+import struct
 import sys
 import time
 
@@ -37,6 +40,25 @@ def in_turns(pairs: list[tuple[object, list[object]]], device: DeviceSpec, seed:
     return [statistics.median(t) for t in times]
 
 
+def huge_page_share(a: object) -> str:
+    """The share of `a`'s pages (every 64th) backed by a transparent huge page, or why it is unknown."""
+    try:
+        with open("/proc/self/pagemap", "rb") as pagemap, open("/proc/kpageflags", "rb") as flags:
+            start = a.ctypes.data // 4096  # type: ignore[attr-defined]
+            end = (a.ctypes.data + a.nbytes) // 4096  # type: ignore[attr-defined]
+            huge = seen = 0
+            for page in range(start, end, 64):
+                pagemap.seek(8 * page)
+                entry = struct.unpack("<Q", pagemap.read(8))[0]
+                if entry >> 63 and entry & ((1 << 55) - 1):
+                    flags.seek(8 * (entry & ((1 << 55) - 1)))
+                    huge += (struct.unpack("<Q", flags.read(8))[0] >> 22) & 1  # KPF_THP
+                    seen += 1
+            return f"{huge / seen:.2f}" if seen else "no pages seen (needs root)"
+    except OSError as exc:
+        return f"unknown ({exc.strerror})"
+
+
 def main() -> None:
     shape = parse_shape(sys.argv[1] if len(sys.argv) > 1 else "64x14x14x576-96")
     device = DeviceSpec("cpu", "cpu", "host CPU", 0.0, 0.0)
@@ -49,6 +71,10 @@ def main() -> None:
     for seed, (label, placed) in enumerate([("own inputs", own), ("one shared set", shared)] * 2):
         ms = in_turns(list(zip(builds, placed, strict=True)), device, seed)
         print(f"{label:>15}: " + "  ".join(f"{m:.2f}" for m in ms) + " ms")
+    for i, placed in enumerate(own):
+        x = placed[0].arrays[0]
+        offsets = f"{x.ctypes.data % 4096} B in 4 KiB, {x.ctypes.data % (2 << 20) >> 10} KiB in 2 MiB"
+        print(f"build {i}'s own x: huge-page share {huge_page_share(x)}, offset {offsets}")
 
 
 if __name__ == "__main__":
