@@ -1,7 +1,7 @@
 """Four builds of one schedule timed in turns, each on input arrays of its own, then all on one shared
 input set: does a build's time follow its code or the place of its inputs in memory?
 
-    .venv/bin/python results/cpu/heldout_paired/placement.py [SHAPE] > placement.txt
+    .venv/bin/python results/cpu/heldout_paired/placement.py [SHAPE] [--variant V] [--gpu] > placement.txt
 
 Wall time per call (ms, the median of 8 rounds' medians, `workers.paired.ROUND_TIMING`), the builds taken in
 a fresh random order each round; then, for each build's own input array `x`, the share of its pages the
@@ -11,20 +11,20 @@ placing every variant on the same inputs (earlier-runs.md)."""
 
 from __future__ import annotations
 
+import argparse
 import platform
 import random
 import statistics
 import struct
-import sys
 import time
 
 from kernels import registry
-from kernels.device import DeviceSpec
+from kernels.device import DeviceSpec, visible_gpu
 from kernels.layer import make_inputs
 from workers import harness
 from workers.paired import ROUND_TIMING, parse_shape
 
-ROUNDS, BUILDS, VARIANT = 8, 4, "halide_fused_tile"
+ROUNDS, BUILDS = 8, 4
 
 
 def in_turns(pairs: list[tuple[object, list[object]]], device: DeviceSpec, seed: int) -> list[float]:
@@ -60,18 +60,23 @@ def huge_page_share(a: object) -> str:
 
 
 def main() -> None:
-    shape = parse_shape(sys.argv[1] if len(sys.argv) > 1 else "64x14x14x576-96")
-    device = DeviceSpec("cpu", "cpu", "host CPU", 0.0, 0.0)
-    builds = [registry.get(VARIANT).build(shape, device, {}) for _ in range(BUILDS)]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("shape", nargs="?", default="64x14x14x576-96")
+    parser.add_argument("--variant", default="halide_fused_tile")
+    parser.add_argument("--gpu", action="store_true", help="the first visible GPU (each build's device copy)")
+    args = parser.parse_args()
+    shape = parse_shape(args.shape)
+    device = visible_gpu() if args.gpu else DeviceSpec("cpu", "cpu", "host CPU", 0.0, 0.0)
+    builds = [registry.get(args.variant).build(shape, device, {}) for _ in range(BUILDS)]
     own = [[b.place(make_inputs(shape, 7))] for b in builds]
     one = make_inputs(shape, 7)
     shared = [[b.place(one)] for b in builds]
-    print(f"{VARIANT} x {BUILDS} builds at {shape.name}, {platform.processor() or platform.machine()}, "
-          f"{time.strftime('%Y-%m-%d %H:%M %Z')}")  # fmt: skip
+    where = device.model if device.is_gpu else platform.machine()
+    print(f"{args.variant} x {BUILDS} builds at {shape.name}, {where}, {time.strftime('%Y-%m-%d %H:%M %Z')}")
     for seed, (label, placed) in enumerate([("own inputs", own), ("one shared set", shared)] * 2):
         ms = in_turns(list(zip(builds, placed, strict=True)), device, seed)
-        print(f"{label:>15}: " + "  ".join(f"{m:.2f}" for m in ms) + " ms")
-    for i, placed in enumerate(own):
+        print(f"{label:>15}: " + "  ".join(f"{m:.4g}" for m in ms) + " ms")
+    for i, placed in enumerate(own if not device.is_gpu else []):
         x = placed[0].arrays[0]
         offsets = f"{x.ctypes.data % 4096} B in 4 KiB, {x.ctypes.data % (2 << 20) >> 10} KiB in 2 MiB"
         print(f"build {i}'s own x: huge-page share {huge_page_share(x)}, offset {offsets}")
