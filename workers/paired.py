@@ -25,8 +25,9 @@ fastest sample.
 
 Builds use the variants' options as given (`--option VARIANT:KEY=VALUE`, JSON values); a `halide_tuned`
 build that would search (a miss with `on_miss=quick`) is refused: the search is the job layer's, so give it
-the entries (`tuning_db=...`) or another `on_miss`. The device is the host CPU (a GPU: `--gpu`, the first
-visible one), with its rates as a job resolves them (`workers.roofs`).
+the entries (`tuning_db=...`) or another `on_miss`. The device is the host CPU (a GPU: `--gpu KEY`, the first
+visible one, recorded as device KEY: the catalog's key, such as `h200`, lets the reports find its SM count),
+with its rates as a job resolves them (`workers.roofs`).
 
 With `--out DIR` the results are also a results bundle (`workers.bundle`), one record per variant and shape
 in the jobs' record format (`workers.job.base_record`: the job's params, the host's tags, the git commit and
@@ -283,8 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument(
-        "--gpu", action="store_true", help="time on the first visible GPU instead of the host CPU"
-    )
+        "--gpu", nargs="?", const="gpu", metavar="KEY",
+        help="time on the first visible GPU instead of the host CPU, recorded as device KEY (the catalog's "
+        "key, e.g. h200, so that reports find its SM count; default: gpu)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="also write the records as a results bundle in DIR")
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="the records' experiment")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -305,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PairedError, registry.UnknownVariantError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    device = visible_gpu() if args.gpu else DeviceSpec("cpu", "cpu", "host CPU", 0.0, 0.0)
+    device = visible_gpu(args.gpu) if args.gpu else DeviceSpec("cpu", "cpu", "host CPU", 0.0, 0.0)
     device, peak_source = roofs.resolve_device(device)  # the rates a job of this device would record
     versions = hostinfo.code_versions()
     first = variants[0]
