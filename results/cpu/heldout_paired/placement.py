@@ -1,7 +1,9 @@
 """Four builds of one schedule timed in turns, each on input arrays of its own, then all on one shared
-input set: does a build's time follow its code or the place of its inputs in memory?
+input set: does a build's time follow its code or the place of its inputs in memory? With `--rotate K`,
+also each build on K input sets of its own, rotated call by call (as the harness rotates a cold timing's
+sets): does spreading a build over several places even the builds out?
 
-    .venv/bin/python results/cpu/heldout_paired/placement.py [SHAPE] [--variant V] [--gpu] > placement.txt
+    .venv/bin/python results/cpu/heldout_paired/placement.py [SHAPE] [--variant V] [--gpu] [--rotate K]
 
 Wall time per call (ms, the median of 8 rounds' medians, `workers.paired.ROUND_TIMING`), the builds taken in
 a fresh random order each round; then, for each build's own input array `x`, the share of its pages the
@@ -64,6 +66,7 @@ def main() -> None:
     parser.add_argument("shape", nargs="?", default="64x14x14x576-96")
     parser.add_argument("--variant", default="halide_fused_tile")
     parser.add_argument("--gpu", action="store_true", help="the first visible GPU (each build's device copy)")
+    parser.add_argument("--rotate", type=int, default=0, help="also K input sets of its own a build, rotated")
     args = parser.parse_args()
     shape = parse_shape(args.shape)
     device = visible_gpu() if args.gpu else DeviceSpec("cpu", "cpu", "host CPU", 0.0, 0.0)
@@ -73,9 +76,14 @@ def main() -> None:
     shared = [[b.place(one)] for b in builds]
     where = device.model if device.is_gpu else platform.machine()
     print(f"{args.variant} x {BUILDS} builds at {shape.name}, {where}, {time.strftime('%Y-%m-%d %H:%M %Z')}")
-    for seed, (label, placed) in enumerate([("own inputs", own), ("one shared set", shared)] * 2):
+    modes = [("own inputs", own), ("one shared set", shared)]
+    if args.rotate > 1:
+        rotated = [[b.place(make_inputs(shape, 7 + k)) for k in range(args.rotate)] for b in builds]
+        modes.append((f"{args.rotate} own, rotated", rotated))
+    for seed, (label, placed) in enumerate(modes * 2):
         ms = in_turns(list(zip(builds, placed, strict=True)), device, seed)
-        print(f"{label:>15}: " + "  ".join(f"{m:.4g}" for m in ms) + " ms")
+        spread = max(ms) / min(ms) - 1
+        print(f"{label:>17}: " + "  ".join(f"{m:.4g}" for m in ms) + f" ms, spread {spread:.0%}")
     for i, placed in enumerate(own if not device.is_gpu else []):
         x = placed[0].arrays[0]
         offsets = f"{x.ctypes.data % 4096} B in 4 KiB, {x.ctypes.data % (2 << 20) >> 10} KiB in 2 MiB"
