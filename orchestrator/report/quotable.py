@@ -6,6 +6,8 @@ significant digits (times in µs, shares in %, speedups as ratios). The keys (do
     time_us/<device>/<shape>/<variant>          median kernel time (CUPTI on a GPU, wall on a CPU)
     pct_roofline/<device>/<shape>/<variant>     % of the roofline floor
     floor_us/<device>/<shape>[/tf32]            the roofline floor (strict fp32; /tf32: under the TF32 roof)
+    compute_us/<device>/<shape>, memory_us/...  its two parts (strict fp32): the FLOPs at the compute roof,
+                                                the minimum bytes at the memory roof; the floor is the larger
     kernel_us/<device>/<shape>/<variant>/<Func> one Halide kernel's time (tag kernel_times), by its Func
     speedups/<device>/<shape>/<column>          a column of speedups.csv (`*_ms` columns as `*_us`)
     fusion/..., pointwise/..., peers/...        the same for fusion.csv, pointwise.csv, peers.csv
@@ -109,6 +111,9 @@ def _records(inp: Inputs) -> dict[str, Any]:
         if r.get("roofline_floor_ms"):  # a TF32 variant's floor is under its own (tensor-core) roof
             tf32 = "/tf32" if analytics.is_tf32_group(str(r.get("group", ""))) else ""
             out[f"floor_us/{device}/{shape}{tf32}"] = _value(r["roofline_floor_ms"] * 1000)
+            if not tf32:
+                out[f"compute_us/{device}/{shape}"] = _value(r["compute_ms"] * 1000)
+                out[f"memory_us/{device}/{shape}"] = _value(r["memory_ms"] * 1000)
         funcs = [
             (m.group(1) if (m := _HALIDE_KERNEL.match(k)) else None, ms)
             for k, ms in analysis.kernel_times(r).items()
