@@ -21,7 +21,7 @@ import numpy as np
 from kernels.device import DeviceSpec
 from kernels.layer import LayerInputs, LayerShape
 
-FRAMEWORKS = ("halide", "tensorflow", "cudnn", "cublas", "torch_compile", "numpy")
+FRAMEWORKS = ("halide", "tensorflow", "cudnn", "cublas", "torch_compile", "triton", "numpy")
 
 # Modules whose import registers variants. Each registers with `@register` at import time.
 VARIANT_MODULES = (
@@ -30,6 +30,7 @@ VARIANT_MODULES = (
     "kernels.tensorflow_variants",
     "kernels.cudnn_variants",
     "kernels.torch_compile_variants",
+    "kernels.triton_variants",
 )
 
 
