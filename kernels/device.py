@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 KINDS = ("cpu", "cuda")
+CATALOG = Path(__file__).resolve().parents[1] / "conf" / "catalog" / "devices.yaml"
 
 
 @dataclass(frozen=True)
@@ -85,3 +88,27 @@ def visible_gpu(name: str = "gpu", peak_gflops: float = 0.0, mem_gbps: float = 0
     return DeviceSpec(
         name, "cuda", props.name, peak_gflops, mem_gbps, props.multi_processor_count, 10 * major + minor
     )
+
+
+def catalog_gpu(name: str, catalog: Path = CATALOG) -> DeviceSpec:
+    """The catalog's entry for the GPU `name` (its model is what tuning/db.json keys on), checked against
+    the GPU torch sees first (SM count and compute capability: a ValueError names both when they differ);
+    where the catalog has no such key, or cannot be read (no PyYAML on a bare node), the visible GPU's own
+    properties, with a line on stderr saying why."""
+    try:
+        import yaml
+
+        entry = yaml.safe_load(catalog.read_text())[name]
+    except Exception as exc:
+        print(
+            f"catalog entry {name!r} unavailable ({exc!r}); using the GPU's own properties", file=sys.stderr
+        )
+        return visible_gpu(name)
+    device = DeviceSpec(name=name, **entry)
+    seen = visible_gpu(name)
+    if (seen.sm_count, seen.cuda_capability) != (device.sm_count, device.cuda_capability):
+        raise ValueError(
+            f"GPU {name!r} is {device.model} ({device.sm_count} SMs, sm_{device.cuda_capability}) in the "
+            f"catalog, but the visible GPU is {seen.model} ({seen.sm_count} SMs, sm_{seen.cuda_capability})"
+        )
+    return device

@@ -4,12 +4,16 @@ shape, two rounds: a few seconds)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from pathlib import Path
 
 import pytest
 
+from kernels import device as device_module
+from kernels.device import DeviceSpec
+from kernels.halide import tuned
 from orchestrator.report import fusion_rule
 from orchestrator.report.load import load_bundles
 from workers import paired
@@ -118,3 +122,51 @@ def test_every_variant_reads_the_same_input_arrays() -> None:
     assert all(a == first for a in addresses.values())
     outputs = {placed.out.ctypes.data for t in turns.values() for placed in t.placed}
     assert len(outputs) == 6
+
+
+# --- --gpu KEY: the catalog's entry, checked against the visible GPU ------------------------------
+# No GPU here: `visible_gpu` (what torch reports of the first GPU) is replaced by the properties of the GPU
+# each case pretends to see.
+H200_SEEN = DeviceSpec("h200", "cuda", "NVIDIA H200", 0.0, 0.0, sm_count=132, cuda_capability=90)
+RTX2060_SEEN = DeviceSpec(
+    "rtx2060", "cuda", "NVIDIA GeForce RTX 2060", 0.0, 0.0, sm_count=30, cuda_capability=75
+)
+
+
+def test_gpu_key_takes_the_catalogs_model_which_the_tuning_database_keys_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(
+        device_module, "visible_gpu", lambda name="gpu": dataclasses.replace(H200_SEEN, name=name)
+    )
+    device = device_module.catalog_gpu("h200")
+    assert device.model == "NVIDIA H200 (SXM)" and device.sm_count == 132 and device.peak_gflops > 0
+    assert tuned.device_model(device) in {
+        k.split(" | ")[1] for k in json.loads(tuned.DEFAULT_DB.read_text())["entries"]
+    }
+
+
+def test_gpu_key_of_another_gpu_is_one_line_and_exit_code_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        device_module, "visible_gpu", lambda name="gpu": dataclasses.replace(RTX2060_SEEN, name=name)
+    )
+    assert paired.main(["--shapes", SHAPE, "--variants", "halide_unfused", "--gpu", "h200"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.count("\n") == 0
+        and "NVIDIA H200 (SXM) (132 SMs, sm_90)" in err
+        and "RTX 2060 (30 SMs, sm_75)" in err
+    )
+
+
+def test_gpu_key_missing_from_the_catalog_is_the_visible_gpu_said_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        device_module, "visible_gpu", lambda name="gpu": dataclasses.replace(H200_SEEN, name=name)
+    )
+    device = device_module.catalog_gpu("h300")
+    assert (device.name, device.model) == ("h300", "NVIDIA H200")
+    assert "catalog entry 'h300' unavailable" in capsys.readouterr().err

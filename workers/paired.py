@@ -26,8 +26,9 @@ fastest sample.
 Builds use the variants' options as given (`--option VARIANT:KEY=VALUE`, JSON values); a `halide_tuned`
 build that would search (a miss with `on_miss=quick`) is refused: the search is the job layer's, so give it
 the entries (`tuning_db=...`) or another `on_miss`. The device is the host CPU (a GPU: `--gpu KEY`, the first
-visible one, recorded as device KEY: the catalog's key, such as `h200`, lets the reports find its SM count),
-with its rates as a job resolves them (`workers.roofs`).
+visible one as the catalog's entry KEY, such as `h200`: its model, which the tuning database keys on, and its
+SM count, which the reports read; a KEY the catalog lacks is the GPU's own properties, recorded as KEY), with
+its rates as a job resolves them (`workers.roofs`).
 
 With `--out DIR` the results are also a results bundle (`workers.bundle`), one record per variant and shape
 in the jobs' record format (`workers.job.base_record`: the job's params, the host's tags, the git commit and
@@ -66,7 +67,7 @@ from typing import Any
 import numpy as np
 
 from kernels import registry
-from kernels.device import DeviceSpec, visible_gpu
+from kernels.device import DeviceSpec, catalog_gpu, visible_gpu
 from kernels.layer import LayerShape, make_inputs
 from workers import bundle, harness, hostinfo, roofs
 from workers import job as jobs
@@ -285,8 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument(
         "--gpu", nargs="?", const="gpu", metavar="KEY",
-        help="time on the first visible GPU instead of the host CPU, recorded as device KEY (the catalog's "
-        "key, e.g. h200, so that reports find its SM count; default: gpu)",
+        help="time on the first visible GPU instead of the host CPU, as the catalog's device KEY (e.g. h200: "
+        "its model, which the tuning database keys on, and its SM count; default: gpu, the GPU's own "
+        "properties)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, help="also write the records as a results bundle in DIR")
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="the records' experiment")
@@ -308,7 +310,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PairedError, registry.UnknownVariantError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    device = visible_gpu(args.gpu) if args.gpu else DeviceSpec("cpu", "cpu", "host CPU", 0.0, 0.0)
+    try:
+        device = DeviceSpec("cpu", "cpu", "host CPU", 0.0, 0.0)
+        if args.gpu:
+            device = visible_gpu() if args.gpu == "gpu" else catalog_gpu(args.gpu)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     device, peak_source = roofs.resolve_device(device)  # the rates a job of this device would record
     versions = hostinfo.code_versions()
     first = variants[0]

@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from kernels.device import DeviceSpec, visible_gpu
+from kernels.device import DeviceSpec, catalog_gpu
 from kernels.halide import builder, names
 from kernels.halide.targets import cuda_target, require_device
 from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error
@@ -33,19 +33,6 @@ SHAPES = (
     LayerShape("awkward", n=2, h=13, w=11, c=24, co=40, stride=2),
     LayerShape("tiny", n=1, h=9, w=7, c=3, co=5, bias=False),
 )
-CATALOG = Path(__file__).resolve().parents[2] / "conf" / "catalog" / "devices.yaml"
-
-
-def device_spec(name: str) -> DeviceSpec:
-    """The catalog's entry for `name`, else one made from the GPU that torch sees."""
-    try:
-        import yaml
-
-        entry = yaml.safe_load(CATALOG.read_text())[name]
-        return DeviceSpec(name=name, **entry)
-    except Exception as exc:  # no catalog or no yaml on a bare GPU node: ask the GPU itself
-        print(f"catalog entry {name!r} unavailable ({exc}); using the GPU's own properties", file=sys.stderr)
-        return visible_gpu(name)
 
 
 def check_one(name: str, shape: LayerShape, device: DeviceSpec, calls: int) -> dict[str, Any]:
@@ -119,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in args.shapes.split(",") if s not in by_name]
     if unknown:
         parser.error(f"unknown shape(s) {unknown}; valid shapes: {', '.join(by_name)}")
-    device = device_spec(args.device)
+    device = catalog_gpu(args.device)
     require_device(cuda_target(device))  # before any CUDA compilation
     print(f"device: {device.model} (SMs {device.sm_count}, capability {device.cuda_capability})", flush=True)
     rows = []
