@@ -51,9 +51,16 @@ Where = tuple[str, str]  # (device, shape)
 SUBJECT = "halide"  # the framework the others are compared against
 REFERENCES = ("numpy",)  # frameworks that are neither subject nor baseline (the float64 reference)
 TF32 = "tf32"  # the registry tag, and the name part, of a TF32 variant
-FRAMEWORK_ORDER = ("halide", "tensorflow", "cudnn", "cublas", "torch_compile")  # display order; others follow
+FRAMEWORK_ORDER = (
+    "halide",
+    "tensorflow",
+    "cudnn",
+    "cublas",
+    "torch_compile",
+    "triton",
+)  # display order; others follow
 FRAMEWORK_LABELS = {"halide": "Halide", "tensorflow": "TensorFlow", "cudnn": "cuDNN", "cublas": "cuBLAS",
-                    "torch_compile": "torch.compile", "numpy": "NumPy"}  # fmt: skip
+                    "torch_compile": "torch.compile", "triton": "Triton", "numpy": "NumPy"}  # fmt: skip
 METRIC_PREFIX = "geomean_speedup_halide_vs_"
 
 

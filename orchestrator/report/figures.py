@@ -23,15 +23,19 @@ from orchestrator import analytics
 from orchestrator.report import analysis
 from orchestrator.report.load import Row, device_facts
 
-MARKERS = {"halide": "o", "tensorflow": "s", "cudnn": "^", "cublas": "v", "torch_compile": "P", "numpy": "X"}
+MARKERS = {
+    "halide": "o", "tensorflow": "s", "cudnn": "^", "cublas": "v", "torch_compile": "P", "triton": "D",
+    "numpy": "X",
+}  # fmt: skip
 # A baseline framework's bar colours in the speedups figure: (strict fp32, TF32); others take SPARE_COLORS.
 GROUP_COLORS = {
     "tensorflow": ("tab:orange", "moccasin"),
     "cudnn": ("tab:green", "palegreen"),
     "cublas": ("tab:blue", "lightskyblue"),
     "torch_compile": ("tab:red", "lightsalmon"),
+    "triton": ("tab:purple", "plum"),
 }
-SPARE_COLORS = (("tab:purple", "plum"), ("tab:brown", "tan"), ("tab:cyan", "paleturquoise"))
+SPARE_COLORS = (("tab:brown", "tan"), ("tab:cyan", "paleturquoise"), ("tab:olive", "khaki"))
 DPI = 130
 _UNSAFE = re.compile(r"[^\w.\-]+")
 
