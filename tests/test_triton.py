@@ -13,15 +13,14 @@ import importlib.util
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from conftest import ROOT, requires_gpu
+from conftest import ROOT, reference_error, requires_gpu
 
 from kernels import registry as reg
 from kernels import torch_layer
 from kernels import triton_variants as tv
 from kernels.device import DeviceSpec
-from kernels.layer import LayerShape, make_inputs, reference, relative_l2_error
+from kernels.layer import LayerShape, make_inputs
 
 STRICT = 1e-4
 CPU = DeviceSpec("cpu", "cpu", "host CPU", peak_gflops=100.0, mem_gbps=10.0, cores=2)
@@ -119,25 +118,13 @@ def test_listing_variants_imports_neither_torch_nor_triton() -> None:
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
 def test_the_kernel_verifies_in_the_interpreter(shape: LayerShape) -> None:
     code = (
-        "import sys; sys.path.insert(0, 'tests'); from test_triton import SHAPES, check_built, tv; "
-        f"s = SHAPES[{SHAPES.index(shape)}]; check_built(tv.build(s, interpret=True), s)"
+        "import sys; sys.path.insert(0, 'tests'); from conftest import reference_error; "
+        "from test_triton import SHAPES, STRICT, tv; "
+        f"s = SHAPES[{SHAPES.index(shape)}]; e = reference_error(tv.build(s, interpret=True), s); "
+        "assert e < STRICT, f'relative L2 error {e:.2e} on {s.label}'"
     )
     # a fresh process: the interpreter is chosen when the kernel is first defined
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=300)
-
-
-def check_built(built: reg.Built, shape: LayerShape, seed: int = 3) -> float:
-    """The harness's sequence (place, poison, run, sync, fetch), then the error against the reference."""
-    inputs = make_inputs(shape, seed)
-    placed = built.place(inputs)
-    built.poison(placed)
-    assert np.isnan(built.fetch(placed)).all()
-    built.run(placed)
-    built.sync()
-    out = built.fetch(placed)
-    err = relative_l2_error(out, reference(shape, inputs))
-    assert err < STRICT, f"relative L2 error {err:.2e} on {shape.label}"
-    return err
 
 
 # --- on a GPU --------------------------------------------------------------------------------------
@@ -149,7 +136,7 @@ def test_the_autotuned_kernel_verifies_on_the_gpu(shape: LayerShape) -> None:
 
     built = reg.get(tv.NAME).build(shape, visible_gpu(), {})
     assert set(built.config) >= {"BLOCK_P", "BLOCK_C", "BLOCK_CO", "num_warps", "num_stages"}
-    check_built(built, shape)
+    assert reference_error(built, shape) < STRICT
 
 
 @pytest.mark.gpu
