@@ -58,7 +58,7 @@ class BlockConfig:
 
     def fits(self, shape: LayerShape) -> bool:
         """False where a block is wider than the layer needs (`tl.dot` needs at least 16 a side)."""
-        return self.block_c <= max(16, _pow2(shape.c)) and self.block_co <= max(16, _pow2(shape.co))
+        return _fits(self.block_c, self.block_co, shape.c, shape.co)
 
 
 TILES = (  # (pixels, input channels, output channels, warps) a program
@@ -101,8 +101,13 @@ def parse_config(value: Any) -> BlockConfig:
     return BlockConfig(*value)
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
+def _fits(block_c: int, block_co: int, c: int, co: int) -> bool:
+    """Whether channel blocks are no wider than the next power of two of the channels (16 at least)."""
+
+    def pow2(n: int) -> int:
+        return 1 << max(n - 1, 0).bit_length()
+
+    return block_c <= max(16, pow2(c)) and block_co <= max(16, pow2(co))
 
 
 def configs_for(shape: LayerShape) -> list[BlockConfig]:
@@ -129,11 +134,7 @@ def _kernel() -> Any:
 
     def prune(configs: list[Any], named_args: dict[str, Any], **_: Any) -> list[Any]:
         c, co = named_args["C"], named_args["CO"]
-        kept = [
-            cfg
-            for cfg in configs
-            if cfg.kwargs["BLOCK_C"] <= max(16, _pow2(c)) and cfg.kwargs["BLOCK_CO"] <= max(16, _pow2(co))
-        ]
+        kept = [cfg for cfg in configs if _fits(cfg.kwargs["BLOCK_C"], cfg.kwargs["BLOCK_CO"], c, co)]
         return kept or configs[:1]
 
     @triton.autotune(
