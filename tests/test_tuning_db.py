@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import halide as hl
 import pytest
 from conftest import H100, reference_error
 
 from kernels import host, registry
 from kernels.device import DeviceSpec
 from kernels.halide import family, tuned
+from kernels.halide.targets import vector_lanes
 from kernels.layer import LayerShape
 
 CPU = DeviceSpec("cpu", "cpu", "host CPU", peak_gflops=100.0, mem_gbps=10.0)
@@ -67,10 +69,13 @@ def test_db_key_names_shape_device_model_and_halide() -> None:
     assert key == f"1x6x5x40-17s1-nobias-norelu | NVIDIA H100 | halide {tuned.halide_version()}"
     # the host CPU: its model and the cores the kernels get (the job's, else this process's)
     cores = host.available_cores()
-    assert tuned.device_model(CPU) == f"{host.cpu_model()} ({cores} cores)"
+    # ... and the fp32 lanes of its vectors, which decide which schedules are valid there
+    lanes = vector_lanes(hl.get_host_target())
+    assert lanes in (4, 8, 16)
+    assert tuned.device_model(CPU) == f"{host.cpu_model()} ({cores} cores, {lanes} fp32 lanes)"
     four = DeviceSpec("cpu", "cpu", "host CPU", 1.0, 1.0, cores=4)
     key = tuned.entry_key(AWKWARD[0], four, "20.0.0")
-    assert key == f"2x13x11x24-40s2 | {host.cpu_model()} (4 cores) | halide 20.0.0"
+    assert key == f"2x13x11x24-40s2 | {host.cpu_model()} (4 cores, {lanes} fp32 lanes) | halide 20.0.0"
 
 
 def test_store_keeps_the_faster_entry_sorted_and_nothing_else(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from kernels import host
 from kernels.device import DeviceSpec
 from kernels.halide import family
 from kernels.halide.names import FAMILY, MANUAL_SCHEDULES
-from kernels.halide.targets import halide_version
+from kernels.halide.targets import halide_version, vector_lanes
 from kernels.layer import LayerShape
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,16 @@ def shape_key(shape: LayerShape) -> str:
 
 
 def device_model(device: DeviceSpec) -> str:
-    """The device model in the key: a GPU's catalog model; the host CPU's model name and cores."""
+    """The device model in the key: a GPU's catalog model; the host CPU's model name, the cores its kernels
+    get and the fp32 lanes of its vectors (Halide's host target: 16 with AVX-512, 8 with AVX2). Virtual
+    machines of one marketing name ("AMD EPYC") differ in vector width, which decides which schedules are
+    valid and fast: each width keeps entries of its own, and the other's are candidates, refitted."""
     if device.is_gpu:
         return device.model
-    return f"{host.cpu_model()} ({device.cores or host.available_cores()} cores)"
+    import halide as hl
+
+    lanes = vector_lanes(hl.get_host_target())
+    return f"{host.cpu_model()} ({device.cores or host.available_cores()} cores, {lanes} fp32 lanes)"
 
 
 def entry_key(shape: LayerShape, device: DeviceSpec, version: str | None = None) -> str:
