@@ -56,6 +56,11 @@ class BlockConfig:
         """The kernel's block-size arguments."""
         return {"BLOCK_P": self.block_p, "BLOCK_C": self.block_c, "BLOCK_CO": self.block_co}
 
+    @property
+    def launch(self) -> dict[str, int]:
+        """The block sizes with Triton's launch options (warps, pipeline stages)."""
+        return {**self.meta, "num_warps": self.warps, "num_stages": self.stages}
+
     def fits(self, shape: LayerShape) -> bool:
         """False where a block is wider than the layer needs (`tl.dot` needs at least 16 a side)."""
         return _fits(self.block_c, self.block_co, shape.c, shape.co)
@@ -138,14 +143,7 @@ def _kernel() -> Any:
         return kept or configs[:1]
 
     @triton.autotune(
-        configs=[
-            triton.Config(
-                {"BLOCK_P": cfg.block_p, "BLOCK_C": cfg.block_c, "BLOCK_CO": cfg.block_co},
-                num_warps=cfg.warps,
-                num_stages=cfg.stages,
-            )
-            for cfg in CONFIGS
-        ],
+        configs=[triton.Config(cfg.meta, num_warps=cfg.warps, num_stages=cfg.stages) for cfg in CONFIGS],
         key=["N", "H", "W", "C", "CO", "STRIDE"],
         prune_configs_by={"early_config_prune": prune},
         reset_to_zero=None,
@@ -215,6 +213,8 @@ class TritonBuilt(TorchPlacement):
 
         self.pinned = config
         self.kernel = _kernel()
+        # the autotuner's kernel, or its JIT function launched with the pinned block sizes and warps
+        self._launch, self._meta = (self.kernel, {}) if config is None else (self.kernel.fn, config.launch)
         gpu = self.gpu_name()
         self.target = f"triton-{triton.__version__}-{gpu}" + "-interpreter" * (not self.gpu)
         dummy = self.place(zeros(shape))  # build = compile and autotune on a placed input
@@ -223,7 +223,7 @@ class TritonBuilt(TorchPlacement):
         self.sync()
         self.compile_s = time.perf_counter() - start
         if config is not None:
-            self.config = {**config.meta, "num_warps": config.warps, "num_stages": config.stages}
+            self.config = config.launch
         else:
             best = self.kernel.best_config
             self.config = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
@@ -234,9 +234,9 @@ class TritonBuilt(TorchPlacement):
         s = self.shape
         lines = [
             f"# {NAME}, {s.label}, target {self.target}",
-            f"kernel {KERNEL_NAME}: one program per {self.config.get('BLOCK_P', '?')} output pixels x "
-            f"{self.config.get('BLOCK_CO', '?')} output channels, {self.config.get('BLOCK_C', '?')} input "
-            "channels a step; tl.dot input_precision='ieee' (strict fp32)",
+            f"kernel {KERNEL_NAME}: one program per {self.config['BLOCK_P']} output pixels x "
+            f"{self.config['BLOCK_CO']} output channels, {self.config['BLOCK_C']} input channels a step; "
+            "tl.dot input_precision='ieee' (strict fp32)",
             f"pinned: {self.config}"
             if self.pinned
             else f"chosen by triton.autotune among {len(configs_for(s))} configurations: {self.config}",
@@ -257,22 +257,14 @@ class TritonBuilt(TorchPlacement):
             triton.cdiv(s.n * s.ho * s.wo, meta["BLOCK_P"]),
             triton.cdiv(s.co, meta["BLOCK_CO"]),
         )
-        if self.pinned is None:
-            launch, meta = self.kernel[grid], {}
-        else:  # the autotuner's kernel with the pinned configuration's block sizes and warps
-            cfg = self.pinned
-            launch, meta = (
-                self.kernel.fn[grid],
-                {**cfg.meta, "num_warps": cfg.warps, "num_stages": cfg.stages},
-            )
-        launch(
+        self._launch[grid](
             x, dw, pw, bias, out,
             s.n, s.h, s.w, s.c, s.co, s.ho, s.wo, s.pad_top, s.pad_left,
             x.stride(0), x.stride(2), x.stride(3), x.stride(1),
             dw.stride(0), dw.stride(3),
             pw.stride(1), pw.stride(0),
             out.stride(0), out.stride(2), out.stride(3), out.stride(1),
-            STRIDE=s.stride, HAS_BIAS=s.bias, RELU=s.relu, **meta,
+            STRIDE=s.stride, HAS_BIAS=s.bias, RELU=s.relu, **self._meta,
         )  # fmt: skip
 
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import halide as hl
 import pytest
 from conftest import H100, reference_error
 
 from kernels import host, registry
 from kernels.device import DeviceSpec
 from kernels.halide import family, tuned
-from kernels.halide.targets import vector_lanes
+from kernels.halide.targets import host_vector
 from kernels.layer import LayerShape
 
 CPU = DeviceSpec("cpu", "cpu", "host CPU", peak_gflops=100.0, mem_gbps=10.0)
@@ -70,7 +69,7 @@ def test_db_key_names_shape_device_model_and_halide() -> None:
     # the host CPU: its model and the cores the kernels get (the job's, else this process's)
     cores = host.available_cores()
     # ... and the fp32 lanes of its vectors, which decide which schedules are valid there
-    lanes = vector_lanes(hl.get_host_target())
+    lanes, _ = host_vector()
     assert lanes in (4, 8, 16)
     assert tuned.device_model(CPU) == f"{host.cpu_model()} ({cores} cores, {lanes} fp32 lanes)"
     four = DeviceSpec("cpu", "cpu", "host CPU", 1.0, 1.0, cores=4)

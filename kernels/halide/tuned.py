@@ -37,7 +37,7 @@ from kernels import host
 from kernels.device import DeviceSpec
 from kernels.halide import family
 from kernels.halide.names import FAMILY, MANUAL_SCHEDULES
-from kernels.halide.targets import halide_version, vector_lanes
+from kernels.halide.targets import halide_version, host_vector
 from kernels.layer import LayerShape
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,7 @@ def device_model(device: DeviceSpec) -> str:
     valid and fast: each width keeps entries of its own, and the other's are candidates, refitted."""
     if device.is_gpu:
         return device.model
-    import halide as hl
-
-    lanes = vector_lanes(hl.get_host_target())
+    lanes, _ = host_vector()
     return f"{host.cpu_model()} ({device.cores or host.available_cores()} cores, {lanes} fp32 lanes)"
 
 
