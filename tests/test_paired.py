@@ -108,8 +108,6 @@ def test_every_variant_reads_the_same_input_arrays() -> None:
     (results/cpu/heldout_paired/placement.txt), so every variant of a shape is placed on the same input
     sets: on a CPU the very same arrays (the same addresses), in the same rotation; each variant keeps an
     output of its own."""
-    from kernels.device import DeviceSpec
-
     shape = paired.parse_shape(SHAPE)
     device = DeviceSpec("cpu", "cpu", "host CPU", 0.0, 0.0)
     options = {"halide_unfused": {}, "halide_fused_tile": {}, "halide_app": {}}
