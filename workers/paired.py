@@ -247,7 +247,7 @@ def records(
             {
                 "timing.method": METHOD,
                 "timing.rounds": str(len(t.rounds)),
-                "timing.round_medians_ms": json.dumps([round(m, 6) for m in t.medians_ms]),
+                "timing.round_medians_ms": json.dumps([float(f"{m:.7g}") for m in t.medians_ms]),
                 "timing.paired_with": ",".join(turns),
                 "timing.order": order if order == "fixed" else f"{order} (seed {t.job.seed})",
                 "timing.round_positions": json.dumps(t.positions),
