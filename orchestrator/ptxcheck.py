@@ -230,8 +230,12 @@ def _plain(kernel: str) -> str:
 
 
 def _short(kernel: str) -> str:
-    """`output` for `_kernel_output__3_s0_y_y_n_block_id_z`: the Func whose loops the kernel runs."""
-    return _plain(kernel).removeprefix("_kernel_").split("_s0_")[0]
+    """`output` for `_kernel_output__3_s0_y_y_n_block_id_z`: the Func whose loops the kernel runs
+    (`pointwise_intm`, a split reduction's partial sums, for
+    `_kernel_pointwise__89_intm_global_wrapper__0_s0_...`: Halide's counters and the wrapper's suffix
+    dropped)."""
+    name = _plain(kernel).removeprefix("_kernel_").split("_s0_")[0]
+    return re.sub(r"__\d+", "", name).removesuffix("_global_wrapper")
 
 
 def write(rows: Sequence[KernelRow], out: Path, command: str) -> tuple[Path, Path]:

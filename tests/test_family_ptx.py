@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import replace
 
 import pytest
 from conftest import H100, reference_error, requires_gpu
@@ -14,6 +15,7 @@ from conftest import H100, reference_error, requires_gpu
 from kernels import registry
 from kernels.device import DeviceSpec, visible_gpu
 from kernels.halide import algorithm, builder, family, names
+from kernels.halide.family.heuristic import FILL_THREADS_PER_SM, SPLIT_K_PART_CHANNELS
 from kernels.layer import LayerShape
 
 AWKWARD = (
@@ -32,7 +34,7 @@ def test_sampled_gpu_candidates_compile_for_cuda(shape: LayerShape) -> None:
         artifacts = builder.lower_for("family", shape, H100, {"params": family.as_dict(params)})
         kernels = re.findall(r"\.entry\s+(\w+)\(", artifacts["kernels.ptx"])
         assert kernels and all(re.match(names.KERNEL_FILTER, k) for k in kernels), kernels
-        assert len(kernels) == (2 if params.dw_at == "root" else 1)
+        assert len(kernels) == ((2 + (params.split_k > 1)) if params.dw_at == "root" else 1)
         assert ("GPUShared" in artifacts["lowered.stmt"]) == (family.shared_bytes(params, shape) > 0)
 
 
@@ -274,5 +276,111 @@ def test_depthwise_tiles_with_tails_match_the_reference_on_a_gpu(
     shape, _ = case
     device = visible_gpu("gpu", 1.0, 1.0)
     params = _tile_params(dw_at, case, device)
+    built = registry.get("halide_family").build(shape, device, family.build_options(params, {}))
+    assert reference_error(built, shape) < TOLERANCE
+
+
+# A split reduction (split-K: `split_k` parts of the input channels, each its own blocks of partial sums,
+# added by the output kernel) on shapes with tails: output channels not a multiple of the block's or of
+# the output kernel's vector, pixels not a multiple of the tile, stride 2, no bias or ReLU.
+SPLIT_CASES = (
+    (
+        LayerShape("sk_narrow", n=2, h=7, w=7, c=192, co=40),
+        {
+            "split_k": 4,
+            "lanes": 4,
+            "tx": 7,
+            "ty": 1,
+            "threads_co": 8,
+            "threads_x": 1,
+            "threads_y": 7,
+            "k": 16,
+        },
+    ),
+    (
+        LayerShape("sk_s2", n=1, h=13, w=10, c=96, co=24, stride=2, relu=False, bias=False),
+        {"split_k": 2, "lanes": 2, "tx": 2, "ty": 1, "threads_co": 4, "threads_x": 2, "threads_y": 4, "k": 8},
+    ),
+    (
+        LayerShape("sk_odd", n=3, h=5, w=3, c=64, co=13),
+        {"split_k": 2, "lanes": 4, "tx": 1, "ty": 1, "threads_co": 3, "threads_x": 3, "threads_y": 4, "k": 4},
+    ),
+)
+
+
+def _split_params(case: tuple[LayerShape, dict[str, object]], device: DeviceSpec) -> family.Params:
+    shape, given = case
+    return family.from_options({"dw_at": "root", "max_registers": 128, **given}, shape, device)
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: c[0].name)
+def test_a_split_reduction_is_a_kernel_of_partial_sums_split_k_times_the_blocks(
+    case: tuple[LayerShape, dict[str, object]],
+) -> None:
+    shape, given = case
+    params = _split_params(case, H100)
+    assert params.split_k == given["split_k"]
+    artifacts = builder.lower_for("family", shape, H100, family.build_options(params, {}))
+    kernels = re.findall(r"\.entry\s+_kernel_([a-z]+)", artifacts["kernels.ptx"])
+    assert kernels == ["depthwise", "pointwise", "output"]
+    assert "__local_depot" not in artifacts["kernels.ptx"]  # accumulators, weights and taps in registers
+    t = params.tile
+    blocks = -(-shape.co // t.block_co) * -(-shape.wo // t.block_x) * -(-shape.ho // t.block_y) * shape.n
+    stmt = artifacts["lowered.stmt"]
+    grid = re.findall(r"gpu_block<CUDA> \(pointwise\S*_intm\S*block_id_([xyz]), 0, (\d+)\)", stmt)
+    extents = {axis: int(extent) for axis, extent in grid}
+    assert extents["x"] * extents["y"] * extents["z"] == blocks * params.split_k
+    # the partial sums of every part, in one buffer of the pointwise's extents times split_k
+    parts = re.search(r"allocate pointwise\S*_intm\S*\[float32 \* ([\d *]+)\]", stmt)
+    assert parts is not None
+    dims = [int(v) for v in parts.group(1).split(" * ")]
+    assert dims == [shape.co, shape.wo, shape.ho, shape.n, params.split_k]
+
+
+def test_split_k_is_checked_kept_by_fit_and_left_out_of_records_at_one() -> None:
+    shape = LayerShape("b7", n=32, h=7, w=7, c=960, co=160)
+    assert family.space(shape, H100)["split_k"] == (1, 2, 4, 8, 16)
+    assert family.space(LayerShape("c144", n=1, h=8, w=8, c=144, co=24), H100)["split_k"] == (1, 2, 4)
+    with pytest.raises(family.ParamsError, match="split_k = 4 needs dw_at=root and gemm=thread"):
+        family.from_options({"dw_at": "block", "split_k": 4}, shape, H100)
+    with pytest.raises(family.ParamsError, match="k = 16 does not divide the 120 channels of a split_k = 8"):
+        family.from_options({"dw_at": "root", "split_k": 8, "k": 16}, shape, H100)
+    with pytest.raises(family.ParamsError, match=r"split_k must be one of \[1, 2, 4\]"):
+        family.from_options(
+            {"dw_at": "root", "split_k": 8, "k": 2}, LayerShape("c144", 1, 8, 8, 144, 24), H100
+        )
+    q = family.from_options({"dw_at": "root", "split_k": 4, "k": 16}, shape, H100)
+    assert family.as_dict(q)["split_k"] == 4 and "split_k" not in family.as_dict(replace(q, split_k=1))
+    # fit keeps a split where the new shape allows it, and the largest valid one below it where not
+    assert family.fit(q, LayerShape("c144", 1, 8, 8, 144, 24), H100).split_k in (1, 2, 4)
+    assert family.fit(q, shape, H100) == q
+    # only the depthwise's own kernel and the per-thread GEMM split: elsewhere split_k is 1
+    assert family.canonical(replace(q, dw_at="block"), shape).split_k == 1
+
+
+def test_the_heuristic_splits_a_long_narrow_reduction_and_wastes_no_channels() -> None:
+    """An inverted residual block's projection, 960 -> 160 channels on 7 x 7 pixels at batch 32: a block
+    of 32 x 4 channels computes 256 of 160 (the tail recomputed), and its 64 blocks fill half the SMs.
+    The heuristic takes a block of channels that divides co and splits the reduction until the grid fills
+    the device, keeping a register tile of 4 x 7; a layer that fills the device unsplit stays unsplit."""
+    shape = LayerShape("proj", n=32, h=7, w=7, c=960, co=160)
+    p = family.heuristic(shape, H100)
+    t = p.tile
+    assert shape.co % t.block_co == 0 and (p.lanes, p.tx, p.ty) == (4, 7, 1)
+    blocks = shape.co // t.block_co * -(-shape.wo // t.block_x) * -(-shape.ho // t.block_y) * shape.n
+    assert p.split_k > 1 and blocks * p.split_k >= H100.sm_count
+    assert blocks * p.split_k * t.threads >= FILL_THREADS_PER_SM * H100.sm_count
+    assert shape.c // p.split_k >= SPLIT_K_PART_CHANNELS
+    wide = LayerShape("b7", n=32, h=7, w=7, c=1024, co=1024)
+    assert family.heuristic(wide, H100).split_k == 1
+
+
+@requires_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: c[0].name)
+def test_a_split_reduction_matches_the_reference_on_a_gpu(case: tuple[LayerShape, dict[str, object]]) -> None:
+    shape, _ = case
+    device = visible_gpu("gpu", 1.0, 1.0)
+    params = _split_params(case, device)
     built = registry.get("halide_family").build(shape, device, family.build_options(params, {}))
     assert reference_error(built, shape) < TOLERANCE

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from kernels.halide import family
+from kernels.layer import LayerShape
 from orchestrator import ptxcheck
 from orchestrator.config import ConfigError
 
@@ -53,3 +55,21 @@ def test_ptxcheck_reads_kernels_from_the_lowered_statement_and_names_bad_input(t
         ptxcheck.run(["--devices", "cpu", "--out", str(tmp_path)])
     with pytest.raises(ConfigError, match=r"valid schedules: app, unfused"):
         ptxcheck.run(["--schedules", "fast", "--out", str(tmp_path)])
+
+
+@pytest.mark.skipif(not HAS_PTXAS, reason="no ptxas (CUDA toolkit) on this machine")
+def test_the_h200_heuristic_splits_the_long_narrow_reduction_into_kernels_that_do_not_spill(
+    tmp_path: Path,
+) -> None:
+    """960 -> 160 channels on 7 x 7 pixels at batch 32: the heuristic's split reduction (split-K) is the
+    depthwise, a kernel of partial sums with split_k times the 64 blocks of the unsplit grid, and the
+    output kernel that adds them; ptxas assembles each for sm_90 without spilling."""
+    argv = ["--devices", "h200", "--shapes", "32x7x7x960-160", "--schedules", "heuristic"]
+    rows = ptxcheck.run([*argv, "--out", str(tmp_path)])
+    kernels = {r.kernel: r for r in rows}
+    assert sorted(kernels) == ["depthwise", "output", "pointwise_intm"]
+    [h200] = ptxcheck.devices_from_catalog(["h200"])
+    split_k = family.heuristic(LayerShape("proj", n=32, h=7, w=7, c=960, co=160), h200).split_k
+    assert split_k > 1 and kernels["pointwise_intm"].grid_blocks == 64 * split_k
+    for r in rows:
+        assert r.cc == 90 and r.spill_store_bytes == 0 and r.spill_load_bytes == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,28 @@ def test_candidates_are_ranked_and_include_named_and_nearby_entries(tmp_path: Pa
     assert heuristic_first.candidates[0].origin == "heuristic"
     with pytest.raises(ValueError, match="must be one of heuristic, rank, quick"):
         candidates.plan(shape, CPU, {"tuning_db": str(db), "on_miss": "guess"})
+
+
+def test_on_a_gpu_miss_the_heuristic_and_other_shapes_entries_come_split_and_unsplit(tmp_path: Path) -> None:
+    """A long narrow reduction that does not fill the GPU (960 -> 160 channels on 7 x 7 pixels): the
+    heuristic splits it, and `halide_tuned` times the heuristic unsplit beside it, and each nearby entry
+    (searched unsplit on a wide layer) both as it is and split, the measurement deciding."""
+    h200 = GPUS[2]
+    db = tmp_path / "db.json"
+    near = LayerShape("b7", n=32, h=7, w=7, c=1024, co=1024)
+    entry = {"params": family.as_dict(family.heuristic(near, h200)), "time_ms": 0.1, "kind": "cuda"}
+    tuned.store(db, tuned.entry_key(near, h200), entry)
+    shape = LayerShape("proj", n=32, h=7, w=7, c=960, co=160)
+    plan = candidates.plan(shape, h200, {"tuning_db": str(db), "on_miss": "quick"})
+    by_origin = {c.origin: c.params for c in plan.candidates}
+    heuristic = by_origin["heuristic"]
+    assert isinstance(heuristic, family.GpuParams) and heuristic.split_k > 1
+    assert by_origin["heuristic split_k=1"] == replace(heuristic, split_k=1)
+    key = f"near:{tuned.entry_key(near, h200)}"
+    split = [o for o in by_origin if o.startswith(f"{key} split_k=")]
+    assert by_origin[key].split_k == 1 and len(split) == 1 and by_origin[split[0]].split_k > 1
+    for c in plan.candidates:
+        assert c.params is None or family.check(c.params, shape, h200) is None
 
 
 def test_quick_times_the_candidates_stores_the_winner_and_the_next_build_is_a_hit(tmp_path: Path) -> None:

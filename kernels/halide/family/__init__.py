@@ -30,6 +30,9 @@ The parameters, as the issue lists them:
   warp's lanes with the depthwise values passed between lanes (`shfl`), as Halide's `gpu_lanes` apps do.
 - where the depthwise is a GPU stage of its own (its own kernel, or the block's shared tile), that
   stage's thread tile: `dw_vec` channels (a vector) by `dw_rows` output rows a thread.
+- where the depthwise is its own kernel and the pointwise a thread's register tile, the pointwise's
+  reduction split into `split_k` parts over the input channels (split-K, by `rfactor`): a kernel of
+  partial sums with `split_k` times the blocks, added with the bias by the output kernel.
 
 The CPU code reuses the building blocks of `schedules_cpu` (`blocks`, so `dw_at` = root / tile / cblock
 with that module's own choices reproduces its `unfused` / `fused_tile` / `fused_cblock`); the GPU code
@@ -45,6 +48,7 @@ from kernels.halide.family.heuristic import (
     heuristic,
     heuristic_fallback,
     resolve,
+    split_reduction,
 )
 from kernels.halide.family.params import (
     CPU_DW_AT,
@@ -54,6 +58,7 @@ from kernels.halide.family.params import (
     GPU_DW_STAGED,
     GPU_DW_VEC,
     GPU_GEMM,
+    GPU_SPLIT_K,
     GPU_STEPS,
     GPU_WEIGHTS,
     LATER_DEFAULTS,
@@ -113,6 +118,7 @@ __all__ = [
     "GPU_MODEL_SEEDS",
     "GPU_REGISTERS_PER_BLOCK",
     "GPU_SHARED_BYTES",
+    "GPU_SPLIT_K",
     "GPU_STEPS",
     "GPU_WARP_SEEDS",
     "GPU_WEIGHTS",
@@ -153,6 +159,7 @@ __all__ = [
     "seeds",
     "shared_bytes",
     "space",
+    "split_reduction",
     "traffic",
     "whole_blocks",
 ]

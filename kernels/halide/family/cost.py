@@ -10,7 +10,9 @@ as the schedule recomputes it: once a block of output channels at `block`, once 
 channels at `cblock` / `inline`, once at `root`) at the device's FMA rate, derated by the load
 instructions and cache bytes the tile asks per FMA (`seeds.traffic`), by latency (too few independent
 FMAs a scheduler: resident warps x accumulators a thread) and by the grid (blocks that do not fill the
-SMs, or a last wave that fills them partly; occupancy from `limits`). Memory: DRAM bytes (the layer's
+SMs, or a last wave that fills them partly; occupancy from `limits`; a `split_k` reduction is that many
+times the blocks, each of 1/split_k the steps, plus the partial sums' round trip through the L2 and a
+kernel that adds them). Memory: DRAM bytes (the layer's
 minimum, plus the depthwise result written and read back at `root`) and L2 bytes (each block's weight
 panel and input or depthwise tile), at the device's bandwidth and `L2_TO_DRAM` times it.
 
@@ -120,6 +122,9 @@ def _gpu(p: GpuParams, s: LayerShape, device: DeviceSpec, serial_stage: bool = F
     t = p.tile
     pixels = s.n * s.ho * s.wo
     blocks = math.ceil(s.co / t.block_co) * math.ceil(s.wo / t.block_x) * math.ceil(s.ho / t.block_y) * s.n
+    blocks *= (
+        p.split_k
+    )  # each part of a split reduction is as many blocks again, each with 1/split_k the steps
     acc = p.lanes * p.tx * p.ty  # a thread's accumulators: its FMAs a channel
     dw = 0.0  # a thread's depthwise FMAs a channel
     if p.dw_at == "block":
@@ -134,7 +139,7 @@ def _gpu(p: GpuParams, s: LayerShape, device: DeviceSpec, serial_stage: bool = F
     resident = max(1, occ.blocks)
     per_sm = min(resident, math.ceil(blocks / sms))  # blocks an SM runs at once in this grid
     waves = math.ceil(blocks / (sms * resident))
-    steps = math.ceil(s.c / p.k)
+    steps = math.ceil(s.c / p.split_k / p.k)
     # one reduction step of the SM's blocks: its operands' latency, then its FMAs at the SM's rate
     work = per_sm * t.threads * (acc + dw) * p.k / (fma_rate / sms * issue)
     latency = GPU_STEP_LATENCY_S[p.dw_at]
@@ -144,9 +149,12 @@ def _gpu(p: GpuParams, s: LayerShape, device: DeviceSpec, serial_stage: bool = F
         compute += waves * math.ceil(s.c / min(t.threads, s.c)) * taps * GPU_STAGE_LATENCY_S
     dram = s.min_bytes + (s.intermediate_bytes if p.dw_at == "root" else 0)
     tile_in = _input_tile(p, s) if p.dw_at != "root" else 4 * s.c * t.block_x * t.block_y
-    l2 = blocks * (4 * s.c * t.block_co + tile_in)
-    memory = max(dram / bw, l2 / (L2_TO_DRAM * bw))
+    l2 = blocks * (4 * s.c // p.split_k * t.block_co + tile_in // p.split_k)
+    parts = 4 * p.split_k * pixels * s.co if p.split_k > 1 else 0  # the partial sums, written to the L2
+    memory = max(dram / bw, (l2 + parts) / (L2_TO_DRAM * bw))
     total = max(compute, memory) + OVERLAP * min(compute, memory) + GPU_KERNEL_S
+    if parts:  # the kernel that adds the parts: reads them from the L2, writes the output
+        total += (parts + 4 * pixels * s.co) / (L2_TO_DRAM * bw) + GPU_KERNEL_S
     if p.dw_at == "root":  # the depthwise kernel of its own
         dw_bytes = 4 * s.n * s.h * s.w * s.c + 4 * pixels * s.c
         total += max(TAPS * pixels * s.c / (fma_rate * GPU_DW_EFFICIENCY), dw_bytes / bw) + GPU_KERNEL_S

@@ -124,44 +124,86 @@ def _depthwise_kernel(p: GpuParams, L: Layer) -> None:
 
 def _thread_pointwise(p: GpuParams, L: Layer) -> Callable[[hl.Func], None]:
     """Schedule the output and the pointwise of `gemm` = thread: each thread a register tile of `lanes`
-    channels by `tx` x `ty` pixels, the reduction in unrolled steps of `k` channels (`ro`); returns how a
+    channels by `tx` x `ty` pixels, the reduction in unrolled steps of `k` channels; returns how a
     wrapper of the depthwise is read: `k` channels of the thread's pixels a step, into registers (for
-    `cblock` it computes the depthwise there itself)."""
+    `cblock` it computes the depthwise there itself). With `split_k` > 1, `_split_pointwise`."""
+    if p.split_k > 1:
+        return _split_pointwise(p, L)
+    return _register_tiles(p, L, L.output, L.pointwise, L.rc.x)
+
+
+def _register_tiles(
+    p: GpuParams, L: Layer, out: hl.Func, acc: hl.Func, r: hl.RVar, part: hl.Var | None = None
+) -> Callable[[hl.Func], None]:
+    """Tile `out` (over the output's channels and pixels, and `part` where given) into thread blocks of
+    register tiles, and accumulate `acc` (whose update reduces over `r`) in each thread's registers, `k`
+    channels of `r` a step (`ro`); returns how a wrapper of the depthwise is read at each step."""
     c, x, y, n = L.c, L.x, L.y, L.n
-    o = L.output
     ci, xi, yi = hl.Var("ci"), hl.Var("xi"), hl.Var("yi")
     cii, xii, yii = hl.Var("cii"), hl.Var("xii"), hl.Var("yii")
-    o.tile([c, x, y], [ci, xi, yi], [p.tile.block_co, p.tile.block_x, p.tile.block_y])
-    o.tile([ci, xi, yi], [cii, xii, yii], [p.lanes, p.tx, p.ty])
-    o.gpu_threads(ci, xi, yi).fuse(y, n, n).gpu_blocks(c, x, n)
-    _vector_access(o, cii, p.lanes).unroll(xii).unroll(yii)
+    out.tile([c, x, y], [ci, xi, yi], [p.tile.block_co, p.tile.block_x, p.tile.block_y])
+    out.tile([ci, xi, yi], [cii, xii, yii], [p.lanes, p.tx, p.ty])
+    out.gpu_threads(ci, xi, yi).fuse(y, n, n)
+    if part is not None:  # the parts of a split reduction are more blocks of the same grid
+        out.fuse(n, part, n)
+    out.gpu_blocks(c, x, n)
+    _vector_access(out, cii, p.lanes).unroll(xii).unroll(yii)
 
     # Everything a thread keeps to itself is stored in registers, explicitly: a thread-level allocation
     # whose size Halide 21 cannot prove constant would otherwise go to a global buffer striped over the
     # threads (see schedules_gpu.schedule_app); in registers it must be constant, or compiling fails.
     reg = hl.MemoryType.Register
     ro, ri = hl.RVar("ro"), hl.RVar("ri")
-    pw = L.pointwise
-    pw.compute_at(o, ci).store_in(reg).vectorize(c).unroll(x).unroll(y)
-    u = pw.update().reorder(c, x, y, L.rc.x).vectorize(c).unroll(x).unroll(y)
-    u.split(L.rc.x, ro, ri, p.k).reorder(c, x, y, ri, ro).unroll(ri)
+    acc.compute_at(out, ci).store_in(reg).vectorize(c).unroll(x).unroll(y)
+    u = acc.update().reorder(c, x, y, r).vectorize(c).unroll(x).unroll(y)
+    u.split(r, ro, ri, p.k).reorder(c, x, y, ri, ro).unroll(ri)
 
     # The weights of each reduction step in registers, loaded as vectors; from a shared panel if staged.
     regs = L.pointwise_filter.in_().in_() if p.weights == "shared" else L.pointwise_filter.in_()
     wc, wr = regs.args()
-    _vector_access(regs.compute_at(pw, ro).store_in(reg), wc, p.lanes).unroll(wr)
+    _vector_access(regs.compute_at(acc, ro).store_in(reg), wc, p.lanes).unroll(wr)
     if p.weights == "shared":
         panel = L.pointwise_filter.in_()
         pc, pr = panel.args()
-        panel.compute_at(o, c).store_in(hl.MemoryType.GPUShared)
+        panel.compute_at(out, c).store_in(hl.MemoryType.GPUShared)
         threads_over(panel, [pc, pr], p, "w")
     if p.dw_at == "cblock":
-        L.depthwise.compute_at(pw, ro).store_in(reg).bound_extent(c, p.k).vectorize(c).unroll(x).unroll(y)
+        L.depthwise.compute_at(acc, ro).store_in(reg).bound_extent(c, p.k).vectorize(c).unroll(x).unroll(y)
 
     def read(staged: hl.Func) -> None:
-        staged.compute_at(pw, ro).store_in(reg)
+        staged.compute_at(acc, ro).store_in(reg)
         _vector_access(staged, c, p.k).unroll(x).unroll(y)
 
+    return read
+
+
+SUM_THREADS = 128  # threads a block of the kernel that adds a split reduction's parts
+
+
+def _split_pointwise(p: GpuParams, L: Layer) -> Callable[[hl.Func], None]:
+    """`split_k` > 1: the pointwise's reduction over input channels split into `split_k` parts by
+    Halide's `rfactor`. The parts' partial sums (`pointwise_intm`, one more dimension: the part) are a
+    kernel of their own, laid out as `_register_tiles` lays out the output, each part more blocks of the
+    grid; the output kernel adds the parts to the bias (the pointwise's initial value), a vector of up to
+    `lanes` channels a thread, and applies the ReLU."""
+    s = L.shape
+    c, x, y, n = L.c, L.x, L.y, L.n
+    ru, rr, part = hl.RVar("ru"), hl.RVar("rr"), hl.Var("part")
+    pw = L.pointwise
+    pw.update().split(L.rc.x, ru, rr, s.c // p.split_k)
+    partial = pw.update().rfactor(ru, part)  # partial(c, x, y, n, part): the sum over its channels
+    parts = partial.in_()  # the kernel that stores the partial sums; `partial` accumulates in registers
+    parts.compute_root()
+    read = _register_tiles(p, L, parts, partial, rr, part)
+
+    o = L.output
+    cb, cv, t, to, ti = (hl.Var(v) for v in ("cb", "cv", "t", "to", "ti"))
+    vec = min(PTX_VECTOR, p.lanes)
+    o.split(c, cb, cv, vec).vectorize(cv)
+    o.fuse(cb, x, t).fuse(t, y, t).fuse(t, n, t)
+    o.split(t, to, ti, SUM_THREADS, hl.TailStrategy.GuardWithIf).gpu_blocks(to).gpu_threads(ti)
+    pw.compute_at(o, ti).store_in(hl.MemoryType.Register).vectorize(c)
+    pw.update().vectorize(c).unroll(ru)
     return read
 
 

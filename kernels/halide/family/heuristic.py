@@ -33,7 +33,7 @@ from kernels.halide.family.space import (
     space,
 )
 from kernels.halide.targets import host_threads, host_vector
-from kernels.halide.tiling import channel_block, cpu_accumulators, micro_tile, plan_blocks
+from kernels.halide.tiling import channel_block, cpu_accumulators, micro_tile, plan_blocks, tail_waste
 from kernels.layer import LayerShape
 
 # Input channels from which the GPU heuristic gives the depthwise its own kernel (`_wide_heuristic`):
@@ -101,7 +101,7 @@ def heuristic(shape: LayerShape, device: DeviceSpec) -> Params:
         return canonical(fit_cpu(p, s), s)
     lim = device_limits(device)
     p = _wide_heuristic(s, device) if s.c >= WIDE_CHANNELS else _narrow_heuristic(s, lim)
-    p = _fill_device(p, s, device)
+    p = _fill_device(split_reduction(p, s, device), s, device)
     p = dataclasses.replace(p, max_registers=_register_cap(p, s, lim))
     return canonical(fit(p, s, device), s)
 
@@ -159,8 +159,7 @@ def _fill_device(p: GpuParams, s: LayerShape, device: DeviceSpec) -> GpuParams:
     r = dataclasses.replace
 
     def blocks(q: GpuParams) -> int:
-        t = q.tile
-        return math.ceil(s.co / t.block_co) * math.ceil(s.wo / t.block_x) * math.ceil(s.ho / t.block_y) * s.n
+        return _blocks(q, s) * q.split_k
 
     for _ in range(32):
         if blocks(p) * p.tile.threads >= FILL_THREADS_PER_SM * sms:
@@ -187,6 +186,40 @@ def _fill_device(p: GpuParams, s: LayerShape, device: DeviceSpec) -> GpuParams:
     return p
 
 
+# The channels a part of the heuristic's split reduction keeps at least: its steps amortise the part's
+# partial sums (written once, read once) and the kernel that adds them.
+SPLIT_K_PART_CHANNELS = 128
+
+
+def split_reduction(p: GpuParams, s: LayerShape, device: DeviceSpec) -> GpuParams:
+    """`p` with the fewest `split_k` parts (of at least `SPLIT_K_PART_CHANNELS` channels each) that give
+    the grid `FILL_THREADS_PER_SM` threads and a block for every SM, where the depthwise is a kernel of
+    its own and the grid alone is short of that; the most such parts where none is enough
+    (`_fill_device` shrinks the tiles then). A layer with few outputs and a long reduction (960 -> 160
+    channels on 7 x 7 pixels) keeps its register tiles this way, where shrinking them would cut each
+    thread's reuse."""
+    if p.dw_at != "root" or p.gemm != "thread":
+        return p
+    sms = max(1, device.sm_count)
+    blocks = _blocks(p, s)
+
+    def fills(parts: int) -> bool:
+        return blocks * parts * p.tile.threads >= FILL_THREADS_PER_SM * sms and blocks * parts >= sms
+
+    if fills(1):
+        return p
+    splits = [
+        v for v in space(s, device)["split_k"] if s.c // v >= SPLIT_K_PART_CHANNELS and (s.c // v) % p.k == 0
+    ]
+    return dataclasses.replace(p, split_k=next((v for v in splits if fills(v)), max(splits)))
+
+
+def _blocks(p: GpuParams, s: LayerShape) -> int:
+    """The thread blocks of `p`'s pointwise grid on `s` (one part of a split reduction)."""
+    t = p.tile
+    return math.ceil(s.co / t.block_co) * math.ceil(s.wo / t.block_x) * math.ceil(s.ho / t.block_y) * s.n
+
+
 def _register_cap(p: GpuParams, s: LayerShape, lim: SmLimits) -> int:
     """The register cap (`MAX_REGISTERS`) for `p` on an SM of `lim`: its own where blocks at that cap
     still fill `MIN_OCCUPANCY` of the SM's warps, else the highest cap that does; 64 (Halide's default)
@@ -206,17 +239,29 @@ def _wide_heuristic(s: LayerShape, device: DeviceSpec) -> GpuParams:
     channel would hold too few pixels to feed a pointwise tile, so the depthwise gets its own kernel
     (4 output rows a thread) and the pointwise is a GEMM of register tiles: 4 output channels by a row
     of up to 8 pixels a thread (a divisor of the width where one of 4 or more exists), 16 channels a
-    step, 128 registers; a warp of 32 threads over the channels, the block's rows a divisor of the
+    step, 128 registers; up to a warp of 32 threads over the channels, as many as waste least (a
+    block of channels that does not divide co recomputes the tail: 32 x 4 of co = 160 computes 256;
+    a block of threads not a whole number of warps leaves lanes idle), the block's rows a divisor of the
     height, so no block recomputes its neighbour's pixels (`whole_blocks`). It is the tile the searches
     kept for the widest blocks (docs/evidence/kernels.md, "wide heuristic")."""
     lanes = max(v for v in (1, 2, 4) if v <= s.co)
     widest = max(divisors(s.wo, tuple(range(1, 9))))
     tx = widest if widest >= 4 else min(7, s.wo)
-    threads_co = max(1, min(WARP, s.co // lanes))
-    most = max(1, min(16, 256 // threads_co))
-    threads_y = max(divisors(s.ho, tuple(range(1, most + 1))))
-    if threads_y < 4:  # a prime height: accept a tail rather than a sliver of a block
-        threads_y = min(4, s.ho)
+
+    def rows(threads_co: int) -> int:
+        most = max(1, min(16, 256 // threads_co))
+        threads_y = max(divisors(s.ho, tuple(range(1, most + 1))))
+        return threads_y if threads_y >= 4 else min(4, s.ho)  # a prime height: a tail, not a sliver
+
+    def waste(threads_co: int) -> float:  # work done per useful work: the channels' tail, idle lanes
+        threads = threads_co * rows(threads_co)
+        return tail_waste(s.co, lanes * threads_co) * math.ceil(threads / WARP) * WARP / threads
+
+    threads_co = min(
+        range(1, max(1, min(WARP, s.co // lanes)) + 1),
+        key=lambda t: (waste(t), tail_waste(s.co, lanes * t), -t * rows(t), -t),
+    )
+    threads_y = rows(threads_co)
     p = GpuParams(
         dw_at="root",
         lanes=lanes,
@@ -284,6 +329,7 @@ def fit(params: Params, shape: LayerShape, device: DeviceSpec) -> Params:
     tyy = min(_nearest(p.threads_y, values["threads_y"]), most_y)
     k = _nearest(p.k, values["k"])
     dw_vec, dw_rows = _nearest(p.dw_vec, values["dw_vec"]), _nearest(p.dw_rows, values["dw_rows"])
+    split_k = max(v for v in values["split_k"] if v <= p.split_k)
     q = dataclasses.replace(  # the choices (dw_at, weights, staging, registers, gemm) are kept as given
         p,
         lanes=lanes,
@@ -295,6 +341,7 @@ def fit(params: Params, shape: LayerShape, device: DeviceSpec) -> Params:
         k=k,
         dw_vec=dw_vec,
         dw_rows=dw_rows,
+        split_k=split_k,
     )
     q = canonical(q, s)
     # Repair what still fails, in an order that keeps the tile's shape as far as possible.
@@ -315,6 +362,10 @@ def _repair(q: GpuParams, s: LayerShape, device: DeviceSpec, reason: str) -> Gpu
     r = dataclasses.replace
     if reason.startswith("gemm=warp"):
         return r(q, gemm="thread")
+    if reason.startswith("split_k"):
+        return r(q, split_k=1)
+    if "channels of a split_k" in reason:
+        return r(q, k=q.k // 2) if q.k > 1 else r(q, split_k=1)
     if q.gemm == "warp" and "block tile" in reason and q.tile.block_co > s.co:
         return r(q, lanes=q.lanes // 2) if q.lanes > 1 else r(q, gemm="thread")
     if "registers exceed" in reason:

@@ -28,7 +28,12 @@ CPU_MAX_VECTORS = 4
 GPU_STEPS = (1, 2, 4, 8, 16, 32, 64)
 GPU_DW_VEC = (1, 2, 4)  # dw_at=root: channels a thread of the depthwise kernel computes (one vector)
 GPU_DW_ROWS = (1, 2, 4)  # dw_at=root: output rows a thread of the depthwise kernel computes (unrolled)
-LATER_DEFAULTS = {"gemm": "thread", "dw_vec": 1, "dw_rows": 1}  # GPU parameters added after the first runs
+# dw_at=root, gemm=thread: parts the pointwise's reduction over input channels is split into (split-K),
+# each a grid of its own blocks, summed with the bias by a third kernel; at least this many channels a part
+GPU_SPLIT_K = (1, 2, 4, 8, 16)
+SPLIT_K_MIN_CHANNELS = 32
+# GPU parameters added after the first runs, left out of a record at these values
+LATER_DEFAULTS = {"gemm": "thread", "dw_vec": 1, "dw_rows": 1, "split_k": 1}
 
 
 class ParamsError(ValueError):
@@ -78,7 +83,14 @@ class GpuParams:
     in shared memory), each thread of that stage computes `dw_vec` adjacent channels (one vector load a
     tap; at block the staged input is copied in the same vectors) of `dw_rows` output rows (unrolled, so
     a stride-1 thread loads each input row once for up to three outputs); 1 and 1 are the
-    one-value-a-thread stage of the earlier searches."""
+    one-value-a-thread stage of the earlier searches.
+
+    `split_k` > 1 (dw_at = root, gemm = thread) splits the pointwise's reduction over the input channels
+    into that many parts (split-K, Halide's `rfactor`): each part is its own set of blocks writing a
+    partial sum of every output, and a third kernel adds the parts, the bias and the ReLU. A layer with
+    few outputs and many input channels (an inverted residual block's projection: 960 -> 160 channels
+    on 7 x 7 pixels) has too few register tiles to fill the GPU; split, each tile stays large and the
+    grid has `split_k` times the blocks, for one round trip of the partial sums through the L2."""
 
     dw_at: str = "block"
     lanes: int = 4
@@ -94,6 +106,7 @@ class GpuParams:
     gemm: str = "thread"
     dw_vec: int = 1
     dw_rows: int = 1
+    split_k: int = 1
 
     kind = "cuda"
 
@@ -114,8 +127,8 @@ def params_class(device: DeviceSpec) -> type[CpuParams] | type[GpuParams]:
 def as_dict(params: Params) -> dict[str, Any]:
     """The parameters as plain JSON-friendly data (what Job options, the cache key and the db hold).
     Parameters that came after the first searches are left out at their defaults (`gemm` = thread,
-    `dw_vec` = `dw_rows` = 1), and so the parameter sets those searches recorded keep their digests and
-    job keys."""
+    `dw_vec` = `dw_rows` = `split_k` = 1), and so the parameter sets those searches recorded keep their
+    digests and job keys."""
     out = asdict(params)
     for name, default in LATER_DEFAULTS.items():
         if out.get(name) == default:

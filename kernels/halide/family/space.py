@@ -18,9 +18,11 @@ from kernels.halide.family.params import (
     GPU_DW_STAGED,
     GPU_DW_VEC,
     GPU_GEMM,
+    GPU_SPLIT_K,
     GPU_STEPS,
     GPU_WEIGHTS,
     MAX_REGISTERS,
+    SPLIT_K_MIN_CHANNELS,
     WARP,
     CpuParams,
     GpuParams,
@@ -78,6 +80,7 @@ def space(shape: LayerShape, device: DeviceSpec) -> dict[str, tuple[Any, ...]]:
             "gemm": GPU_GEMM,
             "dw_vec": divisors(s.c, GPU_DW_VEC),
             "dw_rows": tuple(v for v in GPU_DW_ROWS if v <= s.ho),
+            "split_k": split_k_values(s.c),
         }
     natural, _ = host_vector()
     lanes = sorted({min(v, s.co) for v in (natural, max(1, natural // 2))})
@@ -92,6 +95,12 @@ def space(shape: LayerShape, device: DeviceSpec) -> dict[str, tuple[Any, ...]]:
         "kc": tuple(sorted({*divisors(s.c, (1, 2, 4, 8, 16, 32, 64)), channel_block(s.c, natural)})),
         "dw_unroll": (1, 2, 4),
     }
+
+
+def split_k_values(c: int) -> tuple[int, ...]:
+    """The valid `split_k` for `c` input channels: the `GPU_SPLIT_K` that divide c into parts of at least
+    `SPLIT_K_MIN_CHANNELS` channels (1 always)."""
+    return tuple(v for v in divisors(c, GPU_SPLIT_K) if v == 1 or c // v >= SPLIT_K_MIN_CHANNELS)
 
 
 def shared_bytes(p: GpuParams, shape: LayerShape) -> int:
@@ -165,6 +174,13 @@ def check(params: Params, shape: LayerShape, device: DeviceSpec) -> str | None:
         return f"about {demand} registers a thread needed, far above the cap of {p.max_registers}"
     if p.stage_input and p.dw_at != "block":
         return "stage_input applies to dw_at=block only"
+    if p.split_k > 1:
+        if p.dw_at != "root" or p.gemm != "thread":
+            return f"split_k = {p.split_k} needs dw_at=root and gemm=thread (got {p.dw_at}, {p.gemm})"
+        if (s.c // p.split_k) % p.k:
+            return (
+                f"k = {p.k} does not divide the {s.c // p.split_k} channels of a split_k = {p.split_k} part"
+            )
     if p.dw_at == "block" and p.dw_rows > t.block_y:
         return f"dw_rows = {p.dw_rows} exceeds the block's {t.block_y} rows (threads_y x ty)"
     smem = shared_bytes(p, s)
@@ -250,10 +266,12 @@ def canonical(params: Params, shape: LayerShape) -> Params:
     stage_input = p.stage_input if p.dw_at == "block" else False
     threads_co = WARP if p.gemm == "warp" else p.threads_co  # a warp's lanes, whatever was asked
     tiled = p.dw_at in GPU_DW_STAGED  # a depthwise thread tile exists only where a stage of its own does
+    splits = p.dw_at == "root" and p.gemm == "thread"  # only there is the reduction split (`check`)
     return dataclasses.replace(
         p,
         stage_input=stage_input,
         threads_co=threads_co,
         dw_vec=p.dw_vec if tiled else 1,
         dw_rows=p.dw_rows if tiled else 1,
+        split_k=p.split_k if splits else 1,
     )
