@@ -373,6 +373,12 @@ def test_the_heuristic_splits_a_long_narrow_reduction_and_wastes_no_channels() -
     assert shape.c // p.split_k >= SPLIT_K_PART_CHANNELS
     wide = LayerShape("b7", n=32, h=7, w=7, c=1024, co=1024)
     assert family.heuristic(wide, H100).split_k == 1
+    # a search starts from the heuristic both split and unsplit, and from its other seeds split where
+    # their grids do not fill the device
+    seeds = family.seeds(shape, H100)
+    assert seeds[0] == p and replace(p, split_k=1) in seeds
+    assert sum(1 for q in seeds if q.split_k > 1) > 1
+    assert all(family.check(q, shape, H100) is None for q in seeds)
 
 
 @requires_gpu

@@ -65,6 +65,17 @@ def test_the_gpu_heuristic_is_valid_for_every_capability_on_extreme_shapes(devic
         assert family.check(family.heuristic_fallback(shape, device), shape, device) is None
 
 
+@pytest.mark.parametrize("device", GPUS, ids=lambda d: d.name)
+def test_every_gpu_candidate_on_extreme_shapes_is_valid(device: DeviceSpec, tmp_path: Path) -> None:
+    """A miss on each extreme shape plans its candidates (split and unsplit ones among them) without
+    failing, each valid for the shape and the device."""
+    for shape in EXTREME:
+        plan = candidates.plan(shape, device, {"tuning_db": str(tmp_path / "none.json"), "on_miss": "quick"})
+        assert plan.candidates, shape.name
+        for c in plan.candidates:
+            assert c.params is None or family.check(c.params, shape, device) is None, (shape.name, c.origin)
+
+
 def test_the_sm_table_and_occupancy_follow_the_programming_guide() -> None:
     turing, ampere, hopper = (limits.sm_limits(cc) for cc in (75, 86, 90))
     assert (turing.threads_per_sm, ampere.threads_per_sm, hopper.threads_per_sm) == (1024, 1536, 2048)

@@ -209,8 +209,12 @@ def split_reduction(p: GpuParams, s: LayerShape, device: DeviceSpec) -> GpuParam
     if fills(1):
         return p
     splits = [
-        v for v in space(s, device)["split_k"] if s.c // v >= SPLIT_K_PART_CHANNELS and (s.c // v) % p.k == 0
+        v
+        for v in space(s, device)["split_k"]
+        if v > 1 and s.c // v >= SPLIT_K_PART_CHANNELS and (s.c // v) % p.k == 0
     ]
+    if not splits:  # too few channels to split
+        return p
     return dataclasses.replace(p, split_k=next((v for v in splits if fills(v)), max(splits)))
 
 

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 
 from kernels.device import DeviceSpec
-from kernels.halide.family.heuristic import fit, fit_cpu, heuristic
+from kernels.halide.family.heuristic import fit, fit_cpu, heuristic, split_reduction
 from kernels.halide.family.params import (
     CPU_DW_AT,
     GPU_DW_AT,
@@ -285,9 +285,13 @@ def seeds(shape: LayerShape, device: DeviceSpec) -> list[Params]:
     """Structured starting points: the heuristic, the named manual schedules' parameters (`named`), the
     heuristic's tiles with the depthwise at every other level (the fusion ablation), then on a GPU the
     traffic model's register tiles of both `gemm` layouts (`model_seeds`), the warp tiles also with the
-    depthwise computed by the warp (cblock); each valid, without duplicates."""
+    depthwise computed by the warp (cblock); on a GPU also the heuristic unsplit where it splits its
+    reduction, and every other seed split where its grid does not fill the device (`split_reduction`);
+    each valid, without duplicates."""
     base = heuristic(shape, device)
     out: list[Params] = [base]
+    if isinstance(base, GpuParams) and base.split_k > 1:
+        out.append(dataclasses.replace(base, split_k=1))
     for q in named(shape, device).values():
         if q not in out:
             out.append(q)
@@ -300,4 +304,9 @@ def seeds(shape: LayerShape, device: DeviceSpec) -> list[Params]:
     for q in [*model_seeds(shape, device), *warp, *fused]:
         if q not in out:
             out.append(q)
+    for q in list(out):
+        if isinstance(q, GpuParams) and q.split_k == 1:
+            split = split_reduction(q, shape, device)
+            if split not in out:
+                out.append(split)
     return out
