@@ -65,10 +65,27 @@ def test_the_score_takes_the_cpus_pairs_from_its_timings_in_turns() -> None:
     assert per_device["cpu"] == (9, 12)
     misses = sorted(j["shape"] for j in scored if j["device"] == "cpu" and not j["agree"])
     assert misses == ["1x112x112x96-24s2", "1x80x80x32-16s1", "2x14x14x480-80s1"]
+    # the CPU's three misses are the pairs whose 40 rounds do not tell the sides apart (sign test
+    # p = 0.43, 0.15, 0.081); every GPU pair timed in turns won all six rounds one way (p = 0.031)
+    assert sorted(j["shape"] for j in scored if fusion_rule.undecided(j)) == misses
+    assert all(j["p_sign"] == pytest.approx(1 / 32) for j in scored if j["device"] == "h200")
     assert fusion_rule.summary_line(scored, sources=True) == (
         "picks the faster on 50 of 58 pairs (86%); 8 misses, 3 of them near ties (the two within 5%); "
-        "34 pairs judged on timings in turns, 24 on job records"
+        "3 pairs (3 of the misses) undecided by their rounds in turns (sign test p > 0.05): on the other 55 "
+        "it picks the faster on 50 (91%); 34 pairs judged on timings in turns, 24 on job records"
     )
+
+
+def test_the_sign_test_counts_the_rounds_each_side_won() -> None:
+    slow, fast = [1.0] * 6, [0.9] * 6
+    assert fusion_rule.sign_test(slow, fast) == pytest.approx(1 / 32)  # six of six: 2 x (1/2)^6
+    assert fusion_rule.sign_test(fast, slow) == pytest.approx(1 / 32)  # two-sided
+    assert fusion_rule.sign_test(slow, [0.9, 1.1] * 3) == 1.0  # three of six: a coin
+    assert fusion_rule.sign_test(slow, [0.9] * 5 + [1.0]) == pytest.approx(
+        1 / 16
+    )  # a tied round counts for neither
+    assert fusion_rule.sign_test(slow, fast[:5]) is None and fusion_rule.sign_test([], []) is None
+    assert not fusion_rule.undecided({"p_sign": None}) and fusion_rule.undecided({"p_sign": 0.2})
 
 
 @pytest.mark.skipif(

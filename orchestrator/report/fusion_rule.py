@@ -15,7 +15,10 @@ work falls on both sides alike: on a shared machine (the 2-vCPU CPU, where two j
 minutes apart differ by 10-40%) they are the comparison the project trusts. The score (`score`) therefore
 judges a (device, geometry) on its records timed in turns where any bundle has them, and on its job
 records otherwise (`judge`, which reads only job records; `judge(..., in_turns=True)` only the others);
-the table says which source each pair used and the summary line how many pairs came from each. (A CPU's
+the table says which source each pair used and the summary line how many pairs came from each. A pair timed
+in turns is `undecided` where its rounds do not tell its sides apart (`sign_test`: two-sided, over the rounds
+of one run each side won, p above `SIGN_TEST_P`); the summary line gives the score on the decided pairs
+beside the score on all. (A CPU's
 device key is `cpu` whatever the host, as in the reports: records of one CPU geometry from two hosts
 would meet in one pair.)
 
@@ -29,6 +32,7 @@ against those timings, a cross-check, not part of the score.
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -50,6 +54,9 @@ from workers.paired import METHOD as IN_TURNS
 QUICK_DB = "quick-db.json"  # a bundle's copy of the entries its quick searches stored, trials included
 FUSED_NAMES = ("app", "fused_tile", "fused_cblock")  # the fused named schedules, as quick's trials name them
 NEAR_TIE = 0.05  # a pair whose two sides differ by less than this fraction is a near tie
+# A pair timed in turns is undecided where the rounds do not tell its sides apart: the two-sided sign test
+# of the rounds the faster side won, against a coin, above this p-value (6 rounds all one way: p = 0.031).
+SIGN_TEST_P = 0.05
 JOBS = "jobs"  # a verdict's `source`: job records, or records timed in turns (IN_TURNS)
 
 
@@ -113,6 +120,9 @@ def _judged(
     times: dict[tuple[str, tuple[Any, ...]], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     rounds: dict[tuple[str, tuple[Any, ...]], list[float]] = defaultdict(list)
     first: dict[tuple[str, tuple[Any, ...]], Mapping[str, Any]] = {}
+    per_round: dict[Any, dict[tuple[str, str], dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
     for r in rows:
         if r.get("status") != "ok" or not (r.get(metric) or 0) > 0 or is_cold(r):
             continue
@@ -125,6 +135,9 @@ def _judged(
         key = (str(r.get("device_key") or r.get("device")), geometry)
         times[key][str(r["variant"])].append(float(r[metric]))
         rounds[key].append(float(r.get("rounds") or 0))
+        if in_turns:  # rounds pair up within one run of `workers.paired` (its bundle and variant list)
+            run = (str(r.get("source")), str(r.get("timing.paired_with")))
+            per_round[key][run][str(r["variant"])].extend(_round_medians(r))
         first.setdefault(key, r)
     out = []
     for key, by_variant in sorted(times.items(), key=lambda kv: (kv[0][0], kv[0][1])):
@@ -139,8 +152,44 @@ def _judged(
         verdict["source"] = IN_TURNS if in_turns else JOBS
         if in_turns:
             verdict["rounds"] = int(statistics.median(rounds[key]))
+            runs = [v for v in per_round[key].values() if UNFUSED in v and verdict["best_fused"] in v]
+            verdict["p_sign"] = sign_test(
+                [t for v in runs for t in v[UNFUSED]], [t for v in runs for t in v[verdict["best_fused"]]]
+            )
         out.append((key, verdict))
     return out
+
+
+def _round_medians(row: Mapping[str, Any]) -> list[float]:
+    """The median of each round of a record timed in turns (param `timing.round_medians_ms`), in order."""
+    import json
+
+    try:
+        return [float(v) for v in json.loads(str(row.get("timing.round_medians_ms") or "[]"))]
+    except (ValueError, TypeError):
+        return []
+
+
+def sign_test(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """The two-sided sign test's p-value that `a` and `b`, timed round by round (a[i] and b[i] in round i),
+    are each as likely to be the faster in a round: how surprising the count of rounds `b` won is for a
+    coin. None where the rounds do not pair up (different counts) or there are none; tied rounds count
+    for neither side."""
+    if not a or len(a) != len(b):
+        return None
+    wins = sum(y < x for x, y in zip(a, b, strict=True))
+    n = sum(y != x for x, y in zip(a, b, strict=True))
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, n - wins) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def undecided(j: Mapping[str, Any]) -> bool:
+    """Whether the pair's rounds in turns do not tell its two sides apart (`SIGN_TEST_P`); job records,
+    with no rounds, are never undecided here."""
+    p = j.get("p_sign")
+    return p is not None and p > SIGN_TEST_P
 
 
 def _verdict(
@@ -204,6 +253,9 @@ def _table(judged: Sequence[Mapping[str, Any]]) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for j in judged:
         mark = "" if j["agree"] else f"miss ({100 * j['margin']:.1f}% apart)"
+        if undecided(j):
+            mark = f"{mark}, " if mark else ""
+            mark += f"undecided (sign test over the rounds p = {j['p_sign']:.2g})"
         print(
             f"| {j['device']} | {j['shape']} | {j['unfused_ms']:.4g} | {j['best_fused']} "
             f"| {j['fused_ms']:.4g} "
@@ -212,7 +264,8 @@ def _table(judged: Sequence[Mapping[str, Any]]) -> None:
 
 
 def summary_line(judged: Sequence[Mapping[str, Any]], sources: bool = False) -> str:
-    """`picks the faster on A of N pairs (P%); M misses, K of them near ties (...)`, and, with `sources`,
+    """`picks the faster on A of N pairs (P%); M misses, K of them near ties (...)`; where rounds in turns
+    leave pairs undecided (`undecided`), how many and the score on the rest; and, with `sources`,
     `; T pairs judged on timings in turns, J on job records` (`score`'s entries)."""
     if not judged:
         return "no measured pair (an ok halide_unfused and an ok fused schedule on one shape and device)"
@@ -222,6 +275,15 @@ def summary_line(judged: Sequence[Mapping[str, Any]], sources: bool = False) -> 
     line = f"picks the faster on {agree} of {len(judged)} pairs ({100 * agree / len(judged):.0f}%)"
     if misses:
         line += f"; {len(misses)} misses, {ties} of them near ties (the two within {100 * NEAR_TIE:.0f}%)"
+    open_pairs = [j for j in judged if undecided(j)]
+    if open_pairs:
+        decided = [j for j in judged if not undecided(j)]
+        right = sum(j["agree"] for j in decided)
+        line += (
+            f"; {len(open_pairs)} pairs ({sum(not j['agree'] for j in open_pairs)} of the misses) undecided "
+            f"by their rounds in turns (sign test p > {SIGN_TEST_P}): on the other {len(decided)} it picks "
+            f"the faster on {right} ({100 * right / len(decided):.0f}%)"
+        )
     if sources:
         used = [j.get("source") for j in judged]
         line += (
