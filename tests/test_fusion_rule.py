@@ -65,14 +65,19 @@ def test_the_score_takes_the_cpus_pairs_from_its_timings_in_turns() -> None:
     assert per_device["cpu"] == (9, 12)
     misses = sorted(j["shape"] for j in scored if j["device"] == "cpu" and not j["agree"])
     assert misses == ["1x112x112x96-24s2", "1x80x80x32-16s1", "2x14x14x480-80s1"]
-    # the CPU's three misses are the pairs whose 40 rounds do not tell the sides apart (sign test
-    # p = 0.43, 0.15, 0.081); every GPU pair timed in turns won all six rounds one way (p = 0.031)
-    assert sorted(j["shape"] for j in scored if fusion_rule.undecided(j)) == misses
+    # the CPU's three misses are near ties: 40 rounds (results/cpu/heldout_paired) left all three undecided
+    # (sign test p = 0.43, 0.15, 0.081); with 120 more (results/cpu/fusion_undecided) `1x112x112x96-24s2`
+    # is decided (unfused faster by 0.4% in 160 rounds, p = 0.022), the other two are not. Every GPU pair
+    # timed in turns won all six rounds one way (p = 0.031)
+    assert sorted(j["shape"] for j in scored if fusion_rule.undecided(j)) == [
+        "1x80x80x32-16s1",
+        "2x14x14x480-80s1",
+    ]
     assert all(j["p_sign"] == pytest.approx(1 / 32) for j in scored if j["device"] == "h200")
     assert fusion_rule.summary_line(scored, sources=True) == (
-        "picks the faster on 50 of 58 pairs (86%); 8 misses, 3 of them near ties (the two within 5%); "
-        "3 pairs (3 of the misses) undecided by their rounds in turns (sign test p > 0.05): on the other 55 "
-        "it picks the faster on 50 (91%); 34 pairs judged on timings in turns, 24 on job records"
+        "picks the faster on 50 of 58 pairs (86%); 8 misses, 4 of them near ties (the two within 5%); "
+        "2 pairs (2 of the misses) undecided by their rounds in turns (sign test p > 0.05): on the other 56 "
+        "it picks the faster on 50 (89%); 34 pairs judged on timings in turns, 24 on job records"
     )
 
 
