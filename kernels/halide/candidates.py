@@ -22,7 +22,6 @@ and why the earlier ones did not. Plain Python: the driver and tests read it wit
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -142,22 +141,20 @@ def gather(shape: LayerShape, device: DeviceSpec, found: tuned.Lookup) -> tuple[
     out: list[Candidate] = []
     problems: list[str] = []
 
-    def add(schedule: str, params: family.Params | None, origin: str, split: bool = True) -> None:
+    def add(schedule: str, params: family.Params | None, origin: str, alternative: bool = True) -> None:
         if any(c.ident == (schedule, params) for c in out):
             return
         out.append(Candidate(schedule, params, origin, _estimate(schedule, params, shape, device)))
-        # A GPU schedule whose grid does not fill the device, its reduction split (split-K) too: the
-        # searched entries of other shapes come with split_k = 1, and the split is the family's answer
-        # to few outputs over many input channels; the timing decides between them.
-        if split and isinstance(params, family.GpuParams) and params.split_k == 1:
-            more = family.split_reduction(params, shape, device)
-            if more != params:
-                add(schedule, more, f"{origin} split_k={more.split_k}", split=False)
+        # A GPU schedule with its reduction the other way too (split-K where its grid does not fill the
+        # device, unsplit where it is split): the searched entries of other shapes come unsplit, and the
+        # split is the family's answer to few outputs over many input channels; the timing decides.
+        other = (
+            family.split_alternative(params, shape, device) if alternative and params is not None else None
+        )
+        if other is not None:
+            add(schedule, other, f"{origin} split_k={other.split_k}", alternative=False)
 
-    heuristic = family.heuristic(shape, device)
-    add(FAMILY, heuristic, "heuristic")
-    if isinstance(heuristic, family.GpuParams) and heuristic.split_k > 1:  # and the heuristic unsplit
-        add(FAMILY, dataclasses.replace(heuristic, split_k=1), "heuristic split_k=1", split=False)
+    add(FAMILY, family.heuristic(shape, device), "heuristic")
     named = family.named(shape, device)
     for name in MANUAL_SCHEDULES:
         add(name, None, f"named:{name}")

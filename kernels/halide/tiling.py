@@ -177,6 +177,15 @@ class GpuTile:
     def block_y(self) -> int:
         return self.ty * self.threads_y
 
+    def blocks(self, s: LayerShape) -> int:
+        """The thread blocks that cover the output of `s` (a tail block shifts inwards: it still counts)."""
+        return (
+            math.ceil(s.co / self.block_co)
+            * math.ceil(s.wo / self.block_x)
+            * math.ceil(s.ho / self.block_y)
+            * s.n
+        )
+
 
 def gpu_tile(
     s: LayerShape, max_block_co: int, max_block_pixels: int, pixels: int = 8, threads: int = 64

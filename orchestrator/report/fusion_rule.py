@@ -32,6 +32,7 @@ against those timings, a cross-check, not part of the score.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import sys
@@ -120,7 +121,8 @@ def _judged(
     times: dict[tuple[str, tuple[Any, ...]], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     rounds: dict[tuple[str, tuple[Any, ...]], list[float]] = defaultdict(list)
     first: dict[tuple[str, tuple[Any, ...]], Mapping[str, Any]] = {}
-    per_round: dict[Any, dict[tuple[str, str], dict[str, list[float]]]] = defaultdict(
+    # per pair, per run (its bundle and variant list), per variant: the rounds' medians in order
+    per_round: dict[tuple[str, tuple[Any, ...]], dict[tuple[str, str], dict[str, list[float]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )
     for r in rows:
@@ -162,8 +164,6 @@ def _judged(
 
 def _round_medians(row: Mapping[str, Any]) -> list[float]:
     """The median of each round of a record timed in turns (param `timing.round_medians_ms`), in order."""
-    import json
-
     try:
         return [float(v) for v in json.loads(str(row.get("timing.round_medians_ms") or "[]"))]
     except (ValueError, TypeError):
@@ -217,8 +217,6 @@ def judge_trials(db_path: Path, rows: Iterable[Mapping[str, Any]]) -> list[dict[
     """`judge`'s entries from the trials of the `quick` searches stored in `db_path`: per entry, the
     trials of `named:unfused` against the best of `named:app`, `named:fused_tile` and `named:fused_cblock`
     (their quick-timing medians); the device's rates come from `rows` (the bundle's records of it)."""
-    import json
-
     catalog = _catalog()
     devices: dict[str, DeviceSpec] = {}
     for r in rows:

@@ -48,6 +48,7 @@ from kernels.halide.family.heuristic import (
     heuristic,
     heuristic_fallback,
     resolve,
+    split_alternative,
     split_reduction,
 )
 from kernels.halide.family.params import (
@@ -159,6 +160,7 @@ __all__ = [
     "seeds",
     "shared_bytes",
     "space",
+    "split_alternative",
     "split_reduction",
     "traffic",
     "whole_blocks",

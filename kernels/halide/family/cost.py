@@ -121,10 +121,8 @@ def _gpu(p: GpuParams, s: LayerShape, device: DeviceSpec, serial_stage: bool = F
     sms = max(1, device.sm_count)
     t = p.tile
     pixels = s.n * s.ho * s.wo
-    blocks = math.ceil(s.co / t.block_co) * math.ceil(s.wo / t.block_x) * math.ceil(s.ho / t.block_y) * s.n
-    blocks *= (
-        p.split_k
-    )  # each part of a split reduction is as many blocks again, each with 1/split_k the steps
+    # each part of a split reduction is as many blocks again, each with 1/split_k of the steps
+    blocks = t.blocks(s) * p.split_k
     acc = p.lanes * p.tx * p.ty  # a thread's accumulators: its FMAs a channel
     dw = 0.0  # a thread's depthwise FMAs a channel
     if p.dw_at == "block":

@@ -159,7 +159,7 @@ def _fill_device(p: GpuParams, s: LayerShape, device: DeviceSpec) -> GpuParams:
     r = dataclasses.replace
 
     def blocks(q: GpuParams) -> int:
-        return _blocks(q, s) * q.split_k
+        return q.tile.blocks(s) * q.split_k
 
     for _ in range(32):
         if blocks(p) * p.tile.threads >= FILL_THREADS_PER_SM * sms:
@@ -201,7 +201,7 @@ def split_reduction(p: GpuParams, s: LayerShape, device: DeviceSpec) -> GpuParam
     if p.dw_at != "root" or p.gemm != "thread":
         return p
     sms = max(1, device.sm_count)
-    blocks = _blocks(p, s)
+    blocks = p.tile.blocks(s)
 
     def fills(parts: int) -> bool:
         return blocks * parts * p.tile.threads >= FILL_THREADS_PER_SM * sms and blocks * parts >= sms
@@ -218,10 +218,17 @@ def split_reduction(p: GpuParams, s: LayerShape, device: DeviceSpec) -> GpuParam
     return dataclasses.replace(p, split_k=next((v for v in splits if fills(v)), max(splits)))
 
 
-def _blocks(p: GpuParams, s: LayerShape) -> int:
-    """The thread blocks of `p`'s pointwise grid on `s` (one part of a split reduction)."""
-    t = p.tile
-    return math.ceil(s.co / t.block_co) * math.ceil(s.wo / t.block_x) * math.ceil(s.ho / t.block_y) * s.n
+def split_alternative(p: Params, s: LayerShape, device: DeviceSpec) -> GpuParams | None:
+    """The same GPU schedule with its reduction the other way: unsplit where `p` splits it, split
+    (`split_reduction`) where its grid does not fill the device; None where there is no other (a CPU
+    schedule, or one that fills the device or has too few channels to split). `halide_tuned`'s candidates
+    and a search's seeds carry both, so that the timing, not the heuristic, decides."""
+    if not isinstance(p, GpuParams):
+        return None
+    if p.split_k > 1:
+        return dataclasses.replace(p, split_k=1)
+    split = split_reduction(p, s, device)
+    return split if split != p else None
 
 
 def _register_cap(p: GpuParams, s: LayerShape, lim: SmLimits) -> int:

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 
 from kernels.device import DeviceSpec
-from kernels.halide.family.heuristic import fit, fit_cpu, heuristic, split_reduction
+from kernels.halide.family.heuristic import fit, fit_cpu, heuristic, split_alternative
 from kernels.halide.family.params import (
     CPU_DW_AT,
     GPU_DW_AT,
@@ -159,13 +159,7 @@ def model_seeds(
                                 )
                                 if not 64 <= p.tile.threads <= 256 or check(p, s, device) is not None:
                                     continue
-                                blocks = (
-                                    math.ceil(s.co / p.tile.block_co)
-                                    * math.ceil(s.wo / p.tile.block_x)
-                                    * math.ceil(s.ho / p.tile.block_y)
-                                    * s.n
-                                )
-                                if blocks < max(1, device.sm_count):
+                                if p.tile.blocks(s) < max(1, device.sm_count):
                                     continue
                                 ranked.append((traffic(p, s).cost * block_tail_waste(p, s), p))
     ranked.sort(key=lambda r: (r[0], -r[1].tile.threads, r[1].dw_at))
@@ -289,9 +283,8 @@ def seeds(shape: LayerShape, device: DeviceSpec) -> list[Params]:
     reduction, and every other seed split where its grid does not fill the device (`split_reduction`);
     each valid, without duplicates."""
     base = heuristic(shape, device)
-    out: list[Params] = [base]
-    if isinstance(base, GpuParams) and base.split_k > 1:
-        out.append(dataclasses.replace(base, split_k=1))
+    other = split_alternative(base, shape, device)  # the heuristic's reduction the other way, second
+    out: list[Params] = [base] if other is None else [base, other]
     for q in named(shape, device).values():
         if q not in out:
             out.append(q)
@@ -305,8 +298,7 @@ def seeds(shape: LayerShape, device: DeviceSpec) -> list[Params]:
         if q not in out:
             out.append(q)
     for q in list(out):
-        if isinstance(q, GpuParams) and q.split_k == 1:
-            split = split_reduction(q, shape, device)
-            if split not in out:
-                out.append(split)
+        other = split_alternative(q, shape, device)
+        if other is not None and other not in out:
+            out.append(other)
     return out
