@@ -188,7 +188,12 @@ def check_schedule(shape: LayerShape, device: DeviceSpec, schedule: str, ptxas: 
     cc = device.cuda_capability
     arch = f"sm_{cc}"
     assembled = assemble(artifacts["kernels.ptx"], arch, cap, ptxas)
-    launched = {_plain(k): v for k, v in kernels_of(artifacts["lowered.stmt"]).items()}
+    lowered = kernels_of(artifacts["lowered.stmt"])
+    launched = {_plain(k): v for k, v in lowered.items()}
+    if len(launched) < len(lowered):
+        raise RuntimeError(
+            f"two kernels of the lowered statement share a name without counters: {list(lowered)}"
+        )
     lim = sm_limits(cc)
     rows = []
     for kernel, facts in assembled.items():
@@ -224,9 +229,10 @@ def check_schedule(shape: LayerShape, device: DeviceSpec, schedule: str, ptxas: 
 
 
 def _plain(kernel: str) -> str:
-    """A kernel's name without the counters Halide and LLVM add to it (`output$3` is `output__3` in PTX;
-    a name LLVM has seen before also gets a `__1` suffix)."""
-    return re.sub(r"__\d+$", "", re.sub(r"_+\d+(?=_s\d+_)", "", kernel))
+    """A kernel's name without the counters Halide and LLVM add to it, wherever they fall: a Func or Var
+    made twice in one process is `output$3` or `block_id_x$2` (`output__3`, `block_id_x__2` in PTX, at
+    times `output_3`), and a name LLVM has seen before gets a `__1` suffix on top."""
+    return re.sub(r"_+\d+(?=_|$)", "", kernel)
 
 
 def _short(kernel: str) -> str:
@@ -234,8 +240,7 @@ def _short(kernel: str) -> str:
     (`pointwise_intm`, a split reduction's partial sums, for
     `_kernel_pointwise__89_intm_global_wrapper__0_s0_...`: Halide's counters and the wrapper's suffix
     dropped)."""
-    name = _plain(kernel).removeprefix("_kernel_").split("_s0_")[0]
-    return re.sub(r"__\d+", "", name).removesuffix("_global_wrapper")
+    return _plain(kernel).removeprefix("_kernel_").split("_s0_")[0].removesuffix("_global_wrapper")
 
 
 def write(rows: Sequence[KernelRow], out: Path, command: str) -> tuple[Path, Path]:

@@ -327,7 +327,7 @@ def test_a_split_reduction_is_a_kernel_of_partial_sums_split_k_times_the_blocks(
     t = params.tile
     blocks = -(-shape.co // t.block_co) * -(-shape.wo // t.block_x) * -(-shape.ho // t.block_y) * shape.n
     stmt = artifacts["lowered.stmt"]
-    grid = re.findall(r"gpu_block<CUDA> \(pointwise\S*_intm\S*block_id_([xyz]), 0, (\d+)\)", stmt)
+    grid = re.findall(r"gpu_block<CUDA> \(pointwise\S*_intm\S*block_id_([xyz])(?:\$\d+)?, 0, (\d+)\)", stmt)
     extents = {axis: int(extent) for axis, extent in grid}
     assert extents["x"] * extents["y"] * extents["z"] == blocks * params.split_k
     # the partial sums of every part, in one buffer of the pointwise's extents times split_k

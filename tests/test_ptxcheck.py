@@ -57,6 +57,24 @@ def test_ptxcheck_reads_kernels_from_the_lowered_statement_and_names_bad_input(t
         ptxcheck.run(["--schedules", "fast", "--out", str(tmp_path)])
 
 
+def test_a_kernel_of_the_ptx_is_matched_to_its_statement_whatever_counters_halide_and_llvm_added() -> None:
+    # names seen when one process had built many pipelines (CI's pytest workers): Halide numbers a Func or
+    # Var made again (`$99`, `block_id_x$2`), PTX writes `$` as `__` or `_`, LLVM appends `__1` to a name
+    # it has seen before
+    pairs = [
+        ("output$108.s0.c.cb.t.t.t.to.block_id_x$2", "_kernel_output__108_s0_c_cb_t_t_t_to_block_id_x__2__1"),
+        (
+            "pointwise$39_intm_global_wrapper$0.s0.y.y.n.n.block_id_z",
+            "_kernel_pointwise_39_intm_global_wrapper_0_s0_y_y_n_n_block_id_z__1",
+        ),
+        ("depthwise.s0.y.y.block_id_z", "_kernel_depthwise_s0_y_y_block_id_z"),
+    ]
+    for block_var, ptx_entry in pairs:
+        assert ptxcheck._plain(ptxcheck.kernel_name(block_var)) == ptxcheck._plain(ptx_entry)
+    assert ptxcheck._plain(pairs[0][1]) != ptxcheck._plain(pairs[1][1])
+    assert [ptxcheck._short(e) for _, e in pairs] == ["output", "pointwise_intm", "depthwise"]
+
+
 @pytest.mark.skipif(not HAS_PTXAS, reason="no ptxas (CUDA toolkit) on this machine")
 def test_the_h200_heuristic_splits_the_long_narrow_reduction_into_kernels_that_do_not_spill(
     tmp_path: Path,
