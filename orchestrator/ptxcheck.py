@@ -32,7 +32,7 @@ from pathlib import Path
 from kernels.device import DeviceSpec
 from kernels.halide import family
 from kernels.halide.family.limits import occupancy, sm_limits
-from kernels.halide.names import FAMILY, MANUAL_SCHEDULES
+from kernels.halide.names import FAMILY, MANUAL_SCHEDULES, kernel_func, plain_kernel
 from kernels.layer import LayerShape
 from orchestrator.config import ConfigError
 
@@ -189,7 +189,7 @@ def check_schedule(shape: LayerShape, device: DeviceSpec, schedule: str, ptxas: 
     arch = f"sm_{cc}"
     assembled = assemble(artifacts["kernels.ptx"], arch, cap, ptxas)
     lowered = kernels_of(artifacts["lowered.stmt"])
-    launched = {_plain(k): v for k, v in lowered.items()}
+    launched = {plain_kernel(k): v for k, v in lowered.items()}
     if len(launched) < len(lowered):
         raise RuntimeError(
             f"two kernels of the lowered statement share a name without counters: {list(lowered)}"
@@ -197,11 +197,11 @@ def check_schedule(shape: LayerShape, device: DeviceSpec, schedule: str, ptxas: 
     lim = sm_limits(cc)
     rows = []
     for kernel, facts in assembled.items():
-        if _plain(kernel) not in launched:
+        if plain_kernel(kernel) not in launched:
             raise RuntimeError(
                 f"kernel {kernel} of the PTX is not in the lowered statement ({', '.join(launched)})"
             )
-        grid, threads, dynamic = launched[_plain(kernel)]
+        grid, threads, dynamic = launched[plain_kernel(kernel)]
         shared = dynamic + facts["smem"]
         occ = occupancy(threads, facts["registers"], shared, lim)
         rows.append(
@@ -210,7 +210,7 @@ def check_schedule(shape: LayerShape, device: DeviceSpec, schedule: str, ptxas: 
                 cc,
                 shape.name,
                 schedule,
-                _short(kernel),
+                kernel_func(kernel) or plain_kernel(kernel),
                 grid,
                 threads,
                 facts["registers"],
@@ -226,21 +226,6 @@ def check_schedule(shape: LayerShape, device: DeviceSpec, schedule: str, ptxas: 
             )
         )
     return rows
-
-
-def _plain(kernel: str) -> str:
-    """A kernel's name without the counters Halide and LLVM add to it, wherever they fall: a Func or Var
-    made twice in one process is `output$3` or `block_id_x$2` (`output__3`, `block_id_x__2` in PTX, at
-    times `output_3`), and a name LLVM has seen before gets a `__1` suffix on top."""
-    return re.sub(r"_+\d+(?=_|$)", "", kernel)
-
-
-def _short(kernel: str) -> str:
-    """`output` for `_kernel_output__3_s0_y_y_n_block_id_z`: the Func whose loops the kernel runs
-    (`pointwise_intm`, a split reduction's partial sums, for
-    `_kernel_pointwise__89_intm_global_wrapper__0_s0_...`: Halide's counters and the wrapper's suffix
-    dropped)."""
-    return _plain(kernel).removeprefix("_kernel_").split("_s0_")[0].removesuffix("_global_wrapper")
 
 
 def write(rows: Sequence[KernelRow], out: Path, command: str) -> tuple[Path, Path]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kernels.halide import family
+from kernels.halide.names import kernel_func, plain_kernel
 from kernels.layer import LayerShape
 from orchestrator import ptxcheck
 from orchestrator.config import ConfigError
@@ -70,9 +71,9 @@ def test_a_kernel_of_the_ptx_is_matched_to_its_statement_whatever_counters_halid
         ("depthwise.s0.y.y.block_id_z", "_kernel_depthwise_s0_y_y_block_id_z"),
     ]
     for block_var, ptx_entry in pairs:
-        assert ptxcheck._plain(ptxcheck.kernel_name(block_var)) == ptxcheck._plain(ptx_entry)
-    assert ptxcheck._plain(pairs[0][1]) != ptxcheck._plain(pairs[1][1])
-    assert [ptxcheck._short(e) for _, e in pairs] == ["output", "pointwise_intm", "depthwise"]
+        assert plain_kernel(ptxcheck.kernel_name(block_var)) == plain_kernel(ptx_entry)
+    assert plain_kernel(pairs[0][1]) != plain_kernel(pairs[1][1])
+    assert [kernel_func(e) for _, e in pairs] == ["output", "pointwise_intm", "depthwise"]
 
 
 @pytest.mark.skipif(not HAS_PTXAS, reason="no ptxas (CUDA toolkit) on this machine")

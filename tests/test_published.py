@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from kernels.halide.names import kernel_func
 from orchestrator.report import quotable
 from orchestrator.report.load import ReportInputError
 from orchestrator.report.published import CONF, REPORTS, build_published, load_published
@@ -129,7 +130,12 @@ def test_a_halide_kernel_is_named_by_its_func_whatever_number_the_process_gave_i
         "_kernel_output_s0_y_y_n_block_id_z": "output",
         "_kernel_depthwise__52_s0_y_dyo_dyo_block_id_z": "depthwise",  # a Ray worker's 52nd build
         "_kernel_output_52_s0_y_y_n_block_id_z__1": "output",
+        "_kernel_pointwise__89_intm_global_wrapper__0_s0_y_y_n_n_block_id_z": "pointwise_intm",  # split-K
+        "_kernel_output__99_s0_c_cb_t_t_t_to_block_id_x__2__1": "output",  # a Var numbered too
     }
     for kernel, func in names.items():
-        found = quotable._HALIDE_KERNEL.match(kernel)
-        assert found and found.group(1) == func, kernel
+        assert kernel_func(kernel) == func, kernel
+    assert (
+        kernel_func("_kernel_pointwise__61_s1_c_v1759_v1759_block_id_x") == "pointwise"
+    )  # an autoscheduler's
+    assert kernel_func("sm80_xmma_gemm_f32f32_f32f32_f32_tn_n") is None and kernel_func("_kernel_") is None

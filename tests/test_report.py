@@ -300,6 +300,33 @@ def test_the_pointwise_kernel_is_set_beside_cublas(tmp_path: Path) -> None:
     assert pointwise_table(bare.rows) == []  # no kernel times: no entry
 
 
+def test_a_pointwise_product_split_over_kernels_is_timed_as_their_sum() -> None:
+    # a split reduction: Halide's partial sums and the output kernel that adds them; cuBLAS's split-K GEMM
+    # and the kernel that reduces its parts. Either kernel alone would put the product at a rate it never ran.
+    halide = _split_row(
+        "halide_family",
+        "halide",
+        {
+            "_kernel_depthwise__7_s0_y_y_block_id_z": 0.004,
+            "_kernel_pointwise__7_intm_global_wrapper__0_s0_y_y_n_n_block_id_z": 0.020,
+            "_kernel_output__7_s0_c_cb_t_t_t_to_block_id_x__2": 0.003,
+        },
+    )
+    cublas = _split_row(
+        "cublas_mm",
+        "cublas",
+        {"conv2d_c1_k1_nhwc": 0.005, "sm90_xmma_gemm_f32f32_splitK": 0.016, "splitKreduce_kernel": 0.002},
+    )
+    [entry] = pointwise_table(dataset_from_rows("split", [halide, cublas]).rows)
+    assert entry["halide_kernel_ms"] == pytest.approx(0.023) and entry["halide_kernel_alone"] is True
+    assert (
+        entry["halide_kernel"].startswith("_kernel_pointwise__7_intm")
+        and " + _kernel_output" in entry["halide_kernel"]
+    )
+    assert entry["cublas_kernel_ms"] == pytest.approx(0.018)
+    assert entry["halide_over_cublas"] == pytest.approx(0.023 / 0.018)
+
+
 def test_a_wrong_record_with_a_time_is_never_a_speed(store: Store, tmp_path: Path) -> None:
     fast = store.by("halide_app", "tiny_s1")
     bogus = Record(

@@ -7,6 +7,8 @@ ones; this module needs no Halide, so the variant registry can list and check na
 
 from __future__ import annotations
 
+import re
+
 MANUAL_SCHEDULES = ("app", "unfused", "fused_tile", "fused_cblock")
 AUTO_SCHEDULES = ("auto_adams2019", "auto_li2018", "auto_mullapudi2016", "auto_anderson2021")
 SCHEDULES = MANUAL_SCHEDULES + AUTO_SCHEDULES
@@ -38,6 +40,11 @@ DESCRIPTIONS = {
 
 # GPU kernels are named after the Func that owns their block loops (`algorithm.FUNC_NAMES`).
 KERNEL_FILTER = r"_kernel_(padded|depthwise|pointwise|output)"
+# Counters in a kernel's name: a Func or Var made again in one process is `output$3` or `block_id_x$2`
+# (`output__3`, `block_id_x__2` in PTX and CUPTI, at times `output_3`); LLVM appends `__1` to a name it has
+# seen before.
+_COUNTER = re.compile(r"_+\d+(?=_|$)")
+_KERNEL = re.compile(r"_kernel_(\w+?)_s\d+(?:_|$)")
 
 
 class UnknownScheduleError(ValueError):
@@ -52,3 +59,17 @@ def check_schedule(name: str, kind: str | None = None) -> None:
         raise UnknownScheduleError(
             f"unknown Halide schedule {name!r}{where}; valid schedules: {', '.join(valid)}"
         )
+
+
+def plain_kernel(kernel: str) -> str:
+    """A Halide GPU kernel's name without the counters Halide and LLVM add to it, wherever they fall, so
+    that the PTX's entry, the lowered statement's loop and a profiler's row of one kernel compare equal."""
+    return _COUNTER.sub("", kernel)
+
+
+def kernel_func(kernel: str) -> str | None:
+    """The Func whose loops a Halide GPU kernel runs: `output` for `_kernel_output__3_s0_y_y_n_block_id_z`,
+    `pointwise_intm` (a split reduction's partial sums) for
+    `_kernel_pointwise__89_intm_global_wrapper__0_s0_...`; None for a name that is not a Halide kernel's."""
+    m = _KERNEL.match(plain_kernel(kernel))
+    return m.group(1).removesuffix("_global_wrapper") if m else None

@@ -254,9 +254,11 @@ def ncu_table(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return sorted(table, key=lambda e: (order.get(e["device"], 0), e["shape"], e["time_ms"]))
 
 
-# The kernel of a launch that holds the pointwise product: cuBLAS/CUTLASS GEMMs, cuDNN's implicit GEMM
-# (`xmma_fprop`), Halide's output kernel (which also computes the depthwise when the schedule fuses it).
-POINTWISE_KERNEL = re.compile(r"gemm|_kernel_output")
+# The kernels of a launch that hold the pointwise product: cuBLAS/CUTLASS GEMMs and the reduction of a
+# split-K GEMM's parts, cuDNN's implicit GEMM (`xmma_fprop`), Halide's output kernel (which also computes
+# the depthwise when the schedule fuses it) and its pointwise kernels where the product has its own (a
+# split reduction's partial sums, an autoscheduler's update stage).
+POINTWISE_KERNEL = re.compile(r"gemm|splitKreduce|_kernel_output|_kernel_pointwise")
 # Whose pointwise kernels the table sets side by side: the best Halide, the best strict-fp32 cuDNN, and
 # the same layer with its pointwise as one cuBLAS SGEMM (`cublas_mm`).
 POINTWISE_GROUPS = (("halide", "halide"), ("cudnn", "cudnn"), ("cublas", "cublas"))
@@ -272,14 +274,16 @@ def kernel_times(row: Mapping[str, Any]) -> dict[str, float]:
 
 
 def pointwise_kernel(row: Mapping[str, Any]) -> tuple[str, float, bool] | None:
-    """(name, ms, alone) of the row's longest pointwise kernel; `alone` is False when it is the launch's
-    only kernel, so it also holds the depthwise (a fused Halide schedule). None without kernel times."""
+    """(names, ms, alone) of the kernels that hold the row's pointwise product: their names, longest first
+    and joined by ` + `, and their times added (a split reduction's parts and their sum are one product);
+    `alone` is False when they are all the launch's kernels, so they also hold the depthwise (a fused
+    Halide schedule). None without kernel times."""
     times = kernel_times(row)
     matches = {k: v for k, v in times.items() if POINTWISE_KERNEL.search(k)}
     if not matches:
         return None
-    name = max(matches, key=lambda k: matches[k])
-    return name, matches[name], len(times) > 1
+    names = sorted(matches, key=lambda k: -matches[k])
+    return " + ".join(names), sum(matches.values()), len(times) > len(matches)
 
 
 def pointwise_table(rows: Sequence[Row]) -> list[dict[str, Any]]:

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kernels.halide.names import kernel_func
 from orchestrator import analytics
 from orchestrator.report import analysis, gpus
 from orchestrator.report.findings.common import Inputs
@@ -47,9 +48,6 @@ from orchestrator.report.load import REPO_ROOT, device_facts, ok_rows
 
 FIGURES = "figures.json"
 _KEY_PART = re.compile(r"[^\w.\-+@]+")
-# Halide's kernels are named by their Func, which a process that built it before gets a number after
-# (`_kernel_depthwise__52_s0_...`, `_kernel_output_52_s0_...`)
-_HALIDE_KERNEL = re.compile(r"_kernel_([A-Za-z]+?)(?:_+\d+)?_s\d")
 ROOF_KEYS = (  # figures.json key (TFLOP/s, TB/s) -> device_facts' GFLOP/s, GB/s
     ("roof_tflops", "peak_gflops"), ("roof_tbps", "mem_gbps"), ("cache_tbps", "cache_gbps"),
     ("sgemm_tflops", "sgemm_gflops"), ("tf32_tflops", "tf32_gflops"),
@@ -115,7 +113,7 @@ def _records(inp: Inputs) -> dict[str, Any]:
                 out[f"compute_us/{device}/{shape}"] = _value(r["compute_ms"] * 1000)
                 out[f"memory_us/{device}/{shape}"] = _value(r["memory_ms"] * 1000)
         funcs = [
-            (m.group(1) if (m := _HALIDE_KERNEL.match(k)) else None, ms)
+            (kernel_func(k), ms)  # Halide's kernels by their Func
             for k, ms in analysis.kernel_times(r).items()
         ]
         if r.get("framework") == "halide" and funcs and all(f for f, _ in funcs):

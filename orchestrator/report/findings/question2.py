@@ -83,7 +83,8 @@ def _pointwise_section(entries: Sequence[Mapping[str, Any]]) -> str:
     ]
     text = (
         "The pointwise product's kernel alone, from the CUPTI time of each kernel of a launch "
-        "(tag `kernel_times`; `pointwise.csv`): its time, the rate of the pointwise's 2 n ho wo c co "
+        "(tag `kernel_times`; `pointwise.csv`; a product split over kernels, split-K's parts and their "
+        "sum, counts them together): its time, the rate of the pointwise's 2 n ho wo c co "
         "FLOPs in it, and that rate's share of the fp32 roof, for the best Halide, the best strict-fp32 "
         "cuDNN, and the same layer with its pointwise as one cuBLAS SGEMM (`cublas_mm`). Halide's output "
         "kernel also holds the "
