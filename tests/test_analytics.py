@@ -23,7 +23,7 @@ from rich.console import Console
 
 from kernels import registry
 from orchestrator import analytics
-from orchestrator.report import build_report
+from orchestrator.report.build import build_report
 from orchestrator.report.load import dataset_from_rows, rows_from_records
 from orchestrator.summary import speedup_table, summary_metrics
 from workers.bundle import read_bundle

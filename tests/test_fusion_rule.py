@@ -18,6 +18,7 @@ import pytest
 from kernels.halide.targets import host_vector
 from orchestrator.config import REPO_ROOT
 from orchestrator.report import fusion_rule
+from orchestrator.report.load import bundle_rows, bundles_under
 
 AVX2 = (8, 16)  # (fp32 lanes, vector registers) of the host that measured results/cpu/heldout
 ON_AVX2 = host_vector() == AVX2
@@ -33,7 +34,7 @@ def _per_device(judged: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
 
 
 def test_the_rule_scores_what_the_docs_say_over_the_committed_bundles() -> None:
-    judged = fusion_rule.judge(fusion_rule.bundle_rows(fusion_rule.bundles_under(REPO_ROOT / "results")))
+    judged = fusion_rule.judge(bundle_rows(bundles_under(REPO_ROOT / "results")))
     per_device = _per_device(judged)
     assert {d: per_device[d] for d in ("h100", "h200")} == {"h100": (22, 24), "h200": (19, 22)}
     misses = {(j["device"], j["shape"]) for j in judged if not j["agree"]}
@@ -49,7 +50,7 @@ def test_the_rule_scores_what_the_docs_say_over_the_committed_bundles() -> None:
 
 
 def test_the_score_takes_the_cpus_pairs_from_its_timings_in_turns() -> None:
-    scored = fusion_rule.score(fusion_rule.bundle_rows(fusion_rule.bundles_under(REPO_ROOT / "results")))
+    scored = fusion_rule.score(bundle_rows(bundles_under(REPO_ROOT / "results")))
     sources = {(j["device"], j["source"]) for j in scored}
     # results/cpu/heldout_paired times all twelve CPU pairs in turns, results/h200/fusion_paired the H200's
     # twenty-two; the H100's stay on job records
@@ -98,12 +99,12 @@ def test_the_sign_test_counts_the_rounds_each_side_won() -> None:
 )
 def test_the_cpu_quick_trials_cross_check_the_jobs_verdict() -> None:
     bundle = REPO_ROOT / "results" / "cpu" / "heldout"
-    trials = fusion_rule.judge_trials(bundle / fusion_rule.QUICK_DB, fusion_rule.bundle_rows([bundle]))
+    trials = fusion_rule.judge_trials(bundle / fusion_rule.QUICK_DB, bundle_rows([bundle]))
     assert len(trials) == 12 and {j["device"] for j in trials} == {"cpu"}
     assert [j["shape"] for j in trials if not j["agree"]] == ["3x17x23x40-24s1"]
     # the same schedules timed in one process turn the jobs' verdict on six of the twelve shapes: the five
     # where the jobs found unfused faster, and 3x17x23x40 the other way
-    jobs = {j["shape"]: j["faster"] for j in fusion_rule.judge(fusion_rule.bundle_rows([bundle]))}
+    jobs = {j["shape"]: j["faster"] for j in fusion_rule.judge(bundle_rows([bundle]))}
     flipped = sorted(j["shape"] for j in trials if jobs[j["shape"]] != j["faster"])
     turned = ["16x24x24x144-24s1", "16x28x28x192-32s1", "1x112x112x96-24s2", "2x14x14x480-80s1"]
     assert flipped == sorted([*turned, "32x7x7x960-160s1", "3x17x23x40-24s1"])

@@ -15,7 +15,7 @@ from kernels import device as device_module
 from kernels.device import DeviceSpec
 from kernels.halide import tuned
 from orchestrator.report import fusion_rule
-from orchestrator.report.load import load_bundles
+from orchestrator.report.load import bundle_rows, load_bundles
 from workers import paired
 from workers.bundle import read_bundle
 
@@ -51,7 +51,7 @@ def test_out_writes_records_timed_in_turns_that_the_report_loads(
     [dataset] = load_bundles([out])
     assert dataset.experiment == "tiny_paired" and len(dataset.rows) == 2
     assert {row["timing.method"] for row in dataset.rows} == {"paired"}
-    rows = fusion_rule.bundle_rows([out])
+    rows = bundle_rows([out])
     assert fusion_rule.judge(rows) == []  # job records only: there are none
     [verdict] = fusion_rule.score(rows)
     assert verdict["source"] == "paired" and verdict["rounds"] == 2 and verdict["shape"] == SHAPE

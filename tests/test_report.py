@@ -25,8 +25,8 @@ import pytest
 
 from kernels.device import DeviceSpec
 from kernels.layer import LayerShape
-from orchestrator.report import build_report
 from orchestrator.report.analysis import pointwise_table, roofline_points
+from orchestrator.report.build import build_report
 from orchestrator.report.load import dataset_from_rows, row_from_parts, rows_from_records
 from workers.bundle import read_bundle
 from workers.schema import Job, Record, TimingSpec

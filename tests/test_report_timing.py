@@ -28,7 +28,7 @@ from derived_records import (
 from rich.console import Console
 
 from orchestrator import analytics
-from orchestrator.report import build_report
+from orchestrator.report.build import build_report
 from orchestrator.report.findings.common import Inputs
 from orchestrator.report.findings.conditions import paths_section
 from orchestrator.report.load import dataset_from_rows, rows_from_records

@@ -3,12 +3,7 @@
     python -m orchestrator.report --experiment NAME [--run-id ID] [--out DIR]
 
 `load` turns records into flat rows, `analysis` computes tables from rows, `figures` draws them,
-`findings` writes the four answers; `build_report` ties them together for one Dataset and is what
-tests call with rows of their own.
+`findings` writes the four answers; `build.build_report` ties them together for one Dataset and is what
+tests call with rows of their own. Nothing is imported here, so that `python -m orchestrator.report.X`
+runs module X once, not a second copy of it that the package had already imported.
 """
-
-from __future__ import annotations
-
-from orchestrator.report.build import build_report
-
-__all__ = ["build_report"]

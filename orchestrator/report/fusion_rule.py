@@ -47,9 +47,15 @@ from kernels.device import DeviceSpec
 from kernels.halide.family.cost import fusion_choice
 from kernels.halide.tuned import parse_key
 from kernels.layer import LayerShape
-from orchestrator.config import CONF_DIR, REPO_ROOT
+from orchestrator.config import CONF_DIR
 from orchestrator.report.analysis import FUSED, UNFUSED
-from orchestrator.report.load import is_cold, shape_of
+from orchestrator.report.load import (
+    ReportInputError,
+    bundle_rows,
+    bundles_from_args,
+    is_cold,
+    shape_of,
+)
 from workers.paired import METHOD as IN_TURNS
 
 QUICK_DB = "quick-db.json"  # a bundle's copy of the entries its quick searches stored, trials included
@@ -290,29 +296,11 @@ def summary_line(judged: Sequence[Mapping[str, Any]], sources: bool = False) -> 
     return line
 
 
-def bundles_under(root: Path) -> list[Path]:
-    """Every results bundle (a folder with records.jsonl) under `root`."""
-    return sorted(p.parent for p in root.rglob("records.jsonl"))
-
-
-def bundle_rows(bundles: Sequence[Path]) -> list[dict[str, Any]]:
-    """The rows of the bundles' records (artifacts not read), the newest of each measurement a bundle."""
-    from orchestrator.report.load import finish_rows, rows_from_records
-    from workers.bundle import read_records
-
-    rows: list[dict[str, Any]] = []
-    for bundle in bundles:
-        kept, _ = finish_rows(rows_from_records(read_records(bundle), source=str(bundle)))
-        rows.extend(kept)
-    return rows
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    bundles = [Path(a) for a in args] or bundles_under(REPO_ROOT / "results")
-    missing = [b for b in bundles if not (b / "records.jsonl").is_file()]
-    if missing:
-        print(f"error: {missing[0]} is not a results bundle (no records.jsonl)", file=sys.stderr)
+    try:
+        bundles = bundles_from_args(sys.argv[1:] if argv is None else argv)
+    except ReportInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     judged = score(bundle_rows(bundles))
     _table(judged)

@@ -458,3 +458,29 @@ def dataset_from_rows(
     every = list(rows)
     kept, superseded = finish_rows(every)
     return Dataset(experiment, kept, origin, "the rows given", [], [], superseded, None, every)
+
+
+def bundles_under(root: Path) -> list[Path]:
+    """Every results bundle (a folder with records.jsonl) under `root`."""
+    return sorted(p.parent for p in root.rglob("records.jsonl"))
+
+
+def bundles_from_args(args: Sequence[str]) -> list[Path]:
+    """The results bundles a command line names, or every one under results/ when it names none; a path
+    that is not a bundle is a ReportInputError."""
+    bundles = [Path(a) for a in args] or bundles_under(REPO_ROOT / "results")
+    for b in bundles:
+        if not (b / "records.jsonl").is_file():
+            raise ReportInputError(f"{b} is not a results bundle (no records.jsonl)")
+    return bundles
+
+
+def bundle_rows(bundles: Sequence[Path]) -> list[Row]:
+    """The rows of the bundles' records (artifacts not read), the newest of each measurement a bundle."""
+    from workers.bundle import read_records
+
+    rows: list[Row] = []
+    for bundle in bundles:
+        kept, _ = finish_rows(rows_from_records(read_records(bundle), source=str(bundle)))
+        rows.extend(kept)
+    return rows

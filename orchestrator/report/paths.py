@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from orchestrator import analytics
-from orchestrator.config import REPO_ROOT
 from orchestrator.report.conditions import path_pairs
 from orchestrator.report.findings.goals import load_goals
-from orchestrator.report.fusion_rule import bundle_rows, bundles_under
+from orchestrator.report.load import ReportInputError, bundle_rows, bundles_from_args
 
 
 def verdict(pairs: Sequence[analytics.PathPair[dict]]) -> str:
@@ -41,11 +39,10 @@ def verdict(pairs: Sequence[analytics.PathPair[dict]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    bundles = [Path(a) for a in args] or bundles_under(REPO_ROOT / "results")
-    missing = [b for b in bundles if not (b / "records.jsonl").is_file()]
-    if missing:
-        print(f"error: {missing[0]} is not a results bundle (no records.jsonl)", file=sys.stderr)
+    try:
+        bundles = bundles_from_args(sys.argv[1:] if argv is None else argv)
+    except ReportInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     pairs = path_pairs(bundle_rows(bundles))
     print("| device | shape | variant | via Ray ms | via the worker CLI ms | difference |")
