@@ -19,6 +19,10 @@
 #     cli       the same sweep and mobilenet_v1 jobs through `python -m workers run` (no Ray, no MLflow)
 #     heldout   +experiment=heldout devices=[auto] (halide_tuned's on_miss search on unseen layers)
 #     cold      the five MobileNetV1 stride-1 blocks with timing.cold_cache=true (L2 flushed per call)
+#     splitk    issue 24's split-K: the split schedules' GPU tests, then the family's heuristic (split where
+#               its grid does not fill the device) and the same heuristic unsplit, each timed in turns with
+#               cublas_mm on the held-out layers of long narrow reductions (python -m workers.paired, no Ray:
+#               bundles splitk and splitk_unsplit)
 #     faults    issue 23's drills: a worker declaring a model the catalog lacks; a head declaring a model that
 #               is not its GPU (jobs tagged gpu_model_mismatch); the MLflow server stopped mid-sweep, then
 #               orchestrator.sync (each in its own experiment, faults_*); ends with `up` again
@@ -142,6 +146,25 @@ heldout() {
   cp tuning/db.json "$out/db.json"
 }
 
+# Held-out layers whose pointwise is a long reduction into few channels, where cuBLAS beat halide_tuned
+# (results/h200/heldout) or the heuristic now splits the reduction
+SPLITK_SHAPES=32x7x7x960-160,32x14x14x384-64,64x14x14x576-96,2x14x14x480-80,16x24x24x144-24
+
+splitk() {
+  say "split-K: the split schedules against the float64 reference on the GPU"
+  "$py" -m pytest -q -m gpu -p no:cacheprovider -k split tests/test_family_ptx.py 2>&1 \
+    | tee "$out/splitk-tests.log" | tail -5
+  local name option
+  for name in splitk splitk_unsplit; do
+    option=()
+    [ "$name" = splitk_unsplit ] && option=(--option 'halide_family:params={"split_k":1}')
+    say "split-K: halide_family ($name) and cublas_mm in turns, ${SPLITK_ROUNDS:-6} rounds"
+    "$py" -m workers.paired --gpu "$gpu" --shapes "${SPLITK_SHAPES}" --variants halide_family,cublas_mm \
+      "${option[@]}" --rounds "${SPLITK_ROUNDS:-6}" --experiment "$name" --out "$state/bundles/$name" 2>&1 \
+      | tee "$out/$name.log" | tail -12
+  done
+}
+
 cold() {
   say "cold L2 on the five stride-1 blocks through Ray"
   orchestrate +experiment=mobilenet_v1 'devices=[auto]' timing.cold_cache=true \
@@ -253,10 +276,10 @@ pack() {
 
 for stage in "$@"; do
   case $stage in
-    up|checks|sweep|mobilenet|max|nsight|cli|heldout|cold|tuned|tensorflow) $stage ;;
+    up|checks|sweep|mobilenet|max|nsight|cli|heldout|cold|splitk|tuned|tensorflow) $stage ;;
     faults) faults 2>&1 | tee "$out/faults.log" ;;
     export) export_ ;;
-    *) echo "reference_runs.sh: unknown stage $stage (up checks sweep mobilenet max nsight cli heldout cold faults tuned tensorflow export)" >&2
+    *) echo "reference_runs.sh: unknown stage $stage (up checks sweep mobilenet max nsight cli heldout cold splitk faults tuned tensorflow export)" >&2
        exit 2 ;;
   esac
 done
