@@ -83,6 +83,18 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.Ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "would search" in err[0] and "on_miss=heuristic or rank" in err[0]
     assert not (tmp_path / "b" / "records.jsonl").exists()
+    # a parameter the host's family does not take (split_k is the GPU family's): its valid ones, no traceback
+    family = [
+        "--shapes",
+        SHAPE,
+        "--variants",
+        "halide_family",
+        "--option",
+        'halide_family:params={"split_k":1}',
+    ]
+    assert paired.main(family) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown cpu schedule parameter 'split_k'; valid parameters: dw_at" in err[0]
 
 
 def test_rounds_take_the_variants_in_shuffled_or_fixed_order() -> None:

@@ -196,7 +196,10 @@ def compare(
             if reason:
                 raise PairedError(f"{variant} cannot run on {shape.label}: {reason}")
             t0 = time.perf_counter()
-            built = entry.build(shape, device, job.options)
+            try:
+                built = entry.build(shape, device, job.options)
+            except ValueError as exc:  # an option the variant does not take here: bad input, one line
+                raise PairedError(f"{variant} on {shape.label}: {exc}") from exc
             build_s = time.perf_counter() - t0
             alternatives = getattr(built, "alternatives", None)
             if alternatives is not None and alternatives.trials:
