@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from kernels import registry
 from kernels.device import KINDS, DeviceSpec
 from kernels.halide.candidates import ON_MISS
+from kernels.halide.family.limits import register_cap
 from kernels.layer import STRIDES, LayerShape, ShapeError
 from orchestrator.config import (
     AUTO_DEVICES,
@@ -188,6 +189,10 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"tuned.quick_budget_s must be > 0 or null, got {tuned.quick_budget_s}")
     if tuned.quick_trials is not None and tuned.quick_trials < 1:
         raise ConfigError(f"tuned.quick_trials must be >= 1 or null, got {tuned.quick_trials}")
+    try:
+        register_cap(cfg.options.get("cuda_max_registers"))
+    except ValueError as exc:
+        raise ConfigError(f"options.{exc}") from None
     t = cfg.timing
     if t.warmup < 0 or t.min_repeats < 1 or t.max_repeats < t.min_repeats or t.input_sets < 1:
         raise ConfigError(

@@ -104,6 +104,18 @@ def test_unknown_names_list_the_valid_ones() -> None:
         make_plan(cfg_of("+experiment=smoke", "devices=[tpu]"))
     with pytest.raises(ConfigError, match=r"unknown variant 'nope'; valid variants: .*numpy_ref"):
         make_plan(cfg_of("+experiment=smoke", "variants=[nope]"))
+    # a register cap Halide's CUDA runtime cannot take is refused before any job, not by every GPU job
+    for bad in ("abc", "8", "300", "true"):
+        with pytest.raises(
+            ConfigError, match=r"^options\.cuda_max_registers must be an integer in 16\.\.255 or null"
+        ):
+            make_plan(cfg_of("+experiment=smoke", f"options.cuda_max_registers={bad}"))
+    assert (
+        make_plan(cfg_of("+experiment=smoke", "options.cuda_max_registers=128"))[0].options[
+            "cuda_max_registers"
+        ]
+        == 128
+    )
 
 
 def test_device_catalog_has_the_datasheet_numbers() -> None:

@@ -31,6 +31,7 @@ from kernels.device import DeviceSpec
 from kernels.halide import algorithm, autoschedule, cache, family, schedules_cpu, schedules_gpu, targets
 from kernels.halide.family.cpu import apply_cpu
 from kernels.halide.family.gpu import apply_gpu
+from kernels.halide.family.limits import register_cap
 from kernels.halide.names import FAMILY, KERNEL_FILTER, check_schedule
 from kernels.halide.targets import cpu_target, cuda_target, halide_version, host_threads, require_device
 from kernels.halide.tiling import HOST_ALIGNMENT
@@ -313,14 +314,7 @@ class CudaBuilt:
 
 
 def _max_registers(options: Mapping[str, Any]) -> int | None:
-    value = options.get("cuda_max_registers")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 16 <= value <= 255:
-        raise ValueError(
-            f"options['cuda_max_registers'] must be an integer in 16..255 or None, got {value!r}"
-        )
-    return value
+    return register_cap(options.get("cuda_max_registers"))
 
 
 def _gpu_artifacts(pipeline: Any, layer: Any, target: Any) -> dict[str, str]:

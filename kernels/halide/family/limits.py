@@ -22,6 +22,24 @@ WARP_THREADS = 32
 THREADS_PER_BLOCK = 1024
 REGISTERS_PER_THREAD = 255
 REGISTER_UNIT = 256  # registers are allocated a warp at a time, in units of 256
+REGISTER_CAP_MIN = 16  # the smallest per-thread cap ptxas takes (--maxrregcount)
+
+
+def register_cap(value: object) -> int | None:
+    """The `cuda_max_registers` option checked: None (the runtime's default) or an integer cap of registers a
+    thread, REGISTER_CAP_MIN..REGISTERS_PER_THREAD; ValueError naming the valid range otherwise."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not REGISTER_CAP_MIN <= value <= REGISTERS_PER_THREAD
+    ):
+        raise ValueError(
+            f"cuda_max_registers must be an integer in {REGISTER_CAP_MIN}..{REGISTERS_PER_THREAD} or null, "
+            f"got {value!r}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
