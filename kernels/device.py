@@ -80,9 +80,14 @@ LEGACY_FIELDS = ("roof_gflops", "roof_gbps")  # DeviceSpec fields of older job f
 
 def visible_gpu(name: str = "gpu", peak_gflops: float = 0.0, mem_gbps: float = 0.0) -> DeviceSpec:
     """The GPU torch sees first, as a DeviceSpec: its model, SM count and CUDA capability, with the rates
-    given (0: unknown). For building and verifying on a GPU the catalog has no entry for."""
-    import torch
-
+    given (0: unknown). For building and verifying on a GPU the catalog has no entry for. A ValueError
+    says why when there is none to see (no PyTorch, or no CUDA GPU visible to it)."""
+    try:
+        import torch
+    except ModuleNotFoundError:
+        raise ValueError("reading the GPU's properties needs PyTorch (install the `torch` extra)") from None
+    if not torch.cuda.is_available():
+        raise ValueError("PyTorch sees no CUDA GPU on this machine")
     props = torch.cuda.get_device_properties(0)
     major, minor = torch.cuda.get_device_capability(0)
     return DeviceSpec(
@@ -98,12 +103,19 @@ def catalog_gpu(name: str, catalog: Path = CATALOG) -> DeviceSpec:
     try:
         import yaml
 
-        entry = yaml.safe_load(catalog.read_text())[name]
+        entries = yaml.safe_load(catalog.read_text())
     except Exception as exc:
+        print(f"device catalog unreadable ({exc!r}); using the GPU's own properties", file=sys.stderr)
+        return visible_gpu(name)
+    if name not in entries:
+        gpus = [k for k, v in entries.items() if isinstance(v, dict) and v.get("kind") == "cuda"]
         print(
-            f"catalog entry {name!r} unavailable ({exc!r}); using the GPU's own properties", file=sys.stderr
+            f"{name!r} is not in the device catalog (its GPUs: {', '.join(gpus)}); using the GPU's own "
+            "properties",
+            file=sys.stderr,
         )
         return visible_gpu(name)
+    entry = entries[name]
     device = DeviceSpec(name=name, **entry)
     seen = visible_gpu(name)
     if (seen.sm_count, seen.cuda_capability) != (device.sm_count, device.cuda_capability):

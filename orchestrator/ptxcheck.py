@@ -34,7 +34,7 @@ from kernels.halide import family
 from kernels.halide.family.limits import occupancy, sm_limits
 from kernels.halide.names import FAMILY, MANUAL_SCHEDULES, kernel_func, plain_kernel
 from kernels.layer import LayerShape
-from orchestrator.config import ConfigError
+from orchestrator.config import CONF_DIR, ConfigError
 
 DEFAULT_DEVICES = ("rtx2060", "rtx2080ti", "rtx3070")
 SCHEDULES = (*MANUAL_SCHEDULES, "heuristic")
@@ -274,7 +274,7 @@ def default_shapes() -> list[LayerShape]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from orchestrator.config import CONF_DIR, hydra_raises
+    from orchestrator.config import hydra_raises
     from orchestrator.plan import resolve_shape
 
     shapes: list[LayerShape] = []
@@ -293,7 +293,6 @@ def devices_from_catalog(names: Iterable[str]) -> list[DeviceSpec]:
     """The catalog's GPU models by key (ConfigError naming the valid ones)."""
     from omegaconf import OmegaConf
 
-    from orchestrator.config import CONF_DIR
     from orchestrator.plan import resolve_device
 
     catalog = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "catalog" / "devices.yaml"), resolve=True)
@@ -312,11 +311,14 @@ def run(argv: Sequence[str]) -> list[KernelRow]:
     parser.add_argument(
         "--devices", default=",".join(DEFAULT_DEVICES), help="catalog GPU keys, comma-separated"
     )
-    parser.add_argument("--shapes", default="", help="inline specs NxHxWxC-CO[sS], comma-separated (default: "
-                        "app, MobileNetV1 at batch 32, the held-out shapes)")  # fmt: skip
+    parser.add_argument("--shapes", default="", help="shape catalog names (their own batch) or inline "
+                        "specs NxHxWxC-CO[sS], comma-separated (default: app, MobileNetV1 at batch 32, the "
+                        "held-out shapes)")  # fmt: skip
     parser.add_argument("--schedules", default=",".join(SCHEDULES), help=f"of {', '.join(SCHEDULES)}")
     parser.add_argument("--out", type=Path, required=True, help="folder for ptxcheck.csv and ptxcheck.md")
     args = parser.parse_args(argv)
+    from omegaconf import OmegaConf
+
     from orchestrator.plan import resolve_shape
 
     schedules = [s for s in args.schedules.split(",") if s]
@@ -324,7 +326,9 @@ def run(argv: Sequence[str]) -> list[KernelRow]:
     if unknown:
         raise ConfigError(f"unknown schedule {unknown[0]!r}; valid schedules: {', '.join(SCHEDULES)}")
     devices = devices_from_catalog(d for d in args.devices.split(",") if d)
-    shapes = [resolve_shape(s, {}, None) for s in args.shapes.split(",") if s] or default_shapes()
+    named = [s for s in args.shapes.split(",") if s]
+    catalog = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "catalog" / "shapes.yaml"), resolve=True)
+    shapes = [resolve_shape(s, catalog, None) for s in named] or default_shapes()  # type: ignore[arg-type]
     ptxas = ptxas_path()
     rows: list[KernelRow] = []
     for device in devices:

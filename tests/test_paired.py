@@ -179,4 +179,13 @@ def test_gpu_key_missing_from_the_catalog_is_the_visible_gpu_said_so(
     )
     device = device_module.catalog_gpu("h300")
     assert (device.name, device.model) == ("h300", "NVIDIA H200")
-    assert "catalog entry 'h300' unavailable" in capsys.readouterr().err
+    assert "'h300' is not in the device catalog (its GPUs: rtx2060, " in capsys.readouterr().err
+
+
+def test_no_gpu_to_see_is_one_line() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("PyTorch is installed: the line for a machine without it is not reachable here")
+    with pytest.raises(ValueError, match=r"^reading the GPU's properties needs PyTorch"):
+        device_module.visible_gpu()

@@ -56,6 +56,10 @@ def test_ptxcheck_reads_kernels_from_the_lowered_statement_and_names_bad_input(t
         ptxcheck.run(["--devices", "cpu", "--out", str(tmp_path)])
     with pytest.raises(ConfigError, match=r"valid schedules: app, unfused"):
         ptxcheck.run(["--schedules", "fast", "--out", str(tmp_path)])
+    with pytest.raises(
+        ConfigError, match=r"unknown shape '1x2x3'; valid shapes: app, mbv1_112_32_s1, .*inline spec"
+    ):
+        ptxcheck.run(["--shapes", "1x2x3", "--out", str(tmp_path)])
 
 
 def test_a_kernel_of_the_ptx_is_matched_to_its_statement_whatever_counters_halide_and_llvm_added() -> None:
