@@ -130,6 +130,8 @@ def test_merge_keeps_the_faster_entry(tmp_path: Path) -> None:
     tuned.store(repo, "b", fast)
     assert tune.run(["--merge", str(node), f"tune.db={repo}"])["db_written"] == ["a"]
     assert {k: e["time_ms"] for k, e in tuned.load(repo)["entries"].items()} == {"a": 1.0, "b": 1.0}
+    with pytest.raises(ConfigError, match="no such file; give a tuning database"):  # a typo writes nothing
+        tune.run(["--merge", str(tmp_path / "nope.json"), f"tune.db={repo}"])
 
 
 def test_search_end_to_end_local(tmp_path: Path) -> None:

@@ -96,6 +96,8 @@ def merge_db(source: Path, tune_args: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"--merge takes tune.db and tune.db_mode only, got {arg!r}")
     if mode not in ("better", "always"):
         raise ConfigError(f"--merge: tune.db_mode must be better or always, got {mode!r}")
+    if not source.is_file():
+        raise ConfigError(f"--merge {source}: no such file; give a tuning database, e.g. a search's db.json")
     try:
         entries = tuned.load(source)["entries"]
     except ValueError as exc:
