@@ -92,6 +92,12 @@ def test_the_sign_test_counts_the_rounds_each_side_won() -> None:
     )  # a tied round counts for neither
     assert fusion_rule.sign_test(slow, fast[:5]) is None and fusion_rule.sign_test([], []) is None
     assert not fusion_rule.undecided({"p_sign": None}) and fusion_rule.undecided({"p_sign": 0.2})
+    # every pair undecided (one short run in turns): said so, with no score on the decided ones
+    tie = {"agree": False, "margin": 0.01, "p_sign": 0.6, "source": fusion_rule.IN_TURNS}
+    assert fusion_rule.summary_line([tie, {**tie, "agree": True}]) == (
+        "picks the faster on 1 of 2 pairs (50%); 1 misses, 1 of them near ties (the two within 5%); "
+        "2 pairs (1 of the misses) undecided by their rounds in turns (sign test p > 0.05)"
+    )
 
 
 @pytest.mark.skipif(

@@ -285,9 +285,11 @@ def summary_line(judged: Sequence[Mapping[str, Any]], sources: bool = False) -> 
         right = sum(j["agree"] for j in decided)
         line += (
             f"; {len(open_pairs)} pairs ({sum(not j['agree'] for j in open_pairs)} of the misses) undecided "
-            f"by their rounds in turns (sign test p > {SIGN_TEST_P}): on the other {len(decided)} it picks "
-            f"the faster on {right} ({100 * right / len(decided):.0f}%)"
+            f"by their rounds in turns (sign test p > {SIGN_TEST_P})"
         )
+        if decided:
+            share = 100 * right / len(decided)
+            line += f": on the other {len(decided)} it picks the faster on {right} ({share:.0f}%)"
     if sources:
         used = [j.get("source") for j in judged]
         line += (
