@@ -49,6 +49,11 @@ LOCAL_MODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray binds a loopbac
 AUTH_MODE_ENV = "RAY_AUTH_MODE"  # token | disabled: Ray's token authentication between nodes and drivers
 DEFAULT_PORT = 6379
 EXIT_BAD_INPUT = 2
+# What to do when no cluster answers: said after the reason by every command that needs one
+NO_CLUSTER_HINT = (
+    "start a head with `make head` (on this machine, GPU=MODEL to declare its GPUs) and workers with "
+    "`make worker HEAD=host:port GPU=MODEL`, or give the head's address (HEAD=host:port, cluster.address=)"
+)
 PROBE_TIMEOUT_S = 5.0  # seconds to wait for a head's TCP port, and again for its gRPC handshake
 
 
@@ -432,8 +437,8 @@ def _status(address: str) -> None:
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot connect to Ray at {address}: {first}") from None
+        first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot connect to Ray at {address}: {first}; {NO_CLUSTER_HINT}") from None
     try:
         view = ClusterView.from_ray(ray)
     finally:

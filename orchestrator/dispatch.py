@@ -32,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from orchestrator.cluster import (
     LOCAL_MODE_ENV,
+    NO_CLUSTER_HINT,
     ClusterView,
     check_devices,
     check_reachable,
@@ -248,8 +249,12 @@ class RayDispatcher:
             try:
                 init_ray(ray, address=self.address, **common)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ConfigError(f"cannot connect to Ray at {self.address!r}: {first}") from None
+                first = (
+                    str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+                )
+                raise ConfigError(
+                    f"cannot connect to Ray at {self.address!r}: {first}; {NO_CLUSTER_HINT}"
+                ) from None
         if devices is not None:
             self.check(devices)
 
