@@ -31,6 +31,7 @@ from kernels.halide.family.space import (
     divisors,
     shared_bytes,
     space,
+    split_k_values,
 )
 from kernels.halide.targets import host_threads, host_vector
 from kernels.halide.tiling import channel_block, cpu_accumulators, micro_tile, plan_blocks, tail_waste
@@ -210,7 +211,7 @@ def split_reduction(p: GpuParams, s: LayerShape, device: DeviceSpec) -> GpuParam
         return p
     splits = [
         v
-        for v in space(s, device)["split_k"]
+        for v in split_k_values(s.c)
         if v > 1 and s.c // v >= SPLIT_K_PART_CHANNELS and (s.c // v) % p.k == 0
     ]
     if not splits:  # too few channels to split
